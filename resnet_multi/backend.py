@@ -1,0 +1,183 @@
+"""The backend seam: one small interface that the tests and the command line use
+for every framework.
+
+Everything crossing the seam is NumPy in the canonical layout: batches NCHW
+float32, weights as in :mod:`resnet_multi.weights`. A backend whose framework is
+NHWC (TensorFlow) converts here, inside its adapter, and nowhere else.
+Backends subclass :class:`Backend` and implement the underscored methods;
+the public ones validate input first, so every backend refuses bad input with
+the same message.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import shapes, weights as canonical
+from .spec import ArchSpec, get_arch
+
+# backend name -> (module, pip extra that installs its framework)
+BACKENDS = {
+    "numpy": ("resnet_multi.numpy", None),
+    "torch": ("resnet_multi.torch", "torch"),
+}
+
+
+def require(module: str, backend: str):
+    """Import a framework, or raise an ImportError that says which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"resnet_multi.{backend} needs {module}, which is not installed: "
+            f"pip install 'resnet-multi[{BACKENDS[backend][1]}]'"
+        ) from e
+
+
+@dataclass
+class Model:
+    """A framework model together with the spec it was built from and its device."""
+
+    spec: ArchSpec
+    module: object
+    device: str
+
+
+@dataclass
+class TrainingPass:
+    """What one training-mode forward and backward pass gives."""
+
+    loss: float
+    logits: np.ndarray
+    grads: dict[str, np.ndarray]  # canonical names and layouts
+
+
+class Backend:
+    name: str = ""
+    native_layout: str = "NCHW"
+
+    # -- what each framework implements ------------------------------------------
+    def framework_version(self) -> str:
+        raise NotImplementedError
+
+    def devices(self) -> list[str]:
+        """Devices this backend can run on here: 'cpu' always, then e.g. 'cuda:0'."""
+        raise NotImplementedError
+
+    def _build(self, spec: ArchSpec, device: str):
+        """A framework model for ``spec`` on ``device`` (weights are set afterwards)."""
+        raise NotImplementedError
+
+    def _get_weights(self, model: Model) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _set_weights(self, model: Model, weights: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _forward(self, model: Model, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def _loss_and_grads(self, model: Model, x: np.ndarray, y: np.ndarray) -> TrainingPass:
+        raise NotImplementedError
+
+    def _layer_shapes(self, model: Model, x: np.ndarray) -> list[tuple[int, ...]]:
+        """Output shape of each layer in ``spec.layer_names()``, in the native layout."""
+        raise NotImplementedError
+
+    def _residual_output_shape(self, x: np.ndarray, args: tuple, options: dict) -> tuple[int, ...]:
+        """Build the module's own ``Residual(*args, **options)``, apply it to ``x``
+        (NCHW) in training mode, and return the output's native shape."""
+        raise NotImplementedError
+
+    def count_parameters(self, model: Model) -> tuple[int, int]:
+        """(trainable parameters, BN running-statistic elements), read from the
+        framework's own objects, not from the spec."""
+        raise NotImplementedError
+
+    # -- the seam, shared ------------------------------------------------------------
+    def check_device(self, device: str) -> str:
+        available = self.devices()
+        if device not in available:
+            raise ValueError(f"device {device!r} is not available to {self.name}; available: {available}")
+        return device
+
+    def build(self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, **overrides) -> Model:
+        """Build ``arch`` on ``device`` with the spec's initial weights for ``seed``."""
+        spec = get_arch(arch, **overrides)
+        model = Model(spec, self._build(spec, self.check_device(device)), device)
+        self._set_weights(model, canonical.init_weights(spec, seed))
+        return model
+
+    def get_weights(self, model: Model) -> dict[str, np.ndarray]:
+        """Canonical weights (float32 NumPy, canonical names and layouts)."""
+        weights = self._get_weights(model)
+        canonical.check_weights(model.spec, weights, source=f"{self.name} weights")
+        return weights
+
+    def set_weights(self, model: Model, weights: dict[str, np.ndarray]) -> None:
+        canonical.check_weights(model.spec, weights)
+        self._set_weights(model, weights)
+
+    def save_weights(self, model: Model, path):
+        return canonical.save_weights(path, self.get_weights(model), model.spec)
+
+    def load_weights(self, model: Model, path) -> None:
+        self._set_weights(model, canonical.load_weights(path, model.spec))
+
+    def forward(self, model: Model, x: np.ndarray, *, training: bool = False) -> np.ndarray:
+        """Logits for an NCHW float32 batch. ``training=True`` normalises with batch
+        statistics and updates the BN running statistics, as one training step's
+        forward pass does."""
+        shapes.check_input_array(model.spec, x, training=training)
+        return self._forward(model, x, training)
+
+    def loss_and_grads(self, model: Model, x: np.ndarray, y: np.ndarray) -> TrainingPass:
+        """Mean softmax cross-entropy over the batch and its gradient for every
+        trainable canonical parameter, in training mode (BN statistics update once)."""
+        shapes.check_input_array(model.spec, x, training=True)
+        y = np.asarray(y)
+        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
+        if y.min() < 0 or y.max() >= model.spec.num_classes:
+            raise ValueError(f"labels must lie in [0, {model.spec.num_classes}), got {y.min()}..{y.max()}")
+        result = self._loss_and_grads(model, x, y.astype(np.int64))
+        expected = {t.name for t in canonical.tensor_specs(model.spec) if t.trainable}
+        if set(result.grads) != expected:
+            raise RuntimeError(f"{self.name} returned gradients for the wrong tensors: "
+                               f"{sorted(set(result.grads) ^ expected)[:5]}")
+        return result
+
+    def layer_shapes(self, model: Model, input_shape) -> list[shapes.LayerShape]:
+        """The per-layer shape table, measured by running the framework's layers on a
+        batch of zeros, reported in the canonical NCHW layout."""
+        shape = shapes.check_input_shape(model.spec, input_shape)
+        native = self._layer_shapes(model, np.zeros(shape, np.float32))
+        return [shapes.LayerShape(name, self.to_canonical_shape(s))
+                for name, s in zip(model.spec.layer_names(), native, strict=True)]
+
+    def native_layer_shapes(self, model: Model, input_shape) -> list[tuple[int, ...]]:
+        shape = shapes.check_input_shape(model.spec, input_shape)
+        return self._layer_shapes(model, np.zeros(shape, np.float32))
+
+    def residual_output_shape(self, input_shape, *args, **options) -> tuple[int, ...]:
+        """The chapter's block check: ``Residual(*args, **options)`` on a random batch of
+        ``input_shape`` (NCHW); the output shape in NCHW."""
+        x = np.random.default_rng(0).random(input_shape, dtype=np.float32)
+        return self.to_canonical_shape(self._residual_output_shape(x, args, options))
+
+    def to_canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(int(d) for d in shape)
+        if self.native_layout == "NHWC" and len(shape) == 4:
+            n, h, w, c = shape
+            return (n, c, h, w)
+        return shape
+
+
+def load_backend(name: str) -> Backend:
+    """The adapter for a backend by name; ImportError (naming the extra) if its
+    framework is missing, ValueError if the name is unknown."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name][0]).BACKEND

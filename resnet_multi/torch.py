@@ -1,0 +1,207 @@
+"""The Residual Networks chapter in PyTorch.
+
+    from resnet_multi import torch as rn
+    net = rn.net("d2l-resnet18")            # the chapter's network, spec'd weights
+    blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
+
+PyTorch's conventions are the spec's own: NCHW, OIHW kernels, ``(out, in)``
+dense weights, and BatchNorm with ``running = (1 - m) * running + m * batch``
+fed by the unbiased variance. So the canonical weight names are exactly this
+module's ``state_dict`` keys (less ``num_batches_tracked``), and nothing needs
+translating.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .backend import Backend, Model, TrainingPass, require
+from .shapes import check_input_shape
+from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_spec, get_arch, stage_spec
+from .weights import check_weights, init_weights
+
+torch = require("torch", "torch")
+nn = torch.nn
+F = torch.nn.functional
+
+
+def batch_norm(channels: int, bn: BatchNormSpec) -> nn.BatchNorm2d:
+    # PyTorch's momentum is the spec's: running = (1 - m) * running + m * batch (unbiased var).
+    return nn.BatchNorm2d(channels, eps=bn.eps, momentum=bn.momentum)
+
+
+class Residual(nn.Module):
+    """The chapter's residual block: ``relu(F(x) + shortcut(x))``.
+
+    ``Residual(input_channels, num_channels, use_1x1conv=False, strides=1)`` as in
+    the chapter; ``kind="bottleneck"``, ``preact=True``, ``conv_bias``,
+    ``shortcut="conv_bn"`` and ``stride_on`` select the exercises' variants
+    (see :class:`resnet_multi.spec.BlockSpec`).
+    """
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        super().__init__()
+        spec = input_channels if isinstance(input_channels, BlockSpec) else \
+            block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        self.spec = spec
+        bns = dict(spec.bn_names())
+        self.convs = [name for name, *_ in spec.convs()]
+        for name, cin, cout, k, s, p in spec.convs():
+            setattr(self, name, nn.Conv2d(cin, cout, k, stride=s, padding=p, bias=spec.conv_bias))
+            setattr(self, "bn" + name[-1], batch_norm(bns["bn" + name[-1]], spec.bn))
+        self.shortcut = None
+        if spec.projection:
+            layers = OrderedDict(conv=nn.Conv2d(spec.in_channels, spec.out_channels, 1, stride=spec.stride,
+                                                bias=spec.conv_bias))
+            if spec.shortcut == "conv_bn":
+                layers["bn"] = batch_norm(spec.out_channels, spec.bn)
+            self.shortcut = nn.Sequential(layers)
+
+    def forward(self, x):
+        if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
+            pre = F.relu(self.bn1(x))
+            y = self.conv1(pre)
+            for name in self.convs[1:]:
+                y = getattr(self, name)(F.relu(getattr(self, "bn" + name[-1])(y)))
+            return y + (self.shortcut(pre) if self.shortcut else x)
+        y = x
+        for name in self.convs[:-1]:
+            y = F.relu(getattr(self, "bn" + name[-1])(getattr(self, name)(y)))
+        last = self.convs[-1]
+        y = getattr(self, "bn" + last[-1])(getattr(self, last)(y))
+        return F.relu(y + (self.shortcut(x) if self.shortcut else x))
+
+
+class ResnetBlock(nn.Sequential):
+    """A stage of residual blocks:
+    ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``."""
+
+    def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
+        spec = input_channels if not isinstance(input_channels, int) else \
+            stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
+        super().__init__(*(Residual(block) for block in spec.blocks))
+        self.spec = spec
+
+
+def resnet_block(input_channels, num_channels, num_residuals, first_block=False, **options) -> list:
+    """The chapter's helper: the stage's blocks as a list."""
+    return list(ResnetBlock(input_channels, num_channels, num_residuals, first_block, **options))
+
+
+class ResNet(nn.Sequential):
+    """``stem`` -> ``stages`` -> ``head``, each an ``nn.Sequential`` of named layers,
+    so iterating over the net walks the chapter's layers in order."""
+
+    def __init__(self, spec: ArchSpec):
+        stem = OrderedDict(conv=nn.Conv2d(spec.in_channels, spec.width, 7, stride=2, padding=3,
+                                          bias=spec.conv_bias))
+        if not spec.preact:
+            stem.update(bn=batch_norm(spec.width, spec.bn), relu=nn.ReLU())
+        stem["pool"] = nn.MaxPool2d(3, stride=2, padding=1)
+        head = OrderedDict(bn=batch_norm(spec.features, spec.bn), relu=nn.ReLU()) if spec.preact \
+            else OrderedDict()
+        head.update(pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(),
+                    fc=nn.Linear(spec.features, spec.num_classes))
+        super().__init__(OrderedDict(
+            stem=nn.Sequential(stem),
+            stages=nn.Sequential(*(ResnetBlock(s) for s in spec.stages)),
+            head=nn.Sequential(head),
+        ))
+        self.spec = spec
+
+    def forward(self, x):
+        check_input_shape(self.spec, x.shape, training=self.training)
+        return super().forward(x)
+
+    def named_outputs(self, x):
+        """Each named layer's output in turn: the chapter's shape table."""
+        x = self.stem(x)
+        yield "stem", x
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            yield f"stages.{i}", x
+        for name, layer in self.head.named_children():
+            x = layer(x)
+            yield f"head.{name}", x
+
+
+def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
+    """Build a named architecture with the spec's initial weights for ``seed``."""
+    spec = get_arch(arch, **overrides)
+    model = ResNet(spec)
+    set_weights(model, init_weights(spec, seed))
+    return model.to(device)
+
+
+# ---- canonical weights: the state_dict, less PyTorch's own BN batch counter ----------------
+def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
+    check_weights(model.spec, weights)  # names and shapes, all reported at once
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    # strict=False only because num_batches_tracked is not canonical; check_weights covered the rest.
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"canonical names out of step with the module: {missing} {result.unexpected_keys}")
+
+
+def devices() -> list[str]:
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def framework_version(self):
+        return torch.__version__
+
+    def devices(self):
+        return devices()
+
+    def _build(self, spec, device):
+        return ResNet(spec).to(device)
+
+    def _get_weights(self, model):
+        return get_weights(model.module)
+
+    def _set_weights(self, model, weights):
+        set_weights(model.module, weights)
+
+    def _tensor(self, model: Model, x):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(model.device)
+
+    def _forward(self, model, x, training):
+        model.module.train(training)
+        with torch.no_grad():
+            return model.module(self._tensor(model, x)).cpu().numpy()
+
+    def _loss_and_grads(self, model, x, y):
+        module = model.module.train(True)
+        module.zero_grad(set_to_none=True)
+        logits = module(self._tensor(model, x))
+        loss = F.cross_entropy(logits, self._tensor(model, y))
+        loss.backward()
+        grads = {k: p.grad.detach().cpu().numpy() for k, p in module.named_parameters()}
+        return TrainingPass(loss.item(), logits.detach().cpu().numpy(), grads)
+
+    def _layer_shapes(self, model, x):
+        model.module.eval()
+        with torch.no_grad():
+            return [tuple(out.shape) for _, out in model.module.named_outputs(self._tensor(model, x))]
+
+    def _residual_output_shape(self, x, args, options):
+        with torch.no_grad():
+            return tuple(Residual(*args, **options)(torch.from_numpy(x)).shape)
+
+    def count_parameters(self, model):
+        params = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
+        buffers = sum(b.numel() for k, b in model.module.named_buffers() if not k.endswith("num_batches_tracked"))
+        return params, buffers
+
+
+BACKEND = TorchBackend()
