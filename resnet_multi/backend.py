@@ -11,7 +11,7 @@ the same message.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from .spec import ArchSpec, get_arch
 BACKENDS = {
     "numpy": ("resnet_multi.numpy", None),
     "torch": ("resnet_multi.torch", "torch"),
+    "tf": ("resnet_multi.tf", "tf"),
+    "mxnet": ("resnet_multi.mxnet", "mxnet"),
+    "paddle": ("resnet_multi.paddle", "paddle"),
+    "mindspore": ("resnet_multi.mindspore", "mindspore"),
 }
 
 
@@ -43,6 +47,7 @@ class Model:
     spec: ArchSpec
     module: object
     device: str
+    cache: dict = field(default_factory=dict)  # backend-private: optimizer objects and the like
 
 
 @dataclass
@@ -80,6 +85,12 @@ class Backend:
         raise NotImplementedError
 
     def _loss_and_grads(self, model: Model, x: np.ndarray, y: np.ndarray) -> TrainingPass:
+        raise NotImplementedError
+
+    def _sgd_step(self, model: Model, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
+        """One training step in the framework's own idiom: mean cross-entropy,
+        gradients, plain SGD (no momentum, no weight decay) with learning rate
+        ``lr``; BN statistics update once. Returns (loss before the step, logits)."""
         raise NotImplementedError
 
     def _layer_shapes(self, model: Model, x: np.ndarray) -> list[tuple[int, ...]]:
@@ -137,17 +148,19 @@ class Backend:
         """Mean softmax cross-entropy over the batch and its gradient for every
         trainable canonical parameter, in training mode (BN statistics update once)."""
         shapes.check_input_array(model.spec, x, training=True)
-        y = np.asarray(y)
-        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
-        if y.min() < 0 or y.max() >= model.spec.num_classes:
-            raise ValueError(f"labels must lie in [0, {model.spec.num_classes}), got {y.min()}..{y.max()}")
-        result = self._loss_and_grads(model, x, y.astype(np.int64))
+        result = self._loss_and_grads(model, x, self._check_labels(model, x, y))
         expected = {t.name for t in canonical.tensor_specs(model.spec) if t.trainable}
         if set(result.grads) != expected:
             raise RuntimeError(f"{self.name} returned gradients for the wrong tensors: "
                                f"{sorted(set(result.grads) ^ expected)[:5]}")
         return result
+
+    def sgd_step(self, model: Model, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
+        """One SGD training step on a batch; returns (loss, logits) of the forward pass."""
+        shapes.check_input_array(model.spec, x, training=True)
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+        return self._sgd_step(model, x, self._check_labels(model, x, y), float(lr))
 
     def layer_shapes(self, model: Model, input_shape) -> list[shapes.LayerShape]:
         """The per-layer shape table, measured by running the framework's layers on a
@@ -166,6 +179,15 @@ class Backend:
         ``input_shape`` (NCHW); the output shape in NCHW."""
         x = np.random.default_rng(0).random(input_shape, dtype=np.float32)
         return self.to_canonical_shape(self._residual_output_shape(x, args, options))
+
+    @staticmethod
+    def _check_labels(model: Model, x: np.ndarray, y) -> np.ndarray:
+        y = np.asarray(y)
+        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
+        if y.min() < 0 or y.max() >= model.spec.num_classes:
+            raise ValueError(f"labels must lie in [0, {model.spec.num_classes}), got {y.min()}..{y.max()}")
+        return y.astype(np.int64)
 
     def to_canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(int(d) for d in shape)

@@ -424,6 +424,13 @@ class NumpyBackend(Backend):
         net_.backward(dlogits)
         return TrainingPass(loss, logits, dict(net_.named_grads()))
 
+    def _sgd_step(self, model, x, y, lr):
+        result = self._loss_and_grads(model, x, y)
+        for path, layer in model.module.named_layers():
+            for key, grad in layer.grads.items():
+                layer.params[key] -= lr * grad
+        return result.loss, result.logits.astype(np.float32)
+
     def _layer_shapes(self, model, x):
         return [out.shape for _, out in model.module.eval().layer_outputs(x.astype(DTYPE))]
 

@@ -189,6 +189,18 @@ class TorchBackend(Backend):
         grads = {k: p.grad.detach().cpu().numpy() for k, p in module.named_parameters()}
         return TrainingPass(loss.item(), logits.detach().cpu().numpy(), grads)
 
+    def _sgd_step(self, model, x, y, lr):
+        module = model.module.train(True)
+        optimizer = model.cache.get("sgd")
+        if optimizer is None or optimizer.param_groups[0]["lr"] != lr:
+            optimizer = model.cache["sgd"] = torch.optim.SGD(module.parameters(), lr=lr)
+        optimizer.zero_grad(set_to_none=True)
+        logits = module(self._tensor(model, x))
+        loss = F.cross_entropy(logits, self._tensor(model, y))
+        loss.backward()
+        optimizer.step()
+        return loss.item(), logits.detach().cpu().numpy()
+
     def _layer_shapes(self, model, x):
         model.module.eval()
         with torch.no_grad():

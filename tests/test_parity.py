@@ -254,3 +254,28 @@ def test_bad_input_gets_a_clear_error(backend, device):
     # the same batch is fine, and a 1x1 image is still a valid inference input
     assert backend.forward(model, x).shape == (2, 10)
     assert backend.forward(model, np.zeros((1, 1, 1, 1), np.float32)).shape == (1, 10)
+
+
+# one SGD step --------------------------------------------------------------------------
+@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+def test_sgd_step_matches_reference(backend, device, oracle):
+    """One plain SGD step in the framework's own idiom moves every parameter by
+    -lr * gradient, as the reference does (lr 0.05, the chapter's)."""
+    model, ref = backend.build("d2l-resnet18", device=device, width=8), oracle.build("d2l-resnet18", width=8)
+    weights = random_weights(model.spec, seed=3, damp_residuals=True)
+    oracle.set_weights(ref, weights)
+    x = kink_free_batch(oracle, ref, model.spec)
+    oracle.set_weights(ref, weights)
+    backend.set_weights(model, weights)
+    y = np.arange(4) % 10
+    loss, logits = backend.sgd_step(model, x, y, 0.05)
+    want_loss, want_logits = oracle.sgd_step(ref, x, y, 0.05)
+    assert abs(loss - want_loss) <= 1e-3 * abs(want_loss)
+    assert rel_err(logits, want_logits) <= 1e-3
+    got_w, want_w = backend.get_weights(model), oracle.get_weights(ref)
+    for t in tensor_specs(model.spec):
+        step = want_w[t.name] - weights[t.name]
+        if np.abs(step).max() > 1e-6 * np.abs(weights[t.name]).max():
+            assert rel_err(got_w[t.name] - weights[t.name], step) <= 1e-3, t.name
+    with pytest.raises(ValueError, match="learning rate must be a positive number"):
+        backend.sgd_step(model, x, y, 0.0)
