@@ -1,0 +1,308 @@
+"""The Residual Networks chapter in MXNet Gluon, with ``mxnet.np`` as the textbook uses it.
+
+    from resnet_multi import mxnet as rn
+    net = rn.net("d2l-resnet18")            # the chapter's network, spec'd weights
+    blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
+
+MXNet 1.9.1 is the last release; it imports only with ``numpy<1.24`` (it uses
+``np.bool``). What differs from the spec, and how this module translates it:
+
+* BatchNorm: Gluon's ``momentum`` is the other convention (0.9 keeps 90% of the
+  old value), its running variance takes the *biased* batch variance, and it
+  updates the running statistics in ``backward()``, not in the forward pass.
+  :class:`BatchNorm` keeps Gluon's fused op for normalising and its gradient but
+  gives it momentum 1 (the op keeps ``1 * running + 0 * batch``, i.e. never
+  touches them) and updates the statistics itself in every training-mode
+  forward pass, in the spec's convention with the unbiased variance, as PyTorch
+  does. So a forward pass inside ``autograd.record()`` and a whole training
+  step leave the same statistics.
+* Gluon infers input channels lazily; every layer here gets ``in_channels`` /
+  ``in_units`` so the weights exist, can be counted and loaded before the first call.
+* Gluon registers BN running statistics as parameters with ``grad_req='null'``:
+  those are the buffers, everything else is trainable.
+* Layouts are the spec's (NCHW, OIHW kernels, ``(out, in)`` dense weights), and the
+  structural names Gluon gives parameters (the ones ``save_parameters`` writes) are
+  the canonical ones once BN's ``gamma``/``beta`` are read as ``weight``/``bias``.
+* Training mode is ``autograd.record()``, not a flag on the model. Devices are
+  MXNet contexts: ``"cpu"`` and ``"gpu:N"`` (``npx.gpu(N)``).
+"""
+from __future__ import annotations
+
+import numpy as onp  # NumPy proper: what crosses the seam; ``np`` below is mxnet.np
+
+from .backend import Backend, Model, TrainingPass, require
+from .shapes import check_input_shape
+from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_spec, get_arch, stage_spec
+from .weights import check_weights, init_weights
+
+mx = require("mxnet", "mxnet")
+from mxnet import autograd, gluon, np, npx  # noqa: E402  (only once require() has succeeded)
+from mxnet.gluon import nn  # noqa: E402
+
+npx.set_np()  # NumPy semantics for arrays and Gluon, as the textbook's MXNet code runs
+
+
+class BatchNorm(nn.BatchNorm):
+    """Gluon's BatchNorm with the spec's running statistics:
+    ``running = (1 - m) * running + m * batch``, fed by the unbiased batch variance,
+    updated in the training-mode forward pass (inside ``autograd.record()``)."""
+
+    def __init__(self, channels: int, bn: BatchNormSpec = BatchNormSpec(), **kwargs):
+        # momentum=1 switches off Gluon's own update (biased, run in backward()); see forward.
+        super().__init__(momentum=1.0, epsilon=bn.eps, in_channels=channels, **kwargs)
+        self.spec_momentum = bn.momentum
+
+    def forward(self, x):
+        if isinstance(x, mx.sym.Symbol):
+            # Reached only when a hybridized parent traces it; net.hybridize() is fine,
+            # since this module's containers are plain Blocks.
+            raise TypeError("resnet_multi.mxnet.BatchNorm updates its statistics imperatively and "
+                            "cannot be traced into a symbolic graph; put it in an nn.Sequential, "
+                            "not an nn.HybridSequential")
+        if autograd.is_training():
+            with autograd.pause():  # statistics are not part of the graph
+                n = x.size // x.shape[1]
+                if n < 2:  # Gluon would quietly normalise to 0; PyTorch raises too
+                    raise ValueError(f"BatchNorm in training mode needs more than one value per "
+                                     f"channel, got input shape {x.shape}")
+                mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3)) * (n / (n - 1))
+                m = self.spec_momentum
+                for param, batch in ((self.running_mean, mean), (self.running_var, var)):
+                    running = param.data(x.ctx)
+                    running[:] = (1 - m) * running + m * batch
+        # Gluon's op: normalises with the batch's biased statistics in training mode,
+        # with the running ones otherwise.
+        return super().forward(x)
+
+
+class Named(nn.Sequential):
+    """``nn.Sequential`` whose children keep names (``net.stem.conv``, ``net.head.fc``)
+    instead of ``0, 1, ...``, so the parameter names are the canonical ones."""
+
+    def __init__(self, **layers):
+        super().__init__()
+        for name, layer in layers.items():
+            setattr(self, name, layer)  # Gluon registers the child under this name, in order
+
+    def named_children(self):
+        return self._children.items()
+
+
+def conv(cin, cout, kernel, stride=1, padding=0, bias=True):
+    return nn.Conv2D(cout, kernel, strides=stride, padding=padding, use_bias=bias, in_channels=cin)
+
+
+class Residual(nn.Block):
+    """The chapter's residual block: ``relu(F(x) + shortcut(x))``.
+
+    ``Residual(input_channels, num_channels, use_1x1conv=False, strides=1)`` (the
+    textbook's MXNet version infers ``input_channels``; here it is given so the
+    weights exist at once); ``kind="bottleneck"``, ``preact=True``, ``conv_bias``,
+    ``shortcut="conv_bn"`` and ``stride_on`` select the exercises' variants (see
+    :class:`resnet_multi.spec.BlockSpec`).
+    """
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        super().__init__()
+        spec = input_channels if isinstance(input_channels, BlockSpec) else \
+            block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        self.spec = spec
+        bns = dict(spec.bn_names())
+        self.convs = [name for name, *_ in spec.convs()]
+        for name, cin, cout, k, s, p in spec.convs():  # conv1, bn1, conv2, bn2, ...
+            setattr(self, name, conv(cin, cout, k, s, p, spec.conv_bias))
+            setattr(self, "bn" + name[-1], BatchNorm(bns["bn" + name[-1]], spec.bn))
+        self.shortcut = None
+        if spec.projection:
+            layers = dict(conv=conv(spec.in_channels, spec.out_channels, 1, spec.stride, 0, spec.conv_bias))
+            if spec.shortcut == "conv_bn":
+                layers["bn"] = BatchNorm(spec.out_channels, spec.bn)
+            self.shortcut = Named(**layers)
+
+    def forward(self, X):
+        if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
+            pre = npx.relu(self.bn1(X))
+            Y = self.conv1(pre)
+            for name in self.convs[1:]:
+                Y = getattr(self, name)(npx.relu(getattr(self, "bn" + name[-1])(Y)))
+            return Y + (self.shortcut(pre) if self.shortcut else X)
+        Y = X
+        for name in self.convs[:-1]:
+            Y = npx.relu(getattr(self, "bn" + name[-1])(getattr(self, name)(Y)))
+        last = self.convs[-1]
+        Y = getattr(self, "bn" + last[-1])(getattr(self, last)(Y))
+        return npx.relu(Y + (self.shortcut(X) if self.shortcut else X))
+
+
+class ResnetBlock(nn.Sequential):
+    """A stage of residual blocks:
+    ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``."""
+
+    def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
+        super().__init__()
+        spec = input_channels if not isinstance(input_channels, int) else \
+            stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
+        self.spec = spec
+        self.add(*(Residual(block) for block in spec.blocks))
+
+
+def resnet_block(input_channels, num_channels, num_residuals, first_block=False, **options) -> list:
+    """The chapter's helper: the stage's blocks as a list (``net.add(*resnet_block(...))``)."""
+    return list(ResnetBlock(input_channels, num_channels, num_residuals, first_block, **options))
+
+
+class ResNet(Named):
+    """``stem`` -> ``stages`` -> ``head``: iterating over the net walks the chapter's layers."""
+
+    def __init__(self, spec: ArchSpec):
+        stem = dict(conv=conv(spec.in_channels, spec.width, 7, 2, 3, spec.conv_bias))
+        if not spec.preact:
+            stem.update(bn=BatchNorm(spec.width, spec.bn), relu=nn.Activation("relu"))
+        stem["pool"] = nn.MaxPool2D(pool_size=3, strides=2, padding=1)  # pads with -inf
+        stages = nn.Sequential()
+        stages.add(*(ResnetBlock(s) for s in spec.stages))
+        head = dict(bn=BatchNorm(spec.features, spec.bn), relu=nn.Activation("relu")) if spec.preact else {}
+        head.update(pool=nn.GlobalAvgPool2D(), flatten=nn.Flatten(),
+                    fc=nn.Dense(spec.num_classes, in_units=spec.features))
+        super().__init__(stem=Named(**stem), stages=stages, head=Named(**head))
+        self.spec = spec
+
+    def forward(self, X):
+        check_input_shape(self.spec, X.shape, training=autograd.is_training())
+        return super().forward(X)
+
+    def named_outputs(self, X):
+        """Each named layer's output in turn: the chapter's shape table."""
+        X = self.stem(X)
+        yield "stem", X
+        for i, stage in enumerate(self.stages):
+            X = stage(X)
+            yield f"stages.{i}", X
+        for name, layer in self.head.named_children():
+            X = layer(X)
+            yield f"head.{name}", X
+
+
+def context(device: str):
+    """An MXNet context for a device name from :func:`devices`."""
+    if device == "cpu":
+        return npx.cpu()
+    kind, _, index = device.partition(":")
+    if kind != "gpu" or not index.isdigit():
+        raise ValueError(f"unknown MXNet device {device!r}; use 'cpu' or 'gpu:N'")
+    return npx.gpu(int(index))
+
+
+def devices() -> list[str]:
+    return ["cpu"] + [f"gpu:{i}" for i in range(npx.num_gpus())]
+
+
+def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
+    """Build a named architecture with the spec's initial weights for ``seed``."""
+    spec = get_arch(arch, **overrides)
+    model = ResNet(spec)
+    model.initialize(ctx=context(device))  # Gluon's own init, overwritten at once
+    set_weights(model, init_weights(spec, seed))
+    return model
+
+
+# ---- canonical weights: Gluon's structural names, BN gamma/beta read as weight/bias --------
+_BN_NAMES = {"gamma": "weight", "beta": "bias"}
+
+
+def canonical_params(model: nn.Block) -> dict:
+    """Canonical name -> Gluon Parameter. The structural names are those
+    ``save_parameters`` writes (``stages.0.1.bn2.gamma``)."""
+    out = {}
+    for name, param in model._collect_params_with_prefix().items():
+        prefix, _, leaf = name.rpartition(".")
+        out[f"{prefix}.{_BN_NAMES.get(leaf, leaf)}"] = param
+    return out
+
+
+def get_weights(model: nn.Block) -> dict[str, onp.ndarray]:
+    return {k: p.data().asnumpy().copy() for k, p in canonical_params(model).items()}
+
+
+def set_weights(model: ResNet, weights: dict[str, onp.ndarray]) -> None:
+    check_weights(model.spec, weights)  # names and shapes, all reported at once
+    params = canonical_params(model)
+    if set(params) != set(weights):
+        raise RuntimeError(f"canonical names out of step with the module: {sorted(set(params) ^ set(weights))}")
+    for name, param in params.items():
+        param.set_data(np.array(weights[name], dtype=weights[name].dtype))  # on every context it lives on
+
+
+class MXNetBackend(Backend):
+    name = "mxnet"
+
+    def framework_version(self):
+        return mx.__version__
+
+    def devices(self):
+        return devices()
+
+    def _build(self, spec, device):
+        model = ResNet(spec)
+        model.initialize(ctx=context(device))
+        return model
+
+    def _get_weights(self, model):
+        return get_weights(model.module)
+
+    def _set_weights(self, model, weights):
+        set_weights(model.module, weights)
+
+    def _array(self, model: Model, x):
+        return np.array(x, dtype=x.dtype, ctx=context(model.device))
+
+    def _forward(self, model, x, training):
+        X = self._array(model, x)
+        if training:  # batch statistics, and BatchNorm updates the running ones
+            with autograd.record():
+                return model.module(X).asnumpy()
+        return model.module(X).asnumpy()
+
+    def _loss_and_grads(self, model, x, y):
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        with autograd.record():
+            logits = model.module(self._array(model, x))
+            loss = loss_fn(logits, self._array(model, y)).mean()
+        loss.backward()
+        grads = {k: p.grad().asnumpy() for k, p in canonical_params(model.module).items()
+                 if p.grad_req != "null"}
+        return TrainingPass(float(loss), logits.asnumpy(), grads)
+
+    def _sgd_step(self, model, x, y, lr):
+        # The textbook's loop: per-example losses, l.backward() sums them, and
+        # trainer.step(batch_size) divides by the batch size. Plain SGD: no momentum, wd 0.
+        trainer = model.cache.get("trainer")
+        if trainer is None:
+            trainer = model.cache["trainer"] = gluon.Trainer(model.module.collect_params(), "sgd",
+                                                             {"learning_rate": lr})
+        trainer.set_learning_rate(lr)
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        with autograd.record():
+            logits = model.module(self._array(model, x))
+            l = loss_fn(logits, self._array(model, y))  # noqa: E741  (the textbook's name)
+        l.backward()
+        trainer.step(x.shape[0])
+        return float(l.mean()), logits.asnumpy()
+
+    def _layer_shapes(self, model, x):
+        return [tuple(out.shape) for _, out in model.module.named_outputs(self._array(model, x))]
+
+    def _residual_output_shape(self, x, args, options):
+        blk = Residual(*args, **options)
+        blk.initialize()
+        with autograd.record():
+            return tuple(blk(np.array(x)).shape)
+
+    def count_parameters(self, model):
+        params = model.module.collect_params().values()
+        trainable = sum(int(onp.prod(p.shape)) for p in params if p.grad_req != "null")
+        buffers = sum(int(onp.prod(p.shape)) for p in params if p.grad_req == "null")
+        return trainable, buffers
+
+
+BACKEND = MXNetBackend()
