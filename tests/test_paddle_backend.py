@@ -1,0 +1,199 @@
+"""Checks specific to the Paddle backend: the conventions it translates at the seam and
+the Paddle defaults that would otherwise differ silently. The parity suite covers the
+numbers end to end; these pin down each translation on its own."""
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from resnet_multi.spec import BatchNormSpec
+from resnet_multi.weights import WeightsError, count, init_weights
+
+
+def test_missing_paddle_names_the_extra():
+    """Runs without Paddle too: a blocked import must give the extra to install."""
+    code = ("import sys; sys.modules['paddle'] = None\n"
+            "try:\n    import resnet_multi.paddle\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'resnet-multi[paddle]'" in out
+
+
+paddle = pytest.importorskip("paddle", reason="paddlepaddle not installed")
+rn = pytest.importorskip("resnet_multi.paddle")
+BACKEND = rn.BACKEND
+
+
+def grey_batch(n=4, size=5, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32) * 2 + 1
+
+
+def test_batchnorm_translates_momentum_and_unbiased_variance():
+    x = grey_batch()
+    spec = BatchNormSpec(eps=1e-3, momentum=0.25)
+    bn = rn.BatchNorm2D(3, spec)
+    assert bn._momentum == pytest.approx(0.75) and bn._epsilon == pytest.approx(1e-3)
+    y = bn(paddle.to_tensor(x)).numpy()
+    mean, biased = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    unbiased = x.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(bn._mean.numpy(), 0.25 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn._variance.numpy(), 0.75 + 0.25 * unbiased, rtol=1e-5)
+    # the batch itself is normalised with the biased variance
+    want = (x - mean[None, :, None, None]) / np.sqrt(biased[None, :, None, None] + 1e-3)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+
+
+def test_paddle_default_batchnorm_is_the_other_convention():
+    """Why BatchNorm2D exists: Paddle's own layer, given the spec's 0.1, keeps 10% of the
+    old statistic, and feeds the biased variance."""
+    x = grey_batch()
+    bn = paddle.nn.BatchNorm2D(3)
+    assert bn._momentum == pytest.approx(0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bn(paddle.to_tensor(x))
+    np.testing.assert_allclose(bn._variance.numpy(), 0.9 + 0.1 * x.var(axis=(0, 2, 3)), rtol=1e-5)
+
+
+def test_batchnorm_inference_leaves_statistics_and_training_does_not_warn():
+    bn = rn.BatchNorm2D(3)
+    bn.eval()
+    before = bn._variance.numpy().copy()
+    bn(paddle.to_tensor(grey_batch()))
+    np.testing.assert_array_equal(bn._variance.numpy(), before)
+    bn.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Paddle's BatchNorm2D.forward warns on every training call
+        bn(paddle.to_tensor(grey_batch()))
+
+
+def test_batchnorm_refuses_a_single_value_per_channel():
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        rn.BatchNorm2D(3)(paddle.to_tensor(grey_batch(n=1, size=1)))
+
+
+def test_dense_weight_is_transposed_at_the_seam():
+    model = rn.net("d2l-resnet18", seed=1)
+    assert list(model.head.fc.weight.shape) == [512, 10]  # Paddle: (in, out)
+    weights = rn.get_weights(model)
+    assert weights["head.fc.weight"].shape == (10, 512)
+    np.testing.assert_array_equal(weights["head.fc.weight"], model.head.fc.weight.numpy().T)
+    np.testing.assert_array_equal(weights["head.fc.weight"], init_weights(model.spec, 1)["head.fc.weight"])
+    # and the logits use it that way round
+    x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
+    got = model.head.fc(paddle.to_tensor(x)).numpy()
+    want = x @ weights["head.fc.weight"].T + weights["head.fc.bias"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bn_statistics_get_canonical_names():
+    model = rn.net("d2l-resnet18")
+    assert "stem.bn._mean" in model.state_dict() and "stem.bn._variance" in model.state_dict()
+    names = set(rn.get_weights(model))
+    assert {"stem.bn.running_mean", "stem.bn.running_var"} <= names
+    assert not any(n.endswith(("._mean", "._variance")) for n in names)
+
+
+def test_set_state_dict_would_keep_a_misshaped_tensor_but_set_weights_refuses():
+    model = rn.net("d2l-resnet18")
+    before = rn.get_weights(model)
+    # Paddle's own loader: a warning, and the old tensor stays
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.set_state_dict({"head.fc.weight": np.zeros((10, 512), np.float32)})
+    np.testing.assert_array_equal(model.head.fc.weight.numpy().T, before["head.fc.weight"])
+    # the seam: refused, and nothing at all is written
+    bad = {**before, "stem.conv.weight": np.ones_like(before["stem.conv.weight"]),
+           "head.fc.weight": before["head.fc.weight"].T.copy()}
+    with pytest.raises(WeightsError, match="mis-shaped: head.fc.weight"):
+        rn.set_weights(model, bad)
+    after = rn.get_weights(model)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_set_weights_refuses_a_native_shape_mismatch_behind_check_weights():
+    """If the layer and the spec ever disagreed, the seam must say so rather than warn."""
+    model = rn.net("d2l-resnet18")
+    weights = rn.get_weights(model)
+    model.head.fc = paddle.nn.Linear(512, 7)  # the layer no longer matches its spec
+    with pytest.raises(WeightsError, match=r"head.fc.weight: the Paddle tensor has shape \[512, 7\]"):
+        rn.set_weights(model, weights)
+
+
+def test_spec_initialiser_is_applied_not_paddles_default():
+    model = rn.net("d2l-resnet18", seed=5)
+    want = init_weights(model.spec, 5)
+    got = rn.get_weights(model)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # Paddle's defaults would differ: Normal(0, sqrt(2 / fan_in)) for conv, XavierUniform dense
+    fresh = paddle.nn.Conv2D(1, 64, 7)
+    assert not np.array_equal(fresh.weight.numpy(), want["stem.conv.weight"])
+    # the textbook's init_weights builds an initializer object and never calls it
+    layer = paddle.nn.Linear(512, 10)
+    before = layer.weight.numpy().copy()
+    paddle.nn.initializer.XavierUniform(layer.weight)
+    np.testing.assert_array_equal(layer.weight.numpy(), before)
+
+
+def test_device_names():
+    assert BACKEND.devices()[0] == "cpu"
+    assert rn.paddle_device("cpu") == "cpu"
+    assert rn.paddle_device("cuda:1") == rn.paddle_device("gpu:1") == "gpu:1"
+    with pytest.raises(ValueError, match="unknown device"):
+        rn.paddle_device("tpu:0")
+
+
+def test_global_device_is_restored(monkeypatch):
+    """Paddle's device is process-wide: each seam call sets it and puts the caller's back,
+    also after an error. The caller's device is faked ('gpu:7'), so that a missing restore
+    shows on a CPU-only machine too; the stubbed set_device only records."""
+    calls = []
+    monkeypatch.setattr(paddle, "get_device", lambda: "gpu:7")
+    monkeypatch.setattr(paddle, "set_device", calls.append)
+    model = BACKEND.build("d2l-resnet18", device="cpu", width=8)
+    x = np.zeros((2, 1, 32, 32), np.float32)
+    BACKEND.forward(model, x, training=True)
+    BACKEND.loss_and_grads(model, x, np.array([0, 1]))
+    BACKEND.sgd_step(model, x, np.array([0, 1]), 0.1)
+    BACKEND.layer_shapes(model, (1, 1, 32, 32))
+    with pytest.raises(RuntimeError):
+        with rn.on_device("cpu"):
+            raise RuntimeError("inside")
+    assert len(calls) >= 12 and calls == ["cpu", "gpu:7"] * (len(calls) // 2)
+
+
+def test_counts_read_from_paddle_objects():
+    model = BACKEND.build("d2l-resnet18")
+    assert BACKEND.count_parameters(model) == count(model.spec) == (11_178_378, 7_808)
+    # BN statistics are Paddle parameters that must stay out of the optimizer
+    stats = [p for p in model.module.parameters() if not p.trainable]
+    assert sum(int(p.size) for p in stats) == 7_808
+
+
+def test_sgd_step_leaves_bn_statistics_to_the_forward_pass():
+    """The optimizer sees trainable parameters only; the statistics change once, by BN."""
+    model = BACKEND.build("d2l-resnet18", width=8)
+    x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    ref = BACKEND.build("d2l-resnet18", width=8)
+    BACKEND.forward(ref, x, training=True)
+    BACKEND.sgd_step(model, x, np.arange(4), 0.05)
+    got, want = BACKEND.get_weights(model), BACKEND.get_weights(ref)
+    np.testing.assert_allclose(got["stem.bn.running_var"], want["stem.bn.running_var"], rtol=1e-6)
+
+
+def test_chapter_api():
+    blocks = rn.resnet_block(64, 128, 2)
+    assert len(blocks) == 2 and all(isinstance(b, rn.Residual) for b in blocks)
+    assert blocks[0].shortcut is not None and blocks[1].shortcut is None
+    blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
+    assert list(blk(paddle.rand([4, 3, 6, 6])).shape) == [4, 6, 3, 3]
+    assert blk.conv1.bias is not None
+    assert rn.Residual(3, 3, conv_bias=False).conv1.bias is None
+    model = rn.net("d2l-resnet18")
+    model.eval()
+    assert list(model(paddle.zeros([1, 1, 96, 96])).shape) == [1, 10]
+    with pytest.raises(ValueError, match="input channel"):
+        model(paddle.zeros([1, 3, 96, 96]))
