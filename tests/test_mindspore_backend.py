@@ -1,0 +1,178 @@
+"""Checks specific to the MindSpore backend: the conventions it translates and the
+framework defaults that would otherwise differ silently from the spec."""
+import importlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import random_weights, rel_err
+from test_parity import kink_free_batch
+
+from resnet_multi import BatchNormSpec, get_arch
+from resnet_multi.weights import count
+
+
+def test_missing_mindspore_names_the_extra():
+    """Without MindSpore, importing the backend says which extra installs it (runs anywhere)."""
+    code = ("import sys; sys.modules['mindspore'] = None\n"
+            "try:\n    import resnet_multi.mindspore\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'resnet-multi[mindspore]'" in out
+
+
+@pytest.fixture(scope="module")
+def rn():
+    pytest.importorskip("mindspore", reason="MindSpore not installed: pip install 'resnet-multi[mindspore]'")
+    return importlib.import_module("resnet_multi.mindspore")
+
+
+@pytest.fixture(scope="module")
+def ms(rn):
+    return rn.ms
+
+
+def test_numpy_is_below_2(ms):
+    # MindSpore 2.x fails at the first tensor + Python scalar on numpy 2 ("compiled using NumPy 1.x").
+    assert int(np.__version__.split(".")[0]) < 2
+    assert (ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy().tolist() == [2.0, 2.0]
+
+
+def test_batch_norm_momentum_is_translated(ms, rn):
+    """The spec's momentum 0.1 (PyTorch's convention) is MindSpore's 0.9; the running
+    variance takes the unbiased batch variance. Data: mean 4.5, biased var 5.25, unbiased 6."""
+    bn = rn.batch_norm(1, BatchNormSpec(eps=1e-5, momentum=0.1))
+    assert not bn.training, "MindSpore cells start in inference mode"
+    bn.set_train(True)
+    x = ms.Tensor(np.arange(1, 9, dtype=np.float32).reshape(8, 1, 1, 1))
+    y = bn(x).asnumpy().ravel()
+    np.testing.assert_allclose(bn.moving_mean.asnumpy(), [0.1 * 4.5], rtol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.asnumpy(), [0.9 * 1 + 0.1 * 6.0], rtol=1e-6)
+    # the batch itself is normalised with the biased variance
+    np.testing.assert_allclose(y, (np.arange(1, 9) - 4.5) / np.sqrt(5.25 + 1e-5), rtol=1e-5)
+    # the trap: the spec's 0.1 passed unconverted keeps only 10% of the old statistics
+    unconverted = ms.nn.BatchNorm2d(1, momentum=0.1)
+    unconverted.set_train(True)
+    unconverted(x)
+    np.testing.assert_allclose(unconverted.moving_mean.asnumpy(), [0.9 * 4.5], rtol=1e-6)
+
+
+def test_bn_statistics_are_canonical_names(rn):
+    model = rn.net("d2l-resnet18")
+    params = rn.canonical_parameters(model)
+    assert params["stem.bn.running_var"] is model.stem.bn.moving_variance
+    assert params["stem.bn.weight"] is model.stem.bn.gamma
+    assert params["head.fc.weight"].shape == (10, 512)  # nn.Dense is (out, in), as canonical
+
+
+def test_every_conv_pads_symmetrically_with_the_specs_bias(ms, rn):
+    """MindSpore's Conv2d defaults (pad_mode='same', has_bias=False) would pad the 7x7/2
+    stem (2, 3) on an even size and drop the chapter's 4,800 conv-bias parameters."""
+    model = rn.net("d2l-resnet18")
+    convs = [c for _, c in model.cells_and_names() if isinstance(c, ms.nn.Conv2d)]
+    assert convs and all(c.pad_mode == "pad" and c.has_bias for c in convs)
+    assert rn.BACKEND.count_parameters(rn.BACKEND.build("d2l-resnet18")) == count(get_arch("d2l-resnet18"))
+    # the textbook's layers, for contrast: the same stem conv with MindSpore's defaults
+    textbook = ms.nn.Conv2d(1, 64, 7, stride=2)
+    assert textbook.pad_mode == "same" and not textbook.has_bias
+
+
+def test_stem_on_an_even_size_matches_symmetric_padding(ms, rn):
+    """At 96x96 (even) the stem conv + max pool must equal explicit symmetric zero / -inf padding."""
+    model = rn.net("d2l-resnet18", seed=1)
+    model.set_train(False)
+    x = np.random.default_rng(0).standard_normal((1, 1, 96, 96)).astype(np.float32)
+    conv = model.stem.conv(ms.Tensor(x)).asnumpy()
+    w = model.stem.conv.weight.asnumpy()
+    b = model.stem.conv.bias.asnumpy()
+    xp = np.pad(x, ((0, 0), (0, 0), (3, 3), (3, 3)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (7, 7), axis=(2, 3))[:, :, ::2, ::2]
+    want = np.einsum("nchwij,ocij->nohw", windows, w) + b[None, :, None, None]
+    assert conv.shape == (1, 64, 48, 48) and rel_err(conv, want) <= 1e-5
+    pooled = model.stem.pool(ms.Tensor(conv)).asnumpy()
+    cp = np.pad(conv, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    pool_windows = np.lib.stride_tricks.sliding_window_view(cp, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
+    want_pool = pool_windows.max(axis=(-1, -2))
+    np.testing.assert_array_equal(pooled, want_pool)
+
+
+def test_device_is_the_process_device(rn):
+    assert rn.devices() == rn.BACKEND.devices() and len(rn.devices()) == 1
+    with pytest.raises(ValueError, match="mindspore.set_device"):
+        rn.net("d2l-resnet18", device="gpu:7")
+
+
+def test_graph_mode_matches_pynative(ms, rn):
+    """The same cells compiled in graph mode: identical logits, gradients and BN updates."""
+    spec_kw = dict(width=8)
+    weights = random_weights(get_arch("d2l-resnet18", **spec_kw), seed=5, damp_residuals=True)
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((4, 1, 32, 32)).astype(np.float32))
+    y = ms.Tensor(np.arange(4, dtype=np.int32))
+    results = []
+    for mode in (ms.PYNATIVE_MODE, ms.GRAPH_MODE):
+        model = rn.net("d2l-resnet18", **spec_kw)
+        rn.set_weights(model, weights)
+        model.set_train(True)
+        loss_fn = ms.nn.CrossEntropyLoss()
+
+        def forward_fn(x, y):
+            logits = model(x)
+            return loss_fn(logits, y), logits
+
+        grad_fn = ms.value_and_grad(forward_fn, None, model.trainable_params(), has_aux=True)
+        ms.set_context(mode=mode)
+        try:
+            (loss, logits), grads = grad_fn(x, y)
+        finally:
+            ms.set_context(mode=ms.PYNATIVE_MODE)
+        results.append((loss.asnumpy(), logits.asnumpy(), [g.asnumpy() for g in grads],
+                        rn.get_weights(model)))
+    (l0, z0, g0, w0), (l1, z1, g1, w1) = results
+    assert rel_err(l1, l0) <= 1e-5 and rel_err(z1, z0) <= 1e-5
+    # conv biases feeding a BN have ~0 gradients: measure every error against the largest gradient
+    scale = max(np.abs(g).max() for g in g0)
+    assert all(np.abs(a - b).max() <= 1e-4 * scale for a, b in zip(g1, g0))
+    assert all(rel_err(w1[k], w0[k]) <= 1e-5 for k in w0 if k.endswith(("running_mean", "running_var")))
+
+
+def test_two_sgd_steps_are_plain_sgd(rn, oracle):
+    """Two steps, not one: momentum leaves the first SGD step unchanged (its velocity
+    starts at zero), so only a second step shows that nn.SGD is plain SGD here."""
+    backend = rn.BACKEND
+    model, ref = backend.build("d2l-resnet18", width=8), oracle.build("d2l-resnet18", width=8)
+    weights = random_weights(model.spec, seed=3, damp_residuals=True)
+    backend.set_weights(model, weights)
+    oracle.set_weights(ref, weights)
+    x = kink_free_batch(oracle, ref, model.spec)  # see test_parity: no ReLU or pool decision near a tie
+    oracle.set_weights(ref, weights)
+    y = np.arange(4) % 10
+    for _ in range(2):
+        loss, _ = backend.sgd_step(model, x, y, 0.05)
+        want_loss, _ = oracle.sgd_step(ref, x, y, 0.05)
+        assert abs(loss - want_loss) <= 1e-3 * abs(want_loss)
+    got, want = backend.get_weights(model), oracle.get_weights(ref)
+    for name in ("stem.conv.weight", "stages.3.1.conv2.weight", "head.fc.weight", "head.fc.bias"):
+        assert rel_err(got[name] - weights[name], want[name] - weights[name]) <= 1e-3, name
+
+
+def test_set_weights_after_training_is_not_lost(rn):
+    """Parameter.set_data would swap in a new tensor that an existing nn.SGD never
+    updates (and that aliases the caller's array): a resumed or re-synced run would
+    silently stop learning. After set_weights, a step must start from the new weights."""
+    backend = rn.BACKEND
+    model = backend.build("d2l-resnet18", width=8)
+    x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    y = np.arange(4)
+    backend.sgd_step(model, x, y, 0.05)  # the optimizer now exists
+    weights = random_weights(model.spec, seed=1)
+    kept = {k: v.copy() for k, v in weights.items()}
+    backend.set_weights(model, weights)
+    backend.sgd_step(model, x, y, 0.05)
+    fresh = backend.build("d2l-resnet18", width=8)
+    backend.set_weights(fresh, weights)
+    backend.sgd_step(fresh, x, y, 0.05)
+    got, want = backend.get_weights(model), backend.get_weights(fresh)
+    assert not np.array_equal(got["head.fc.weight"], weights["head.fc.weight"]), "the step was lost"
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        np.testing.assert_array_equal(weights[name], kept[name], err_msg=f"{name}: caller's array changed")
