@@ -1,0 +1,429 @@
+"""The Residual Networks chapter in TensorFlow (Keras 3).
+
+    from resnet_multi import tf as rn
+    net = rn.net("d2l-resnet18")                     # the chapter's network, spec'd weights
+    logits = net(tf.zeros((2, 96, 96, 1)), training=False)
+    blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
+    print(rn.shape_table(net, (1, 96, 96, 1)))       # or: python -m resnet_multi.tf
+
+This module follows TensorFlow's own conventions: batches are NHWC, conv
+kernels HWIO, dense kernels ``(in, out)``, BN statistics ``moving_mean`` /
+``moving_variance``. Only :func:`get_weights`, :func:`set_weights` and the
+backend adapter at the bottom speak the canonical NCHW / OIHW / ``(out, in)``
+layout. Where the textbook's Keras code differs from the spec, this code says
+why at the spot:
+
+* Keras ``padding="same"`` with stride 2 pads asymmetrically; every conv and
+  the max pool here pad symmetrically and explicitly (:func:`pad`, :class:`MaxPool2D`).
+* Keras BN has another epsilon, the opposite momentum convention and a biased
+  running variance (:class:`BatchNorm`).
+* Layers are built from ``input_channels`` at construction, so weights exist
+  (and can be counted and loaded) before the first call.
+* ``training=`` is passed explicitly everywhere: a Keras model called without it
+  runs in inference mode outside ``fit`` (and nested layers inherit that).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import shapes
+from .backend import Backend, TrainingPass, require
+from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_spec, get_arch, stage_spec
+from .weights import check_weights, init_weights
+
+# Keras 3 runs on whichever backend KERAS_BACKEND names; this module is the TensorFlow one.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+tf = require("tensorflow", "tf")
+keras = require("keras", "tf")
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(f"resnet_multi.tf needs Keras on its TensorFlow backend, but Keras was loaded with "
+                      f"KERAS_BACKEND={keras.backend.backend()!r}; unset it or set it to 'tensorflow'")
+layers = keras.layers
+
+
+# ---- layers the spec needs and Keras does not have as such ----------------------------------
+def pad(x, padding: int, value: float = 0.0):
+    """Pad H and W by ``padding`` on both sides. Keras ``padding="same"`` with stride 2
+    pads ``(k - 2) // 2`` before and the rest after on even sizes (2 and 3 for the 7x7
+    stem), which shifts every window by one pixel against the spec (and PyTorch): the
+    shapes agree but the logits do not. So every conv pads here and runs ``"valid"``."""
+    if not padding:
+        return x
+    return tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]], constant_values=value)
+
+
+def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool) -> layers.Conv2D:
+    """A ``Conv2D`` (padding ``"valid"``, see :func:`pad`) built for ``input_channels``, so
+    its kernel exists before the first call, as in the other frameworks."""
+    conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=use_bias)
+    conv.build((None, None, None, input_channels))
+    return conv
+
+
+class BatchNorm(layers.BatchNormalization):
+    """``BatchNormalization`` in the spec's convention.
+
+    Keras defaults to epsilon 1e-3 and ``moving = momentum * moving + (1 - momentum) * batch``
+    with momentum 0.99, so the spec's momentum ``m`` (PyTorch's) is Keras' ``1 - m``.
+    Keras also feeds the *biased* batch variance into the moving variance; the spec
+    (and PyTorch) feed the unbiased one, so training mode is rewritten below. The batch
+    itself is normalised with the biased variance in both.
+    """
+
+    def __init__(self, channels: int, bn: BatchNormSpec, **kwargs):
+        super().__init__(axis=-1, momentum=1.0 - bn.momentum, epsilon=bn.eps, **kwargs)
+        self.build((None, None, None, channels))
+
+    def call(self, inputs, training=False):
+        if not (training and self.trainable):
+            return super().call(inputs, training=False)
+        # tf.nn.moments sums all N*H*W values in one float32 reduction, 5-10 times less
+        # accurately than PyTorch (measured 6e-7 vs 1e-7 relative over 8192 values), which
+        # let ten SGD steps drift up to 3e-3 from float64. Reducing over H, W and then N
+        # (equal-sized groups, so the same mean) brings it to PyTorch's level.
+        mean = tf.reduce_mean(tf.reduce_mean(inputs, axis=[1, 2]), axis=0)
+        # as tf.nn.moments: the variance's gradient through the mean is zero anyway
+        squares = tf.math.squared_difference(inputs, tf.stop_gradient(mean))
+        variance = tf.reduce_mean(tf.reduce_mean(squares, axis=[1, 2]), axis=0)
+        n = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], inputs.dtype)
+        unbiased = variance * n / (n - 1.0)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum))
+        return tf.nn.batch_normalization(inputs, mean, variance, self.beta, self.gamma, self.epsilon)
+
+
+class MaxPool2D(layers.MaxPooling2D):
+    """``MaxPooling2D`` padded symmetrically with -inf (padding never wins the max).
+    Keras ``padding="same"`` pads (0, 1) on even sizes where the spec pads (1, 1); zero
+    padding would do only after a ReLU, and pre-activation stems have none."""
+
+    def __init__(self, pool_size=3, strides=2, padding=1):
+        super().__init__(pool_size, strides, padding="valid")
+        self.symmetric_padding = padding
+
+    def call(self, inputs):
+        return super().call(pad(inputs, self.symmetric_padding, float("-inf")))
+
+
+# ---- the chapter's blocks --------------------------------------------------------------------
+class Residual(layers.Layer):
+    """The chapter's residual block: ``relu(F(x) + shortcut(x))`` on NHWC input.
+
+    ``Residual(input_channels, num_channels, use_1x1conv=False, strides=1)``: unlike the
+    textbook's Keras code it takes ``input_channels``, so weights exist before the first
+    call. ``kind="bottleneck"``, ``preact=True``, ``conv_bias``, ``shortcut="conv_bn"``
+    and ``stride_on`` select the exercises' variants (see :class:`resnet_multi.spec.BlockSpec`).
+    """
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        super().__init__()
+        spec = input_channels if isinstance(input_channels, BlockSpec) else \
+            block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        self.spec = spec
+        bns = dict(spec.bn_names())
+        self.convs = [(name, p) for name, *_, p in spec.convs()]  # (attribute, symmetric padding)
+        for name, cin, cout, k, s, _ in spec.convs():
+            setattr(self, name, conv2d(cin, cout, k, s, spec.conv_bias))
+            setattr(self, "bn" + name[-1], BatchNorm(bns["bn" + name[-1]], spec.bn))
+        self.shortcut_conv = self.shortcut_bn = None
+        if spec.projection:
+            self.shortcut_conv = conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias)
+            if spec.shortcut == "conv_bn":
+                self.shortcut_bn = BatchNorm(spec.out_channels, spec.bn)
+        self.built = True  # every sublayer is built: Keras need not wait for a first call
+
+    def _conv(self, name, padding, x):
+        return getattr(self, name)(pad(x, padding))
+
+    def _bn(self, conv_name, x, training):
+        return getattr(self, "bn" + conv_name[-1])(x, training=training)
+
+    def _shortcut(self, x, training):
+        if self.shortcut_conv is None:
+            return x
+        y = self.shortcut_conv(x)
+        return self.shortcut_bn(y, training=training) if self.shortcut_bn is not None else y
+
+    def call(self, x, training=False):
+        if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
+            (first, p), *rest = self.convs
+            pre = tf.nn.relu(self._bn(first, x, training))
+            y = self._conv(first, p, pre)
+            for name, p in rest:
+                y = self._conv(name, p, tf.nn.relu(self._bn(name, y, training)))
+            return y + (self._shortcut(pre, training) if self.shortcut_conv is not None else x)
+        y = x
+        for name, p in self.convs[:-1]:
+            y = tf.nn.relu(self._bn(name, self._conv(name, p, y), training))
+        name, p = self.convs[-1]
+        y = self._bn(name, self._conv(name, p, y), training)
+        return tf.nn.relu(y + self._shortcut(x, training))
+
+    def named_layers(self, prefix=""):
+        """(canonical name, layer) for every layer with weights."""
+        for name, _ in self.convs:
+            bn = "bn" + name[-1]
+            yield from ([(prefix + bn, getattr(self, bn)), (prefix + name, getattr(self, name))]
+                        if self.spec.preact else
+                        [(prefix + name, getattr(self, name)), (prefix + bn, getattr(self, bn))])
+        if self.shortcut_conv is not None:
+            yield prefix + "shortcut.conv", self.shortcut_conv
+        if self.shortcut_bn is not None:
+            yield prefix + "shortcut.bn", self.shortcut_bn
+
+
+class ResnetBlock(layers.Layer):
+    """A stage of residual blocks:
+    ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``.
+
+    The textbook iterates ``self.residual_layers.layers``, which Keras 3 no longer
+    has on a list attribute; the blocks are a plain list here, which Keras 3 tracks."""
+
+    def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
+        super().__init__()
+        spec = input_channels if not isinstance(input_channels, int) else \
+            stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
+        self.spec = spec
+        self.residual_layers = [Residual(block) for block in spec.blocks]
+        self.built = True
+
+    def call(self, x, training=False):
+        for blk in self.residual_layers:
+            x = blk(x, training=training)
+        return x
+
+    def named_layers(self, prefix=""):
+        for j, blk in enumerate(self.residual_layers):
+            yield from blk.named_layers(f"{prefix}{j}.")
+
+
+def resnet_block(input_channels, num_channels, num_residuals, first_block=False, **options) -> list:
+    """The chapter's helper: the stage's blocks as a list."""
+    return list(ResnetBlock(input_channels, num_channels, num_residuals, first_block, **options).residual_layers)
+
+
+class ResNet(keras.Model):
+    """stem -> stages -> head on NHWC input; :meth:`named_outputs` walks the chapter's
+    layers in order. Call it as ``net(x, training=...)``: the default is inference."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.spec = spec
+        self.stem_conv = conv2d(spec.in_channels, spec.width, 7, 2, spec.conv_bias)  # padded 3 in call
+        self.stem_bn = None if spec.preact else BatchNorm(spec.width, spec.bn)
+        self.stem_pool = MaxPool2D(3, 2, 1)
+        self.stages = [ResnetBlock(s) for s in spec.stages]
+        self.head_bn = BatchNorm(spec.features, spec.bn) if spec.preact else None
+        self.head_pool = layers.GlobalAveragePooling2D(keepdims=True)
+        self.head_flatten = layers.Flatten()
+        self.head_fc = layers.Dense(spec.num_classes)
+        self.head_fc.build((None, spec.features))
+        self.built = True
+
+    def _check(self, x):
+        shape = tuple(x.shape)
+        if len(shape) == 4 and None not in shape:
+            n, h, w, c = shape
+            if c != self.spec.in_channels and shape[1] == self.spec.in_channels:
+                raise ValueError(f"{self.spec.name} takes NHWC batches (N, H, W, {self.spec.in_channels}), "
+                                 f"got {shape}, which looks NCHW: use tf.transpose(x, (0, 2, 3, 1))")
+            shapes.check_input_shape(self.spec, (n, c, h, w))
+        elif len(shape) != 4:
+            raise ValueError(f"{self.spec.name} expects a 4-d NHWC batch (N, H, W, {self.spec.in_channels}), "
+                             f"got shape {shape}")
+
+    def named_outputs(self, x, training=False):
+        """Each named layer's output in turn: the chapter's shape table."""
+        self._check(x)
+        x = self.stem_conv(pad(x, 3))
+        if self.stem_bn is not None:
+            x = tf.nn.relu(self.stem_bn(x, training=training))
+        x = self.stem_pool(x)
+        yield "stem", x
+        for i, stage in enumerate(self.stages):
+            x = stage(x, training=training)
+            yield f"stages.{i}", x
+        if self.head_bn is not None:
+            x = self.head_bn(x, training=training)
+            yield "head.bn", x
+            x = tf.nn.relu(x)
+            yield "head.relu", x
+        for name in ("pool", "flatten", "fc"):
+            x = getattr(self, "head_" + name)(x)
+            yield f"head.{name}", x
+
+    def call(self, x, training=False):
+        for _, x in self.named_outputs(x, training):
+            pass
+        return x
+
+    def named_layers(self):
+        """(canonical name, layer) for every layer with weights, in canonical order."""
+        yield "stem.conv", self.stem_conv
+        if self.stem_bn is not None:
+            yield "stem.bn", self.stem_bn
+        for i, stage in enumerate(self.stages):
+            yield from stage.named_layers(f"stages.{i}.")
+        if self.head_bn is not None:
+            yield "head.bn", self.head_bn
+        yield "head.fc", self.head_fc
+
+
+def _device_name(device: str) -> str:
+    """The seam's device names ('cpu', 'cuda:0') as TensorFlow's ('/CPU:0', '/GPU:0')."""
+    return "/CPU:0" if device == "cpu" else "/GPU:" + device.split(":")[1]
+
+
+def devices() -> list[str]:
+    """'cpu', then one 'cuda:i' per GPU TensorFlow sees."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
+
+
+def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
+    """Build a named architecture with the spec's initial weights for ``seed``. Its
+    variables live on ``device``; run it inside ``with tf.device(...)`` for the same."""
+    spec = get_arch(arch, **overrides)
+    if device not in devices():
+        raise ValueError(f"device {device!r} is not available to tf; available: {devices()}")
+    if device != "cpu":
+        # TensorFlow runs float32 convs and matmuls in TF32 on Ampere and newer GPUs by
+        # default: 10-bit mantissas, errors of 1e-3. The spec's float32 means float32.
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    with tf.device(_device_name(device)):
+        model = ResNet(spec)
+        set_weights(model, init_weights(spec, seed))
+    return model
+
+
+# ---- canonical weights: names from named_layers(), layouts converted here ------------------------
+def _canonical_variables(model: ResNet):
+    """(canonical name, Keras variable, layout converter to canonical, converter from canonical)."""
+    same = (lambda a: a, lambda a: a)
+    for prefix, layer in model.named_layers():
+        if isinstance(layer, layers.Conv2D):  # HWIO <-> OIHW
+            yield f"{prefix}.weight", layer.kernel, (lambda a: a.transpose(3, 2, 0, 1)), \
+                (lambda a: a.transpose(2, 3, 1, 0))
+            if layer.use_bias:
+                yield f"{prefix}.bias", layer.bias, *same
+        elif isinstance(layer, layers.Dense):  # (in, out) <-> (out, in)
+            yield f"{prefix}.weight", layer.kernel, (lambda a: a.T), (lambda a: a.T)
+            yield f"{prefix}.bias", layer.bias, *same
+        else:
+            for name, var in (("weight", layer.gamma), ("bias", layer.beta),
+                              ("running_mean", layer.moving_mean), ("running_var", layer.moving_variance)):
+                yield f"{prefix}.{name}", var, *same
+
+
+def get_weights(model: ResNet) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(to_canonical(np.asarray(var.numpy())))
+            for name, var, to_canonical, _ in _canonical_variables(model)}
+
+
+def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
+    check_weights(model.spec, weights)  # names and shapes, all reported at once
+    for name, var, _, from_canonical in _canonical_variables(model):
+        var.assign(np.ascontiguousarray(from_canonical(np.asarray(weights[name]))))
+
+
+def shape_table(model: ResNet, input_shape=(1, 96, 96, 1)) -> str:
+    """The chapter's per-layer table for an NHWC input shape: the canonical NCHW shape,
+    then TensorFlow's own NHWC shape, measured by running the layers on zeros."""
+    native = [tuple(int(d) for d in out.shape)
+              for _, out in model.named_outputs(tf.zeros(input_shape), training=False)]
+    rows = [shapes.LayerShape(name, BACKEND.to_canonical_shape(s))
+            for name, s in zip(model.spec.layer_names(), native, strict=True)]
+    return shapes.format_table(rows, native=native, native_layout="NHWC")
+
+
+# ---- the backend seam: NCHW NumPy in and out, NHWC inside ------------------------------------
+class TFBackend(Backend):
+    name = "tf"
+    native_layout = "NHWC"
+
+    def framework_version(self):
+        return f"{tf.__version__} (Keras {keras.__version__})"
+
+    def devices(self):
+        return devices()
+
+    def _build(self, spec, device):
+        if device != "cpu":
+            tf.config.experimental.enable_tensor_float_32_execution(False)  # see net()
+        with tf.device(_device_name(device)):
+            return ResNet(spec)
+
+    def _get_weights(self, model):
+        return get_weights(model.module)
+
+    def _set_weights(self, model, weights):
+        set_weights(model.module, weights)
+
+    @staticmethod
+    def _nhwc(x: np.ndarray):
+        return tf.constant(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+
+    def _forward(self, model, x, training):
+        with tf.device(_device_name(model.device)):
+            return model.module(self._nhwc(x), training=training).numpy()
+
+    @staticmethod
+    def _loss(y, logits):
+        # mean over the batch of the softmax cross-entropy, as in the chapter
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+
+    def _loss_and_grads(self, model, x, y):
+        module = model.module
+        with tf.device(_device_name(model.device)):
+            named = [(name, var, to_canonical) for name, var, to_canonical, _ in _canonical_variables(module)
+                     if var.trainable]
+            with tf.GradientTape() as tape:
+                logits = module(self._nhwc(x), training=True)
+                loss = self._loss(tf.constant(y), logits)
+            grads = tape.gradient(loss, [var for _, var, _ in named])
+        return TrainingPass(float(loss), logits.numpy(),
+                            {name: np.ascontiguousarray(to_canonical(g.numpy()))
+                             for (name, _, to_canonical), g in zip(named, grads)})
+
+    def _sgd_step(self, model, x, y, lr):
+        module = model.module
+        with tf.device(_device_name(model.device)):
+            optimizer = model.cache.get("sgd")
+            if optimizer is None or model.cache.get("lr") != lr:
+                optimizer = model.cache["sgd"] = keras.optimizers.SGD(learning_rate=lr)  # no momentum
+                model.cache["lr"] = lr
+            with tf.GradientTape() as tape:
+                logits = module(self._nhwc(x), training=True)
+                loss = self._loss(tf.constant(y), logits)
+            grads = tape.gradient(loss, module.trainable_variables)
+            optimizer.apply_gradients(zip(grads, module.trainable_variables))
+        return float(loss), logits.numpy()
+
+    def _layer_shapes(self, model, x):
+        with tf.device(_device_name(model.device)):
+            return [tuple(int(d) for d in out.shape)
+                    for _, out in model.module.named_outputs(self._nhwc(x), training=False)]
+
+    def _residual_output_shape(self, x, args, options):
+        with tf.device("/CPU:0"):
+            return tuple(Residual(*args, **options)(self._nhwc(x), training=True).shape)
+
+    def count_parameters(self, model):
+        module = model.module
+        params = sum(int(np.prod(v.shape)) for v in module.trainable_variables)
+        buffers = sum(int(np.prod(v.shape)) for v in module.non_trainable_variables)
+        return params, buffers
+
+
+BACKEND = TFBackend()
+
+
+if __name__ == "__main__":
+    # python -m resnet_multi.tf [arch] [size]: the per-layer shape table
+    import sys
+
+    arch = sys.argv[1] if len(sys.argv) > 1 else "d2l-resnet18"
+    size = int(sys.argv[2]) if len(sys.argv) > 2 else 96
+    model = net(arch)
+    print(shape_table(model, (1, size, size, model.spec.in_channels)))
