@@ -206,11 +206,12 @@ def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
 
 def _process_device() -> str:
     target = ms.get_context("device_target")
-    return "cpu" if target == "CPU" else f"{target.lower()}:{ms.get_context('device_id')}"
+    kind = {"CPU": "cpu", "GPU": "cuda"}.get(target, target.lower())  # the other backends' names
+    return "cpu" if kind == "cpu" else f"{kind}:{ms.get_context('device_id')}"
 
 
 def devices() -> list[str]:
-    """The one device this process runs on: 'cpu', 'gpu:N' or 'ascend:N'.
+    """The one device this process runs on: 'cpu', 'cuda:N' or 'ascend:N'.
 
     MindSpore places every kernel of a process on the device that
     ``mindspore.set_device(target, id)`` names (or that it picked itself), and that

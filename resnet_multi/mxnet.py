@@ -24,7 +24,8 @@ MXNet 1.9.1 is the last release; it imports only with ``numpy<1.24`` (it uses
   structural names Gluon gives parameters (the ones ``save_parameters`` writes) are
   the canonical ones once BN's ``gamma``/``beta`` are read as ``weight``/``bias``.
 * Training mode is ``autograd.record()``, not a flag on the model. Devices are
-  MXNet contexts: ``"cpu"`` and ``"gpu:N"`` (``npx.gpu(N)``).
+  MXNet contexts: ``"cpu"`` and ``"cuda:N"`` as the other backends name them
+  (``npx.gpu(N)``; MXNet's own ``"gpu:N"`` is accepted too).
 """
 from __future__ import annotations
 
@@ -188,13 +189,13 @@ def context(device: str):
     if device == "cpu":
         return npx.cpu()
     kind, _, index = device.partition(":")
-    if kind != "gpu" or not index.isdigit():
-        raise ValueError(f"unknown MXNet device {device!r}; use 'cpu' or 'gpu:N'")
+    if kind not in ("cuda", "gpu") or not index.isdigit():
+        raise ValueError(f"unknown MXNet device {device!r}; use 'cpu' or 'cuda:N'")
     return npx.gpu(int(index))
 
 
 def devices() -> list[str]:
-    return ["cpu"] + [f"gpu:{i}" for i in range(npx.num_gpus())]
+    return ["cpu"] + [f"cuda:{i}" for i in range(npx.num_gpus())]
 
 
 def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:

@@ -125,8 +125,8 @@ def test_trainer_is_plain_sgd():
 
 
 def test_unknown_device_names_are_refused():
-    with pytest.raises(ValueError, match="'cpu' or 'gpu:N'"):
-        rn.context("cuda:0")
+    with pytest.raises(ValueError, match="'cpu' or 'cuda:N'"):
+        rn.context("tpu:0")
     assert rn.devices()[0] == "cpu" and len(rn.devices()) == 1 + mx.npx.num_gpus()
 
 
