@@ -33,7 +33,7 @@ import numpy as onp  # NumPy proper: what crosses the seam; ``np`` below is mxne
 
 from .backend import Backend, Model, TrainingPass, require
 from .shapes import check_input_shape
-from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_spec, get_arch, stage_spec
+from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights
 
 mx = require("mxnet", "mxnet")
@@ -105,8 +105,7 @@ class Residual(nn.Block):
 
     def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
         super().__init__()
-        spec = input_channels if isinstance(input_channels, BlockSpec) else \
-            block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
         bns = dict(spec.bn_names())
         self.convs = [name for name, *_ in spec.convs()]
@@ -141,8 +140,7 @@ class ResnetBlock(nn.Sequential):
 
     def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
         super().__init__()
-        spec = input_channels if not isinstance(input_channels, int) else \
-            stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
+        spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
         self.spec = spec
         self.add(*(Residual(block) for block in spec.blocks))
 

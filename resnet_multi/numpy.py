@@ -19,8 +19,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from . import shapes
 from . import weights as canonical
-from .backend import Backend, Model, TrainingPass
-from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_spec, get_arch, stage_spec
+from .backend import Backend, TrainingPass
+from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 
 DTYPE = np.float64
 
@@ -235,8 +235,7 @@ class Residual(Sequential):
     """
 
     def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
-        spec = input_channels if isinstance(input_channels, BlockSpec) else \
-            block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
         bns = dict(spec.bn_names())
         layers = {}
@@ -302,8 +301,7 @@ class ResnetBlock(Sequential):
     """A stage: ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``."""
 
     def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
-        spec = input_channels if not isinstance(input_channels, int) else \
-            stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
+        spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
         self.spec = spec
         super().__init__({str(j): Residual(b) for j, b in enumerate(spec.blocks)})
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from .backend import Backend, TrainingPass, require
 from .shapes import check_input_shape
-from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_spec, get_arch, stage_spec
+from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import WeightsError, check_weights, init_weights
 
 paddle = require("paddle", "paddle")
@@ -119,8 +119,7 @@ class Residual(nn.Layer):
 
     def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
         super().__init__()
-        spec = input_channels if isinstance(input_channels, BlockSpec) else \
-            block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
         bns = dict(spec.bn_names())
         self.convs = [name for name, *_ in spec.convs()]
@@ -155,8 +154,7 @@ class ResnetBlock(nn.Sequential):
     ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``."""
 
     def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
-        spec = input_channels if not isinstance(input_channels, int) else \
-            stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
+        spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
         super().__init__(*(Residual(block) for block in spec.blocks))
         self.spec = spec
 

@@ -138,10 +138,13 @@ class BlockSpec:
         return [("bn" + name[-1], cout) for name, _, cout, _, _, _ in self.convs()]
 
 
-def block_spec(input_channels: int, num_channels: int, use_1x1conv: bool = False, strides: int = 1,
+def block_spec(input_channels, num_channels: int | None = None, use_1x1conv: bool = False, strides: int = 1,
                **options) -> BlockSpec:
     """The chapter's ``Residual(input_channels, num_channels, use_1x1conv, strides)`` arguments
-    as a :class:`BlockSpec`; ``options`` are BlockSpec's other fields."""
+    as a :class:`BlockSpec`; ``options`` are BlockSpec's other fields. A BlockSpec
+    passes through, so every backend's ``Residual`` also takes one."""
+    if isinstance(input_channels, BlockSpec):
+        return input_channels
     unknown = set(options) - BLOCK_OPTIONS
     if unknown:
         raise ValueError(f"unknown Residual option(s) {sorted(unknown)}; valid: {sorted(BLOCK_OPTIONS)}")
@@ -162,15 +165,17 @@ class StageSpec:
         return self.blocks[-1].out_channels
 
 
-def stage_spec(input_channels: int, num_channels: int, num_residuals: int, first_block: bool = False,
-               **options) -> StageSpec:
+def stage_spec(input_channels, num_channels: int | None = None, num_residuals: int | None = None,
+               first_block: bool = False, **options) -> StageSpec:
     """The chapter's ``resnet_block``: the first block halves the resolution with a
     projection unless it is the network's first stage; the rest keep the shape.
 
     The first stage's first block also gets a projection when it changes the
     channel count (a bottleneck stage 0 goes from 64 to 256 channels at stride 1),
-    which the chapter's basic-block network never needs.
+    which the chapter's basic-block network never needs. A StageSpec passes through.
     """
+    if isinstance(input_channels, StageSpec):
+        return input_channels
     _positive_int(num_residuals, "num_residuals", "a stage needs at least one block")
     first = block_spec(input_channels, num_channels,
                        use_1x1conv=not first_block or input_channels != num_channels,

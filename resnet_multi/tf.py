@@ -30,7 +30,7 @@ import numpy as np
 
 from . import shapes
 from .backend import Backend, TrainingPass, require
-from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_spec, get_arch, stage_spec
+from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights
 
 # Keras 3 runs on whichever backend KERAS_BACKEND names; this module is the TensorFlow one.
@@ -119,8 +119,7 @@ class Residual(layers.Layer):
 
     def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
         super().__init__()
-        spec = input_channels if isinstance(input_channels, BlockSpec) else \
-            block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
         bns = dict(spec.bn_names())
         self.convs = [(name, p) for name, *_, p in spec.convs()]  # (attribute, symmetric padding)
@@ -183,8 +182,7 @@ class ResnetBlock(layers.Layer):
 
     def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
         super().__init__()
-        spec = input_channels if not isinstance(input_channels, int) else \
-            stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
+        spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
         self.spec = spec
         self.residual_layers = [Residual(block) for block in spec.blocks]
         self.built = True

@@ -10,7 +10,7 @@ from helpers import random_weights
 
 mx = pytest.importorskip("mxnet", reason="MXNet not installed: pip install 'resnet-multi[mxnet]'")
 rn = pytest.importorskip("resnet_multi.mxnet")
-from mxnet import autograd, gluon, np  # noqa: E402
+from mxnet import autograd, np  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
 from resnet_multi import BatchNormSpec  # noqa: E402

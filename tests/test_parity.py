@@ -5,7 +5,7 @@ import pytest
 from conftest import BACKEND_CASES, arch_cases
 from helpers import kink_free_batch, random_weights, rel_err
 
-from resnet_multi import ARCHS, get_arch, shapes
+from resnet_multi import ARCHS, shapes
 from resnet_multi.weights import WeightsError, count, init_weights, load_weights, tensor_specs
 
 ALL_ARCHS = list(ARCHS)
