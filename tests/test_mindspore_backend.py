@@ -100,6 +100,8 @@ def test_device_is_the_process_device(rn):
     assert rn.devices() == rn.BACKEND.devices() and len(rn.devices()) == 1
     with pytest.raises(ValueError, match="mindspore.set_device"):
         rn.net("d2l-resnet18", device="gpu:7")
+    with pytest.raises(ValueError, match="mindspore.set_device"):  # the seam says the same
+        rn.BACKEND.build("d2l-resnet18", device="cuda:7")
 
 
 def test_graph_mode_matches_pynative(ms, rn):
