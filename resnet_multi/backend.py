@@ -47,6 +47,9 @@ class Model:
     spec: ArchSpec
     module: object
     device: str
+    # True: run every step op by op (PyTorch-style eager / PyNative), as a reader steps
+    # through it; False: the backend's compiled step where it has one (see Backend.compiles).
+    eager: bool = False
     cache: dict = field(default_factory=dict)  # backend-private: optimizer objects and the like
 
 
@@ -62,6 +65,9 @@ class TrainingPass:
 class Backend:
     name: str = ""
     native_layout: str = "NCHW"
+    # Whether this backend has a compiled mode (tf.function, hybridize, to_static, graph
+    # mode) distinct from eager execution; the parity suite then runs both.
+    compiles: bool = False
 
     # -- what each framework implements ------------------------------------------
     def framework_version(self) -> str:
@@ -114,10 +120,12 @@ class Backend:
             raise ValueError(f"device {device!r} is not available to {self.name}; available: {available}")
         return device
 
-    def build(self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, **overrides) -> Model:
-        """Build ``arch`` on ``device`` with the spec's initial weights for ``seed``."""
+    def build(self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, eager: bool = False,
+              **overrides) -> Model:
+        """Build ``arch`` on ``device`` with the spec's initial weights for ``seed``;
+        ``eager=True`` turns the backend's compiled steps off (for teaching and debugging)."""
         spec = get_arch(arch, **overrides)
-        model = Model(spec, self._build(spec, self.check_device(device)), device)
+        model = Model(spec, self._build(spec, self.check_device(device)), device, eager=bool(eager))
         self._set_weights(model, canonical.init_weights(spec, seed))
         return model
 

@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
     if not args.resume and state is not None:
         raise train.RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
                              f"to continue it or choose another --out")
-    model = backend.build(settings["arch"], device=device, seed=args.seed, **_overrides(args))
+    model = backend.build(settings["arch"], device=device, seed=args.seed, eager=args.eager, **_overrides(args))
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
     print(f"training {model.spec.name} on {backend.name} {backend.framework_version()} ({device}): "
           f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
@@ -193,7 +193,7 @@ def cmd_evaluate(args) -> int:
     subset = args.subset if args.subset is not None else (meta.get("subset", False) and args.data_dir is None)
     data_dir = args.data_dir if args.data_dir is not None else (None if subset else meta.get("data_dir"))
     limit = args.limit if args.limit is not None else meta.get("limit")
-    model = backend.build(spec, device=device)
+    model = backend.build(spec, device=device, eager=args.eager)
     backend.load_weights(model, args.weights)
     dataset = _load_data(subset=subset, data_dir=data_dir, limit=limit)
     acc = train.evaluate_accuracy(backend, model, dataset.test_images, dataset.test_labels,
@@ -210,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="each backend: installed?, framework version, devices")
     p.set_defaults(func=cmd_backends)
+
+    def eager(p):
+        p.add_argument("--eager", action="store_true",
+                       help="run op by op, without the backend's compiled step (tf.function, "
+                            "hybridize, to_static, graph mode): slower, easier to step through")
 
     def common(p, arch_default=None):
         p.add_argument("--backend", required=True, choices=list(BACKENDS))
@@ -241,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default runs/BACKEND-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    eager(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy of saved weights, from any backend, on any backend")
@@ -252,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--limit", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int, default=256)
+    eager(p)
     p.set_defaults(func=cmd_evaluate)
     return parser
 

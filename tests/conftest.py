@@ -4,6 +4,9 @@ Every backend importable here is tested on every device it reports; the NumPy
 reference counts as a backend. ``RESNET_MULTI_TEST_BACKENDS`` (comma-separated)
 narrows the set: each tox environment tests its own backend. A backend whose
 framework is not installed appears as a skipped case that says so.
+
+A backend with a compiled mode (``Backend.compiles``) is tested twice: compiled,
+as ``train`` runs it by default (ids like ``tf-cpu``), and eager (``tf-cpu-eager``).
 """
 import os
 
@@ -23,8 +26,25 @@ def _selected():
     return chosen
 
 
+class EagerBackend:
+    """A backend whose every ``build`` passes ``eager=True``; all else is the backend's own."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def build(self, *args, **kwargs):
+        kwargs.setdefault("eager", True)
+        return self._backend.build(*args, **kwargs)
+
+    def __repr__(self):
+        return f"EagerBackend({self._backend.name})"
+
+
 def backend_cases():
-    """pytest params (backend, device), ids like 'torch-cpu'."""
+    """pytest params (backend, device), ids like 'torch-cpu' (and 'tf-cpu-eager')."""
     cases = []
     for name in _selected():
         try:
@@ -34,7 +54,10 @@ def backend_cases():
                                       marks=pytest.mark.skip(reason=f"backend {name} not installed: {e}")))
             continue
         for device in backend.devices():
-            cases.append(pytest.param(backend, device, id=f"{name}-{device.replace(':', '')}"))
+            case_id = f"{name}-{device.replace(':', '')}"
+            cases.append(pytest.param(backend, device, id=case_id))
+            if backend.compiles:
+                cases.append(pytest.param(EagerBackend(backend), device, id=f"{case_id}-eager"))
     return cases
 
 
