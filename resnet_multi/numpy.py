@@ -291,10 +291,11 @@ class Residual(Sequential):
 
     def named_layers(self, prefix=""):
         yield from super().named_layers(prefix)
+        dot = f"{prefix}." if prefix else ""  # a block on its own names its layers without a leading dot
         if self.shortcut:
-            yield from self.shortcut.named_layers(f"{prefix}.shortcut")
+            yield from self.shortcut.named_layers(f"{dot}shortcut")
         if self.out_relu:
-            yield f"{prefix}.relu", self.out_relu
+            yield f"{dot}relu", self.out_relu
 
 
 class ResnetBlock(Sequential):
