@@ -15,6 +15,14 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import ipykernel  # noqa: F401  (the kernel the notebooks run in)
+    import nbclient
+    import nbformat
+except ImportError as e:
+    raise ImportError(f"{e.name} is not installed: the notebook tests need the test extra, "
+                      f"pip install -e '.[test]'") from e
+
 import resnet_multi
 from conftest import _selected
 from resnet_multi.backend import BACKENDS, load_backend
@@ -65,9 +73,6 @@ def _kernel_env(tmp_path) -> dict:
 
 
 def execute(path: Path, tmp_path, monkeypatch, *, extra_cells=()):
-    nbformat = pytest.importorskip("nbformat", reason="the test extra installs nbformat")
-    nbclient = pytest.importorskip("nbclient", reason="the test extra installs nbclient")
-    pytest.importorskip("ipykernel", reason="the test extra installs ipykernel")
     nb = nbformat.read(path, as_version=4)
     nb.cells.extend(nbformat.v4.new_code_cell(src) for src in extra_cells)
     env = _kernel_env(tmp_path)
