@@ -66,6 +66,7 @@ def _kernel_env(tmp_path) -> dict:
         JUPYTER_PATH=str(tmp_path / "jupyter"),
         PYTHONPATH=os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])]),
         RESNET_MULTI_NOTEBOOK_QUICK="1",
+        TMPDIR=str(tmp_path),  # the notebooks' run directories (tempfile.mkdtemp) go with the test's
         # what Jupyter draws with; headless, and plt.show() puts the figure in the output
         MPLBACKEND="module://matplotlib_inline.backend_inline",
     )
