@@ -19,9 +19,9 @@ fresh environment, CI, a lab's first run) the first training step compiled for 3
 the preset's last, 208-image batch recompiled for 268 s, and the first inference
 batch for 104 s: 708 s. With inductor's on-disk caches warm, 113 s. The compiled step
 then ran at a median 8.8 s against 12.5 s eager (1.42x), saving about 3.7 s a step,
-354 s over 96 steps: less than a cold compile, more than a warm one. Uncontended the
-eager step takes about 0.2 s (1,225 examples/s), so the same speed-up would save
-about 6 s over the preset, far less than any compile measured here.
+354 s over 96 steps: less than a cold compile, more than a warm one, so it pays only
+from the second run on a machine, and only as long as the load slows the steps more
+than the compiler (on an idle machine the steps shrink the most).
 ``scripts/torch_compile_payback.py`` repeats the measurement.
 """
 from __future__ import annotations
