@@ -21,7 +21,7 @@ batch for 104 s: 708 s. With inductor's on-disk caches warm, 113 s. The compiled
 then ran at a median 8.8 s against 12.5 s eager (1.42x), saving about 3.7 s a step,
 354 s over 96 steps: less than a cold compile, more than a warm one, so it pays only
 from the second run on a machine, and only as long as the load slows the steps more
-than the compiler (on an idle machine the steps shrink the most).
+than the compiler.
 ``scripts/torch_compile_payback.py`` repeats the measurement.
 """
 from __future__ import annotations
