@@ -224,8 +224,12 @@ def check_result(result: dict) -> None:
             if len(stats["step_times_s"]) != result["steps"]:
                 raise ValueError(f"{where}.step_times_s must hold {result['steps']} times")
     if "textbook" in models:
+        if not isinstance(result.get("ratio"), dict):
+            raise ValueError(f"ratio must give package / textbook per phase, got {result.get('ratio')!r}")
         for phase in PHASES:
-            positive(result["ratio"][phase], f"ratio.{phase}")
+            positive(result["ratio"].get(phase), f"ratio.{phase}")
+    elif result.get("ratio") is not None:
+        raise ValueError("ratio must be null without a textbook baseline")
 
 
 def format_table(result: dict) -> str:

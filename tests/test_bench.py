@@ -13,6 +13,7 @@ import pytest
 
 from conftest import BACKEND_CASES, EagerBackend
 from resnet_multi import bench, textbook
+from resnet_multi.backend import BACKENDS
 from resnet_multi.cli import main
 
 TINY = dict(width=8, size=32, batch_size=4, steps=3, warmup=1)
@@ -20,6 +21,11 @@ TINY = dict(width=8, size=32, batch_size=4, steps=3, warmup=1)
 
 def _eager(backend):
     return isinstance(backend, EagerBackend)
+
+
+def test_every_framework_has_its_textbook_code():
+    assert set(textbook.MODULES) == set(BACKENDS) - {"numpy"}
+    assert textbook.load("numpy") is None
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
@@ -75,8 +81,9 @@ def test_other_archs_have_no_textbook_baseline(backend, device):
 
 @pytest.mark.parametrize("backend, device", BACKEND_CASES[:1])
 def test_check_result_refuses_insane_figures(backend, device):
-    result = bench.run(backend, device=device, **TINY)
+    result = bench.run(backend, device=device, with_textbook=False, **TINY)
     bench.check_result(result)
+    assert result["textbook_na"] == "not requested" and result["ratio"] is None
     stats = result["models"]["package"]["train"]
     for key, bad in (("examples_per_s", float("nan")), ("examples_per_s", -1.0), ("first_step_s", 0.0),
                      ("flop_per_s", float("inf"))):
