@@ -131,7 +131,8 @@ def run(backend: str | Backend, *, arch: str = "d2l-resnet18", size: int = 32, b
     for phase in PHASES:
         say(f"{phase}: first step of {' and '.join(names)}")
         first = {name: _timed(runners[name][phase]) for name in names}
-        say(f"{phase}: {warmup} warm-up and {steps} timed steps each, interleaved")
+        say(f"{phase}: first step " + ", ".join(f"{name} {t:.2f} s" for name, t in first.items())
+            + f"; now {warmup} warm-up and {steps} timed steps each, interleaved")
         for _ in range(warmup):
             for name in names:
                 runners[name][phase]()
