@@ -47,6 +47,8 @@ FORMAT = "resnet_multi.bench.v1"
 FLOP_PER_MAC = 2
 TRAIN_FORWARD_MULTIPLE = 3
 PHASES = ("train", "inference")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+              "TF_NUM_INTEROP_THREADS")
 
 
 def _stats(first: float, times: list[float], batch: int, flop_per_image: float) -> dict:
@@ -167,6 +169,8 @@ def run(backend: str | Backend, *, arch: str = "d2l-resnet18", size: int = 32, b
                            f"the forward FLOPs; convolutions and the dense layer only",
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "processor": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    # thread settings change CPU figures several-fold on a loaded machine
+                    "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
                     "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]}},
         "models": results,
         "textbook_na": reason,

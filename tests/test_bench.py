@@ -35,6 +35,7 @@ def test_bench_reports_sane_figures(backend, device):
     json.loads(json.dumps(result))  # JSON-ready as it is
     assert result["backend"] == backend.name and result["eager"] == _eager(backend)
     assert result["input_shape"] == [4, 1, 32, 32] and result["width"] == 8
+    assert isinstance(result["machine"]["thread_env"], dict)
     assert result["flop_per_image"]["train"] == 3 * result["flop_per_image"]["inference"] \
         == 3 * 2 * result["macs_per_image"]
     for model in result["models"].values():
