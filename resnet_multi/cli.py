@@ -5,6 +5,7 @@
     resnet-multi train    --backend torch --preset quick
     resnet-multi train    --backend torch --preset chapter --device cuda:0 --out runs/chapter [--resume]
     resnet-multi evaluate --backend numpy --weights runs/torch-quick/weights.safetensors
+    resnet-multi bench    --backend torch [--size 96 --batch-size 64 --steps 20 --json bench.json]
 
 Mistakes (unknown backend or architecture, a backend that is not installed, a
 missing device, a non-positive number) get one line on stderr and exit status 2;
@@ -203,6 +204,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+    from .train import PRESETS
+
+    backend = _backend(args.backend)
+    device = _device(backend, args.device)
+    # By default the preset that suits the device: quick (32x32) on a CPU, the chapter's 96x96 on a GPU.
+    preset = PRESETS[args.preset or ("quick" if device == "cpu" else "chapter")]
+    result = bench.run(backend, arch=args.arch, size=args.size or preset["resize"],
+                       batch_size=args.batch_size or preset["batch_size"], steps=args.steps,
+                       warmup=args.warmup, eager=args.eager, width=args.width, device=device,
+                       lr=preset["lr"], seed=args.seed, with_textbook=not args.no_textbook,
+                       log=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
+    print(bench.format_table(result))
+    if args.json is not None:
+        print(f"figures written to {bench.write_json(args.json, result)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The Residual Networks chapter of Dive into Deep Learning "
                                             "on five frameworks and a NumPy reference.")
@@ -260,6 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=256)
     eager(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="training and inference speed, next to the chapter's own code "
+                                     "in the same framework")
+    common(p, "d2l-resnet18")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="take size and batch size from a train preset (default: quick on a CPU, "
+                        "chapter on a GPU)")
+    p.add_argument("--size", type=_positive_int, help="image side (default: the preset's resize)")
+    p.add_argument("--batch-size", type=_positive_int, help="(default: the preset's)")
+    p.add_argument("--steps", type=_positive_int, default=10, help="timed steps per model and phase")
+    p.add_argument("--warmup", type=_nonneg_int, default=2, help="untimed steps after the first")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--no-textbook", action="store_true", help="only the package's model")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    eager(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

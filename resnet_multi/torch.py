@@ -9,6 +9,20 @@ dense weights, and BatchNorm with ``running = (1 - m) * running + m * batch``
 fed by the unbiased variance. So the canonical weight names are exactly this
 module's ``state_dict`` keys (less ``num_batches_tracked``), and nothing needs
 translating.
+
+No ``torch.compile`` (``compiles = False``): on this project's 2-core CPU it does not
+reliably pay back its compile time over the quick preset's 96 steps. Measured with
+torch 2.13 (inductor, default mode) on d2l-resnet18, batch 256 at 32x32, the SGD step
+as ``_sgd_step`` runs it, on the shared machine (1-minute load 20-23, so every figure
+is slow; eager and compiled steps interleaved in one process): from cold caches (a
+fresh environment, CI, a lab's first run) the first training step compiled for 336 s,
+the preset's last, 208-image batch recompiled for 268 s, and the first inference
+batch for 104 s: 708 s. With inductor's on-disk caches warm, 113 s. The compiled step
+then ran at a median 8.8 s against 12.5 s eager (1.42x), saving about 3.7 s a step,
+354 s over 96 steps: less than a cold compile, more than a warm one, so it pays only
+from the second run on a machine, and only as long as the load slows the steps more
+than the compiler.
+``scripts/torch_compile_payback.py`` repeats the measurement.
 """
 from __future__ import annotations
 
