@@ -394,6 +394,8 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
                     progress=progress, plot=plot, meta=meta)
 
 
+# A diverging run is reported once (TrainingDiverged), not as NumPy warnings from every op.
+@np.errstate(over="ignore", invalid="ignore")
 def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot, meta) -> History:
     lr, batch_size, resize, seed = recipe["lr"], recipe["batch_size"], recipe["resize"], recipe["seed"]
     spec_dict = json.loads(json.dumps(dataclasses.asdict(model.spec)))  # tuples -> lists, as stored
@@ -406,8 +408,7 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
         elif (out / CHECKPOINT).exists():
             raise RunError(f"{out} already holds a run (at epoch {read_checkpoint(out)['epoch']}); "
                            f"resume it or choose another output directory")
-    n_train = len(dataset.train_images)
-    per_epoch = num_batches(n_train, batch_size)
+    per_epoch = num_batches(len(dataset.train_images), batch_size)
     # d2l's Animator adds a point five times an epoch and at its end.
     mark = {per_epoch - 1} | {i for i in range(per_epoch) if (i + 1) % max(per_epoch // 5, 1) == 0}
     bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, disable=not progress,
