@@ -307,6 +307,6 @@ def get_arch(arch: str | ArchSpec = "d2l-resnet18", **overrides) -> ArchSpec:
     unknown = set(overrides) - ARCH_FIELDS
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)}; valid: {sorted(ARCH_FIELDS)}")
-    if "layers" in overrides:
+    if isinstance(overrides.get("layers"), list):  # anything else is left for ArchSpec to refuse
         overrides["layers"] = tuple(overrides["layers"])
     return dataclasses.replace(spec, **overrides) if overrides else spec
