@@ -172,6 +172,18 @@ def read_checkpoint(out) -> dict | None:
     return state
 
 
+def read_history(path) -> History:
+    """A run's ``history.json`` (e.g. to plot it again), checked against
+    :data:`resnet_multi.validate.HISTORY_FILE`; RunError if it does not fit."""
+    path = Path(path)
+    try:
+        obj = validate.check_history_file(validate.parse_json(path.read_bytes(), "the file"))
+    except (validate.SchemaError, OSError) as e:
+        raise RunError(f"{path} is not a usable history ({e}); the run's checkpoint.json holds the same "
+                       f"history") from None
+    return History.from_dict(obj)
+
+
 def _still_usable(out: Path) -> str:
     """What a run directory with a broken checkpoint.json still offers."""
     files = sorted(p.name for p in out.glob("*.safetensors"))

@@ -185,6 +185,10 @@ HISTORY = Schema({
     "curve": Field(list, items=Field(list, min_len=3, max_len=3, items=Field(float))),
 })
 
+# history.json: the history plus what ran it (and the recipe's keys, listed or not).
+HISTORY_FILE = Schema({**HISTORY.fields, "backend": Field(str), "device": Field(str), "arch": Field(str)},
+                      extra=True)
+
 RECIPE = Schema({
     "lr": Field(float, min=0),
     "batch_size": Field(int, min=1),
@@ -215,17 +219,23 @@ CHECKPOINT = Schema({
 })
 
 
-def check_history(history: dict, path: str = "history", epochs: int | None = None) -> dict:
+def check_history(history: dict, path: str = "history", epochs: int | None = None, *,
+                  schema: Schema = HISTORY) -> dict:
     """A history: the schema, plus one entry per epoch in every per-epoch list."""
-    check_schema(history, HISTORY, path)
+    check_schema(history, schema, path)
     lengths = {k: len(history[k]) for k in _EPOCH_LISTS}
     want = epochs if epochs is not None else lengths["epoch"]
     uneven = [f"{k} has {n}" for k, n in lengths.items() if n != want]
     if uneven:
-        raise SchemaError(path, f"per-epoch lists must each have {want} entries: {', '.join(uneven)}")
+        raise SchemaError(path or "history", f"per-epoch lists must each have {want} entries: {', '.join(uneven)}")
     if history["epoch"] != list(range(1, want + 1)):
-        raise SchemaError(f"{path}.epoch", f"must be 1..{want}, got {_short(history['epoch'])}")
+        raise SchemaError(f"{path}.epoch" if path else "epoch", f"must be 1..{want}, got {_short(history['epoch'])}")
     return history
+
+
+def check_history_file(obj) -> dict:
+    """A run's history.json, parsed."""
+    return check_history(obj, "", schema=HISTORY_FILE)
 
 
 def check_checkpoint(state) -> dict:

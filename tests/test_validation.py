@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -345,6 +346,24 @@ def test_corrupt_checkpoint_says_what_is_still_usable(backend, device, tmp_path,
     code, stdout, err = run(capsys, "evaluate", "--backend", "numpy", "--weights", out / train.FINAL_WEIGHTS,
                             "--subset", "--limit", "32")
     assert code == 0 and stdout.startswith("test acc") and "ignoring" in err, err
+
+
+def test_history_file_is_checked(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    _, history = fit(load_backend("numpy"), "cpu", tiny_data, out)
+    assert train.read_history(out / train.HISTORY) == history
+    doc = json.loads((out / train.HISTORY).read_text())
+    for damage, message in ((lambda d: d.update(train_acc=[1.5]), "train_acc[0]: must be at most 1"),
+                            (lambda d: d.pop("curve"), "missing key(s) 'curve'"),
+                            (lambda d: d.update(epoch=[1, 2]), "must each have 2 entries: train_loss has 1")):
+        broken = json.loads(json.dumps(doc))
+        damage(broken)
+        (out / train.HISTORY).write_text(json.dumps(broken))
+        with pytest.raises(train.RunError, match=re.escape(message)):
+            train.read_history(out / train.HISTORY)
+    (out / train.HISTORY).write_text("{")
+    with pytest.raises(train.RunError, match="not valid JSON"):
+        train.read_history(out / train.HISTORY)
 
 
 # 9. summary refuses an input that would not fit -----------------------------------------------
