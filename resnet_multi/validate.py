@@ -196,6 +196,16 @@ RECIPE = Schema({
     "seed": Field(int, min=0),
 })
 
+# What the command line records about the data (fit records any ``meta`` as is; these
+# keys, where present, are read back by ``evaluate``).
+RUN_META = Schema({
+    "preset": Field(str, required=False, nullable=True),
+    "subset": Field(bool, required=False),
+    "data_dir": Field(str, required=False, nullable=True),
+    "limit": Field(int, required=False, nullable=True, min=1),
+    "source": Field(str, required=False),
+}, extra=True)
+
 CHECKPOINT = Schema({
     "format": Field(str),
     "epoch": Field(int, min=0),
@@ -215,7 +225,7 @@ CHECKPOINT = Schema({
     "rng": Field(dict),
     "optimizer": Field(dict),
     "history": Field(dict, schema=HISTORY),
-    "meta": Field(dict),
+    "meta": Field(dict, schema=RUN_META),
 })
 
 

@@ -188,11 +188,11 @@ def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec, *,
         validate.check_schema(preprocess, validate.PREPROCESS, "preprocess")
         metadata["preprocess"] = _json(preprocess)
     data = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=metadata)
-    atomic_write_bytes(Path(path), _sorted_header(data))
+    atomic_write_bytes(Path(path), *_sorted_header(data))
     return Path(path)
 
 
-def _sorted_header(data: bytes) -> bytes:
+def _sorted_header(data: bytes) -> tuple[bytes, memoryview]:
     """safetensors' bytes with the header's metadata keys sorted.
 
     safetensors writes the metadata from a hash map, so its order (and the file's
@@ -206,7 +206,7 @@ def _sorted_header(data: bytes) -> bytes:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+    return len(text).to_bytes(8, "little") + text, memoryview(data)[8 + n:]  # the tensors: not copied
 
 
 def _umask() -> int:
@@ -215,17 +215,19 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over
-    ``path``: a crash leaves the old file or the new one, never half of one. The file
+def atomic_write_bytes(path: Path, data: bytes, *more: bytes) -> None:
+    """Write ``data`` (then ``more``) to a temporary file beside ``path``, flush it to disk,
+    then rename over ``path``: a crash leaves the old file or the new one, never half of one. The file
     gets the permissions ``open()`` would give it (0666 less the umask), not the
     temporary file's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        if hasattr(os, "fchmod"):  # POSIX; Windows has no umask to honour
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in (data, *more):
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

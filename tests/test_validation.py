@@ -315,6 +315,7 @@ BAD_CHECKPOINTS = {
     "uneven-history": (lambda s: s["history"]["test_acc"].append(0.5), "test_acc has 2"),
     "spec": (lambda s: s["spec"].update(layers=[0]), "spec.layers[0]: must be at least 1"),
     "nan-lr": (lambda s: s.update(lr=float("nan")), "lr: must be a finite number"),
+    "meta": (lambda s: s["meta"].update(limit="all"), "meta.limit: must be an integer, got str"),
 }
 
 
