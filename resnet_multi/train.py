@@ -186,9 +186,9 @@ def read_history(path) -> History:
 
 def _still_usable(out: Path) -> str:
     """What a run directory with a broken checkpoint.json still offers."""
-    files = sorted(p.name for p in out.glob("*.safetensors"))
+    files = sorted(p.name for p in out.glob("*.safetensors") if canonical.readable(p))
     if not files:
-        return "no weights files remain in it: start again with another --out"
+        return "no readable weights file remains in it: start again with another --out"
     return (f"its weights ({', '.join(files)}) do not depend on it and can still be evaluated "
             f"(resnet-multi evaluate --weights {out / files[-1]}); to train again, choose another --out")
 

@@ -281,6 +281,16 @@ def read_metadata(path) -> Metadata:
     return Metadata(spec, preprocess)
 
 
+def readable(path) -> bool:
+    """Whether ``path`` is a weights file whose metadata passes :func:`read_metadata`
+    (the header only: a quick probe, e.g. to say which files of a broken run remain usable)."""
+    try:
+        read_metadata(path)
+    except WeightsError:
+        return False
+    return True
+
+
 def read_arch(path) -> ArchSpec:
     """The architecture recorded in a weights file's metadata, validated."""
     return read_metadata(path).arch

@@ -339,10 +339,11 @@ def test_corrupt_checkpoint_says_what_is_still_usable(backend, device, tmp_path,
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     (out / train.CHECKPOINT).write_text('{"format": "resnet_multi.run.v1", "epoch": ')  # cut short
+    (out / "a-broken.safetensors").write_bytes(b"\0" * 64)  # not offered as usable
     code, _, err = run(capsys, *argv[:-2], "--epochs", "2", "--out", out, "--resume")
     assert code == 1 and one_line(err), err
     assert "not valid JSON" in err and "delete" not in err
-    assert "epoch-001.safetensors, weights.safetensors" in err and "can still be evaluated" in err, err
+    assert "(epoch-001.safetensors, weights.safetensors)" in err and "can still be evaluated" in err, err
     # as it says: the weights still evaluate
     code, stdout, err = run(capsys, "evaluate", "--backend", "numpy", "--weights", out / train.FINAL_WEIGHTS,
                             "--subset", "--limit", "32")
