@@ -42,7 +42,7 @@ class Field:
     choices: tuple | None = None
     pattern: str | None = None
     items: "Field | None" = None  # each element of a list
-    min_len: int | None = None
+    min_len: int | None = None  # of a list
     max_len: int | None = None
     schema: "Schema | None" = None  # the keys of a dict
 
@@ -141,7 +141,7 @@ MAX_IMAGE_SIDE = 1 << 14
 BN = Schema({"eps": Field(float, min=1e-12, max=1.0), "momentum": Field(float, min=1e-12, max=1.0)})
 
 ARCH = Schema({
-    "name": Field(str, max_len=200, pattern=r"[^\n]{1,200}"),
+    "name": Field(str, pattern=r"[^\n]{1,200}"),  # one line, as it is printed in messages
     "layers": Field(list, min_len=1, max_len=MAX_STAGES, items=Field(int, min=1, max=MAX_BLOCKS_PER_STAGE)),
     "block": Field(str, choices=BLOCK_KINDS),
     "in_channels": Field(int, min=1, max=MAX_CHANNELS),
