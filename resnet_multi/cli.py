@@ -8,8 +8,9 @@
     resnet-multi bench    --backend torch [--size 96 --batch-size 64 --steps 20 --json bench.json]
 
 Mistakes (unknown backend or architecture, a backend that is not installed, a
-missing device, a non-positive number) get one line on stderr and exit status 2;
-a run that fails for another reason (data, weights, run directory) exits 1.
+missing device, a non-positive number, a network too big for --max-memory) get
+one line on stderr and exit status 2; a run that fails for another reason (data,
+weights, run directory, a diverged loss) exits 1. ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import shapes
+from . import shapes, validate
 from .backend import BACKENDS, load_backend
-from .spec import ARCHS
+from .spec import ARCHS, get_arch
 
 PROG = "resnet-multi"
 
@@ -89,6 +90,19 @@ def _device(backend, device: str | None) -> str:
     return device
 
 
+def _memory_limit(args) -> int | None:
+    """--max-memory in bytes; by default this machine's RAM."""
+    if getattr(args, "max_memory", None) is not None:
+        return int(args.max_memory * 2**30)
+    return validate.physical_memory()
+
+
+def _check_memory(backend, spec, input_shape, args, *, training: bool) -> None:
+    # The NumPy reference computes in float64: twice the bytes of the frameworks' float32.
+    validate.check_memory(spec, input_shape, training=training, limit_bytes=_memory_limit(args),
+                          itemsize=8 if backend.name == "numpy" else 4)
+
+
 def _overrides(args) -> dict:
     return {} if args.width is None else {"width": args.width}
 
@@ -126,9 +140,11 @@ def cmd_backends(args) -> int:
 
 def cmd_summary(args) -> int:
     backend = _backend(args.backend)
-    model = backend.build(args.arch, device=_device(backend, args.device), **_overrides(args))
-    spec = model.spec
+    device = _device(backend, args.device)
+    spec = get_arch(args.arch, **_overrides(args))
     input_shape = args.input or (1, spec.in_channels, 224, 224)  # the chapter's shape check
+    _check_memory(backend, spec, input_shape, args, training=False)
+    model = backend.build(spec, device=device)
     rows = backend.layer_shapes(model, input_shape)
     native = backend.native_layer_shapes(model, input_shape) if backend.native_layout != "NCHW" else None
     _, macs = shapes.analyse(spec, input_shape)
@@ -153,15 +169,19 @@ def cmd_train(args) -> int:
     resize = settings["resize"] or None  # --resize 0: keep 28x28
     backend = _backend(args.backend)
     device = _device(backend, args.device)
-    out = Path(args.out or f"runs/{args.backend}-{args.preset}")
+    out = args.out = Path(args.out or f"runs/{args.backend}-{args.preset}")  # main() reports on it
     state = train.read_checkpoint(out)  # fit checks this too; here it fails before any work
     if args.resume and state is None:
         raise train.RunError(f"nothing to resume: {out / train.CHECKPOINT} does not exist")
     if not args.resume and state is not None:
         raise train.RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
                              f"to continue it or choose another --out")
-    model = backend.build(settings["arch"], device=device, seed=args.seed, eager=args.eager, **_overrides(args))
+    spec = get_arch(settings["arch"], **_overrides(args))
+    side = resize or 28
+    _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
+    model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
+    train.check_run(model.spec, len(dataset.train_images), settings["batch_size"], resize, out)
     print(f"training {model.spec.name} on {backend.name} {backend.framework_version()} ({device}): "
           f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
           f"{resize or 28}x{resize or 28}, {settings['epochs']} epochs, lr {settings['lr']}, "
@@ -178,29 +198,60 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _run_beside(weights_path: Path) -> dict:
+    """The checkpoint of the run directory holding the weights, if any. It only supplies
+    defaults (the data the run used), so a broken one is reported and passed over."""
     from . import train
+
+    try:
+        return train.read_checkpoint(weights_path.parent) or {}
+    except train.RunError:
+        print(f"{PROG}: note: ignoring {weights_path.parent / train.CHECKPOINT}: it is not a usable "
+              f"checkpoint; the weights file is read on its own", file=sys.stderr)
+        return {}
+
+
+def cmd_evaluate(args) -> int:
+    from . import data, train
     from . import weights as canonical
 
     backend = _backend(args.backend)
     device = _device(backend, args.device)
-    spec = canonical.read_arch(args.weights)
-    if spec is None:
-        raise canonical.WeightsError(f"{args.weights} records no architecture; it was not saved by resnet-multi")
-    # A run directory says how its weights were trained: resize and data, unless overridden.
-    run = train.read_checkpoint(Path(args.weights).parent) or {}
+    recorded = canonical.read_metadata(args.weights)  # validated before anything is built
+    spec = recorded.arch
+    run = _run_beside(Path(args.weights))
     meta = run.get("meta", {})
-    resize = args.resize if args.resize is not None else run.get("recipe", {}).get("resize", 96)
+    # The resolution the weights were trained at: from the file, else from its run directory.
+    if recorded.preprocess is not None:
+        known, trained = True, recorded.preprocess["resize"]
+    elif "recipe" in run:
+        known, trained = True, run["recipe"]["resize"]
+    else:
+        known, trained = False, None
+    if args.resize is not None:
+        resize = args.resize or None
+        if known and resize != trained:
+            print(f"{PROG}: note: evaluating at {resize or 28}x{resize or 28} as asked; these weights "
+                  f"were trained at {trained or 28}x{trained or 28}", file=sys.stderr)
+    elif known:
+        resize = trained
+    else:
+        resize = 96
+        print(f"{PROG}: note: {args.weights} records no training resolution (saved by an older "
+              f"version); evaluating at the chapter's 96x96: pass --resize to choose", file=sys.stderr)
     subset = args.subset if args.subset is not None else (meta.get("subset", False) and args.data_dir is None)
     data_dir = args.data_dir if args.data_dir is not None else (None if subset else meta.get("data_dir"))
     limit = args.limit if args.limit is not None else meta.get("limit")
+    side = resize or 28
+    _check_memory(backend, spec, (args.batch_size, spec.in_channels, side, side), args, training=False)
     model = backend.build(spec, device=device, eager=args.eager)
     backend.load_weights(model, args.weights)
     dataset = _load_data(subset=subset, data_dir=data_dir, limit=limit)
+    normalize = recorded.preprocess or data.preprocessing(resize)
     acc = train.evaluate_accuracy(backend, model, dataset.test_images, dataset.test_labels,
-                                  batch_size=args.batch_size, resize=resize or None)
+                                  batch_size=args.batch_size, resize=resize, normalize=normalize)
     print(f"test acc {acc:.3f} on {len(dataset.test_images):,} images ({dataset.source}, "
-          f"{resize or 28}x{resize or 28}), {spec.name} on {backend.name} ({device})")
+          f"{side}x{side}), {spec.name} on {backend.name} ({device})")
     return 0
 
 
@@ -226,7 +277,14 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The Residual Networks chapter of Dive into Deep Learning "
                                             "on five frameworks and a NumPy reference.")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def max_memory(p):
+        p.add_argument("--max-memory", type=_positive_float, metavar="GIB",
+                       help="refuse networks and inputs whose memory, estimated from the spec "
+                            "before anything is allocated, exceeds this (default: this machine's RAM)")
 
     p = sub.add_parser("backends", help="each backend: installed?, framework version, devices")
     p.set_defaults(func=cmd_backends)
@@ -246,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, "d2l-resnet18")
     p.add_argument("--input", type=_input_shape, metavar="N,C,H,W",
                    help="input shape (default: 1,C,224,224 as in the chapter)")
+    max_memory(p)
     p.set_defaults(func=cmd_summary)
 
     from .train import PRESETS
@@ -267,18 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     eager(p)
+    max_memory(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy of saved weights, from any backend, on any backend")
     p.add_argument("--backend", required=True, choices=list(BACKENDS))
     p.add_argument("--device")
     p.add_argument("--weights", required=True, type=Path, help="a .safetensors file saved by resnet-multi")
-    p.add_argument("--resize", type=_nonneg_int, help="(default: the run's, else 96)")
+    p.add_argument("--resize", type=_nonneg_int,
+                   help="image side, 0 for 28 (default: the one recorded in the weights)")
     p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--limit", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     eager(p)
+    max_memory(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="training and inference speed, next to the chapter's own code "
@@ -300,26 +362,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(args) -> str:
+    """What Ctrl-C leaves behind, truthfully: the checkpoint to resume from, or nothing."""
+    from . import train
+
+    out = getattr(args, "out", None)
+    if getattr(args, "command", None) != "train" or out is None:
+        return f"{PROG}: interrupted"
+    try:
+        state = train.read_checkpoint(out)
+    except train.RunError as e:
+        return f"{PROG}: interrupted; {e}"
+    if state is None:
+        return (f"{PROG}: interrupted before the first epoch finished, so {out} holds no checkpoint; "
+                f"run the same command again, without --resume")
+    return (f"{PROG}: interrupted; {out} holds the checkpoint of epoch {state['epoch']}: the same "
+            f"command with --resume continues from there")
+
+
 def main(argv=None) -> int:
     from .data import DataError
     from .train import RunError
     from .weights import WeightsError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, before or after the command
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as e:
+        if debug:
+            raise
         print(e if str(e).startswith(PROG) else f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except (DataError, WeightsError, RunError, OSError) as e:
+        if debug:
+            raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    except ValueError as e:  # the spec's and the seam's argument checks
+    except (ValueError, TypeError) as e:  # the spec's and the seam's argument checks
+        if debug:
+            raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; a run with --out can be continued with --resume", file=sys.stderr)
+        if debug:
+            raise
+        print(_interrupted(args), file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: still one line, and the way to see more
+        if debug:
+            raise
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (run again with --debug for the "
+              f"traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ __all__ = [
     "resize_bilinear",
     "iterate_batches",
     "num_batches",
+    "preprocessing",
 ]
 
 FASHION_MNIST_CLASSES = (
@@ -486,10 +487,21 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, 
     return _batches(images, labels, order, int(batch_size), resize)
 
 
+# What _batches does to a pixel: x = (pixel * scale - mean) / std, after resizing.
+# Recorded in every weights file that training saves (see preprocessing()).
+SCALE, MEAN, STD = 1 / 255, 0.0, 1.0
+
+
+def preprocessing(resize: int | None) -> dict:
+    """How :func:`iterate_batches` turns images into a network's input, as recorded
+    in a weights file's metadata: ``resize`` (None keeps 28x28), scale, mean, std."""
+    return {"resize": None if resize is None else int(resize), "scale": SCALE, "mean": MEAN, "std": STD}
+
+
 def _batches(images, labels, order, batch_size, resize):
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        x = images[idx].astype(np.float32) / np.float32(255.0)
+        x = images[idx].astype(np.float32) / np.float32(1 / SCALE)
         if resize is not None:
             x = resize_bilinear(x, resize)
         yield np.ascontiguousarray(x[:, None]), labels[idx].astype(np.int64)

@@ -54,6 +54,8 @@ class Conv2d(Layer):
 
     def forward(self, x):
         w, s, p = self.params["weight"], self.stride, self.padding
+        if x.ndim != 4 or x.shape[1] != w.shape[1]:  # einsum would broadcast a 1-channel input
+            raise ValueError(f"Conv2d expects an (N, {w.shape[1]}, H, W) input, got shape {x.shape}")
         k = w.shape[2]
         xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
         # windows: (N, C, Ho, Wo, k, k), a view into xp, no copy
@@ -101,9 +103,12 @@ class BatchNorm2d(Layer):
     def forward(self, x):
         gamma, beta = self.params["weight"][None, :, None, None], self.params["bias"][None, :, None, None]
         if self.training:
+            m, count = self.momentum, x.size // x.shape[1]
+            if count < 2:  # the unbiased variance would divide by zero and poison running_var
+                raise ValueError(f"BatchNorm2d in training mode needs more than one value per channel, "
+                                 f"got input shape {x.shape}; use a larger batch or larger images")
             mean = x.mean(axis=(0, 2, 3))
             var = x.var(axis=(0, 2, 3))
-            m, count = self.momentum, x.size // x.shape[1]
             self.buffers["running_mean"] = (1 - m) * self.buffers["running_mean"] + m * mean
             self.buffers["running_var"] = (1 - m) * self.buffers["running_var"] + m * var * count / (count - 1)
         else:
@@ -330,9 +335,17 @@ class Net(Sequential):
         })
 
     def train(self, mode: bool = True):
+        self.training = mode
         for _, layer in self.named_layers():
             layer.training = mode
         return self
+
+    def forward(self, x):
+        """Logits for an (N, in_channels, H, W) batch; refused, before any layer runs, if
+        the shape does not fit the net (channels, empty batch, too small for BN to train)."""
+        x = np.asarray(x)
+        shapes.check_input_shape(self.spec, x.shape, training=self.training)
+        return super().forward(x)
 
     def eval(self):
         return self.train(False)
@@ -340,6 +353,7 @@ class Net(Sequential):
     def layer_outputs(self, x):
         """Forward pass that also returns each named layer's output (the shape table)."""
         outputs = []
+        shapes.check_input_shape(self.spec, np.shape(x), training=self.training)
         x = self.layers["stem"].forward(x)
         outputs.append(("stem", x))
         for i, stage in self.layers["stages"].layers.items():

@@ -22,6 +22,9 @@ SHORTCUTS = ("conv", "conv_bn")  # 1x1 conv alone (the chapter) or 1x1 conv + BN
 STRIDE_PLACEMENTS = ("3x3", "1x1")  # bottleneck stride on its 3x3 conv (v1.5) or first 1x1 (v1)
 INITS = ("xavier_uniform", "kaiming_normal")
 EXPANSION = {"basic": 1, "bottleneck": 4}
+# Far above any published ResNet (ResNet-1001 has 111 blocks a stage); a spec is built
+# block by block, so an unbounded count would hang before any check on memory could run.
+MAX_BLOCKS_PER_STAGE = 1000
 
 
 def _positive_int(value, what: str, fix: str) -> None:
@@ -49,9 +52,10 @@ class BatchNormSpec:
     momentum: float = 0.1
 
     def __post_init__(self):
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
             raise ValueError(f"BatchNorm eps must be a positive number, got {self.eps!r}")
-        if not (isinstance(self.momentum, (int, float)) and 0 < self.momentum <= 1):
+        if isinstance(self.momentum, bool) or not (isinstance(self.momentum, (int, float))
+                                                   and 0 < self.momentum <= 1):
             raise ValueError(
                 f"BatchNorm momentum must be in (0, 1] in the convention "
                 f"running = (1 - m) * running + m * batch, got {self.momentum!r}; "
@@ -177,6 +181,8 @@ def stage_spec(input_channels, num_channels: int | None = None, num_residuals: i
     if isinstance(input_channels, StageSpec):
         return input_channels
     _positive_int(num_residuals, "num_residuals", "a stage needs at least one block")
+    if num_residuals > MAX_BLOCKS_PER_STAGE:
+        raise ValueError(f"num_residuals must be at most {MAX_BLOCKS_PER_STAGE}, got {num_residuals}")
     first = block_spec(input_channels, num_channels,
                        use_1x1conv=not first_block or input_channels != num_channels,
                        strides=1 if first_block else 2, **options)
@@ -217,6 +223,9 @@ class ArchSpec:
             raise ValueError(f"layers must be a non-empty tuple of blocks per stage, got {self.layers!r}")
         for n in self.layers:
             _positive_int(n, "every entry of layers", "each stage needs at least one block")
+            if n > MAX_BLOCKS_PER_STAGE:
+                raise ValueError(f"layers has a stage of {n} blocks, more than {MAX_BLOCKS_PER_STAGE}; "
+                                 f"pass fewer blocks per stage")
         _one_of(self.block, BLOCK_KINDS, "block type")
         _one_of(self.shortcut, SHORTCUTS, "shortcut type")
         _one_of(self.stride_on, STRIDE_PLACEMENTS, "stride placement")
@@ -298,6 +307,6 @@ def get_arch(arch: str | ArchSpec = "d2l-resnet18", **overrides) -> ArchSpec:
     unknown = set(overrides) - ARCH_FIELDS
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)}; valid: {sorted(ARCH_FIELDS)}")
-    if "layers" in overrides:
+    if isinstance(overrides.get("layers"), list):  # anything else is left for ArchSpec to refuse
         overrides["layers"] = tuple(overrides["layers"])
     return dataclasses.replace(spec, **overrides) if overrides else spec

@@ -123,7 +123,7 @@ class ResNet(nn.Sequential):
         self.spec = spec
 
     def forward(self, x):
-        check_input_shape(self.spec, x.shape, training=self.training)
+        check_input_tensor(self, x)
         return super().forward(x)
 
     def named_outputs(self, x):
@@ -138,8 +138,39 @@ class ResNet(nn.Sequential):
             yield f"head.{name}", x
 
 
+def check_input_tensor(net: ResNet, x) -> None:
+    """A batch that fits ``net``: a tensor of the parameters' dtype, on their device,
+    of a shape the spec accepts; else a TypeError or ValueError saying how to convert it
+    (PyTorch's own message names neither the net nor the fix)."""
+    weight = net.stem.conv.weight
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}; convert with "
+                        f"torch.as_tensor(x, dtype={weight.dtype})")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"expected {weight.dtype} input (the net's parameters are {weight.dtype}), got "
+                        f"{x.dtype}; convert with x.to({weight.dtype}), or the net with "
+                        f"net.to({x.dtype}) if you mean to compute in {x.dtype}")
+    if x.device != weight.device:
+        raise ValueError(f"input is on {x.device}, the net on {weight.device}; move it with "
+                         f"x.to('{weight.device}')")
+    check_input_shape(net.spec, x.shape, training=net.training)
+
+
+def check_device(device) -> str:
+    """``device`` if this PyTorch has it, else a ValueError listing the ones it has."""
+    name = str(device)
+    available = devices()
+    if name == "cuda" and len(available) > 1:  # PyTorch's spelling of the current GPU
+        return name
+    if name not in available:
+        why = "" if torch.cuda.is_available() else " (this PyTorch build has no CUDA, or sees no GPU)"
+        raise ValueError(f"device {name!r} is not available{why}; available: {', '.join(available)}")
+    return name
+
+
 def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
     """Build a named architecture with the spec's initial weights for ``seed``."""
+    device = check_device(device)
     spec = get_arch(arch, **overrides)
     model = ResNet(spec)
     set_weights(model, init_weights(spec, seed))

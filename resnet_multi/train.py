@@ -25,11 +25,13 @@ run is complete, ``weights.safetensors``. Every file is written atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,9 +40,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import weights as canonical
+from . import shapes, validate, weights as canonical
 from .backend import Backend, Model
-from .data import Dataset, iterate_batches, num_batches
+from .data import Dataset, iterate_batches, num_batches, preprocessing
+
+try:
+    import fcntl  # POSIX: a lock on the run directory
+except ImportError:  # Windows: no lock, and so no cleaning of stale temporary files
+    fcntl = None
 
 CHECKPOINT = "checkpoint.json"
 HISTORY = "history.json"
@@ -62,6 +69,10 @@ PRESETS = {
 
 class RunError(ValueError):
     """A run directory that cannot be started, resumed or read."""
+
+
+class TrainingDiverged(RunError):
+    """The loss (or the weights) became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -98,20 +109,36 @@ class History:
 
 # ---- evaluation ----------------------------------------------------------------------
 def predict(backend: Backend, model: Model, images: np.ndarray, *, batch_size: int = 256,
-            resize: int | None = None) -> np.ndarray:
-    """Predicted classes for uint8 images (N, 28, 28), in inference mode."""
+            resize: int | None = None, normalize: dict | None = None) -> np.ndarray:
+    """Predicted classes for uint8 images (N, 28, 28), in inference mode.
+
+    ``normalize`` (a weights file's recorded ``preprocess``: scale, mean, std) maps
+    pixels to inputs as x = (pixel * scale - mean) / std; by default, as training
+    does (:func:`resnet_multi.data.preprocessing`)."""
     labels = np.zeros(len(images), np.int64)  # iterate_batches wants labels; unused
-    out = [backend.forward(model, x, training=False).argmax(axis=1)
+    transform = _normalizer(normalize)
+    out = [backend.forward(model, transform(x), training=False).argmax(axis=1)
            for x, _ in iterate_batches(images, labels, batch_size, shuffle=False, resize=resize)]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def _normalizer(normalize: dict | None):
+    default = preprocessing(None)
+    if normalize is None or all(normalize[k] == default[k] for k in ("scale", "mean", "std")):
+        return lambda x: x  # iterate_batches already gives pixel * scale
+    # iterate_batches gives pixel * default scale; undo it, then apply the recorded transform
+    gain = np.float32(normalize["scale"] / default["scale"] / normalize["std"])
+    shift = np.float32(normalize["mean"] / normalize["std"])
+    return lambda x: x * gain - shift
+
+
 def evaluate_accuracy(backend: Backend, model: Model, images: np.ndarray, labels: np.ndarray, *,
-                      batch_size: int = 256, resize: int | None = None) -> float:
+                      batch_size: int = 256, resize: int | None = None, normalize: dict | None = None) -> float:
     """Test accuracy, as the chapter's ``evaluate_accuracy_gpu``."""
     if len(images) == 0:
         raise ValueError("cannot evaluate on an empty set of images")
-    return float((predict(backend, model, images, batch_size=batch_size, resize=resize) == labels).mean())
+    return float((predict(backend, model, images, batch_size=batch_size, resize=resize,
+                          normalize=normalize) == labels).mean())
 
 
 # ---- run directory -------------------------------------------------------------------
@@ -129,18 +156,41 @@ def _write_json(path: Path, obj) -> None:
 
 
 def read_checkpoint(out) -> dict | None:
-    """The run state in ``out``, or None if there is none; RunError if it is unreadable."""
+    """The run state in ``out``, or None if there is none; RunError if it is unreadable
+    or does not fit the checkpoint schema (:data:`resnet_multi.validate.CHECKPOINT`)."""
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         return None
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path} is not a readable checkpoint ({e}); delete the run directory "
-                       f"or choose another --out") from e
-    if state.get("format") != FORMAT:
-        raise RunError(f"{path} has format {state.get('format')!r}, not {FORMAT!r}")
+        state = validate.parse_json(path.read_bytes(), "the file")
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise validate.SchemaError("format", f"is not {FORMAT!r}")
+        validate.check_checkpoint(state)
+    except (validate.SchemaError, OSError) as e:
+        raise RunError(f"{path} is not a usable checkpoint ({e}), so the run cannot be resumed; "
+                       f"{_still_usable(Path(out))}") from None
     return state
+
+
+def read_history(path) -> History:
+    """A run's ``history.json`` (e.g. to plot it again), checked against
+    :data:`resnet_multi.validate.HISTORY_FILE`; RunError if it does not fit."""
+    path = Path(path)
+    try:
+        obj = validate.check_history_file(validate.parse_json(path.read_bytes(), "the file"))
+    except (validate.SchemaError, OSError) as e:
+        raise RunError(f"{path} is not a usable history ({e}); the run's checkpoint.json holds the same "
+                       f"history") from None
+    return History.from_dict(obj)
+
+
+def _still_usable(out: Path) -> str:
+    """What a run directory with a broken checkpoint.json still offers."""
+    files = sorted(p.name for p in out.glob("*.safetensors") if canonical.readable(p))
+    if not files:
+        return "no readable weights file remains in it: start again with another --out"
+    return (f"its weights ({', '.join(files)}) do not depend on it and can still be evaluated "
+            f"(resnet-multi evaluate --weights {out / files[-1]}); to train again, choose another --out")
 
 
 def save_plot(history: History, path, *, epochs: int | None = None, title: str = "") -> None:
@@ -175,6 +225,10 @@ def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print
     state = read_checkpoint(out)
     if state is None:
         raise RunError(f"nothing to resume: {out / CHECKPOINT} does not exist")
+    if state["backend"] != backend.name:
+        raise RunError(f"cannot resume {out} on {backend.name}: it was trained on {state['backend']} "
+                       f"({state['device']}), and one history would then mix two frameworks' numbers; "
+                       f"resume with --backend {state['backend']}, or train on {backend.name} in another --out")
     recorded = {**state["recipe"], "spec": state["spec"], "data": state["data"]}
     wanted = {**recipe, "spec": spec_dict, "data": data_print}
     diff = [f"{k}: checkpoint has {recorded.get(k)!r}, this run {wanted[k]!r}"
@@ -198,7 +252,11 @@ def _checkpoint(backend, model, out: Path, *, epoch, steps, recipe, spec_dict, d
     previous epoch's weights: a crash at any moment leaves one complete checkpoint."""
     name = f"epoch-{epoch:03d}.safetensors"
     weights = backend.get_weights(model)
-    path = canonical.save_weights(out / name, weights, model.spec)
+    bad = validate.bad_tensors(weights)
+    if bad:
+        raise TrainingDiverged(f"training diverged: after epoch {epoch} the weights hold "
+                               f"{validate.describe(bad)}; {_kept(out, previous)}")
+    path = canonical.save_weights(out / name, weights, model.spec, preprocess=preprocessing(recipe["resize"]))
     state = {
         "format": FORMAT, "epoch": epoch, "steps": steps, "seed": recipe["seed"], "lr": recipe["lr"],
         "recipe": recipe, "arch": model.spec.name, "spec": spec_dict, "data": data_print,
@@ -221,6 +279,104 @@ def _checkpoint(backend, model, out: Path, *, epoch, steps, recipe, spec_dict, d
     return name
 
 
+def _kept(out, weights_file: str | None) -> str:
+    """Where a run that stopped on a non-finite loss stands, and what to do."""
+    if out is None:
+        return "nothing was saved (no run directory); train again with a lower learning rate"
+    if weights_file is None:
+        return (f"no epoch had finished, so {out} holds no checkpoint; train again with a lower --lr "
+                f"(the chapter's is 0.05)")
+    return (f"the last good checkpoint ({Path(out) / weights_file}) is kept; train again with a lower "
+            f"--lr (the chapter's is 0.05) in another --out")
+
+
+def check_run(spec, n_train: int, batch_size: int, resize: int | None, out=None) -> None:
+    """What can be known before any training: every batch fits the network and BatchNorm,
+    and the run directory can be written. :func:`fit` calls it; the CLI calls it before
+    it prints anything."""
+    _check_batches(spec, n_train, batch_size, resize)
+    if out is not None:
+        os.close(_open_lock_file(Path(out)))
+
+
+def _check_batches(spec, n_train: int, batch_size: int, resize: int | None) -> None:
+    """Before any training: every batch of the epoch, the last partial one included,
+    must give BatchNorm more than one value per channel."""
+    side = resize or 28
+    sizes = {min(batch_size, n_train)} | ({n_train % batch_size} - {0})
+    for n in sorted(sizes):
+        shapes.check_input_shape(spec, (n, 1, side, side))  # channels and emptiness
+    gh, gw = shapes.final_grid(spec, side, side)
+    need = -(-2 // (gh * gw))  # images a batch needs for two values per channel
+    last = n_train % batch_size
+    if 0 < last < need:
+        better = next((b for b in range(batch_size - 1, need - 1, -1)
+                       if n_train % b == 0 or n_train % b >= need), None)
+        raise ValueError(
+            f"batch size {batch_size} leaves a last batch of {last} of the {n_train:,} training images, and "
+            f"BatchNorm cannot train on it ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}, so it "
+            f"would have one value per channel); choose a batch size that leaves none or at least {need}"
+            + (f", e.g. {better}" if better else ""))
+    if min(batch_size, n_train) < need:
+        raise ValueError(f"batch size {min(batch_size, n_train)} is too small to train {spec.name} at "
+                         f"{side}x{side}: its last stage sees {gh}x{gw}, so BatchNorm needs batches of at "
+                         f"least {need}")
+
+
+@contextlib.contextmanager
+def _run_directory(out: Path):
+    """Create ``out`` (checking it is writable before any work), hold a lock on it so that
+    no second run writes there meanwhile, and remove temporary files that an earlier,
+    killed run left behind (with the lock held, none can be in use)."""
+    fd = _open_lock_file(out)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise RunError(f"another run is writing to {out}; wait for it or choose another --out") from None
+            for path in out.iterdir():
+                if any(canonical.is_temporary(path.name, target) for target in _OWN_FILES) \
+                        or _is_epoch_temp(path.name):
+                    path.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_lock_file(out: Path) -> int:
+    """Create ``out`` and its lock file: the first write a run makes, so a directory that
+    cannot be written is found before any training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunError(f"cannot write the run directory {out}: {e.strerror or e}; choose another --out "
+                       f"or make it writable") from None
+
+
+_OWN_FILES = (CHECKPOINT, HISTORY, PLOT, FINAL_WEIGHTS)
+
+
+def _is_epoch_temp(name: str) -> bool:
+    return name.startswith(".epoch-") and ".safetensors." in name and name.endswith(".tmp")
+
+
+def _link_final(out: Path, weights_file: str) -> None:
+    """``weights.safetensors``: the last checkpoint's file under the name users look for,
+    as a hard link (no second copy on disk), replaced atomically; a copy where the file
+    system has no hard links."""
+    src, dst = out / weights_file, out / FINAL_WEIGHTS
+    tmp = out / f".{FINAL_WEIGHTS}.{os.getpid()}.link.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        canonical.atomic_write_bytes(dst, src.read_bytes())
+
+
 # ---- the loop ------------------------------------------------------------------------
 def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: float = 0.05,
         batch_size: int = 256, resize: int | None = None, seed: int = 0, out=None,
@@ -240,19 +396,31 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
     if resume and out is None:
         raise ValueError("resume needs the run directory (out) to resume from")
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
+    check_run(model.spec, len(dataset.train_images), int(batch_size), resize)
+    if out is None:
+        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=None, resume=False,
+                    progress=progress, plot=plot, meta=meta)
+    out = Path(out)
+    with _run_directory(out):
+        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=out, resume=resume,
+                    progress=progress, plot=plot, meta=meta)
+
+
+# A diverging run is reported once (TrainingDiverged), not as NumPy warnings from every op.
+@np.errstate(over="ignore", invalid="ignore")
+def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot, meta) -> History:
+    lr, batch_size, resize, seed = recipe["lr"], recipe["batch_size"], recipe["resize"], recipe["seed"]
     spec_dict = json.loads(json.dumps(dataclasses.asdict(model.spec)))  # tuples -> lists, as stored
     data_print = _fingerprint(dataset)
     history, start, steps, weights_file = History(), 0, 0, None
     if out is not None:
-        out = Path(out)
         if resume:
             start, steps, history = _resume(backend, model, out, recipe, spec_dict, data_print, epochs)
             weights_file = f"epoch-{start:03d}.safetensors"
         elif (out / CHECKPOINT).exists():
             raise RunError(f"{out} already holds a run (at epoch {read_checkpoint(out)['epoch']}); "
                            f"resume it or choose another output directory")
-    n_train = len(dataset.train_images)
-    per_epoch = num_batches(n_train, batch_size)
+    per_epoch = num_batches(len(dataset.train_images), batch_size)
     # d2l's Animator adds a point five times an epoch and at its end.
     mark = {per_epoch - 1} | {i for i in range(per_epoch) if (i + 1) % max(per_epoch // 5, 1) == 0}
     bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, disable=not progress,
@@ -266,6 +434,11 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
                 tic = time.perf_counter()
                 loss, logits = backend.sgd_step(model, x, y, lr)
                 seconds += time.perf_counter() - tic
+                # sgd_step already returns the loss as a Python float (one host sync a step),
+                # so this check costs nothing more.
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"training diverged: the loss became {loss} at epoch "
+                                           f"{epoch + 1}, step {i + 1} (lr {lr}); {_kept(out, weights_file)}")
                 steps += 1
                 loss_sum += float(loss) * len(y)
                 correct += int((logits.argmax(axis=1) == y).sum())
@@ -293,6 +466,6 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
                               title=f"{model.spec.name} on {backend.name} ({model.device})")
     finally:
         bar.close()
-    if out is not None:
-        backend.save_weights(model, out / FINAL_WEIGHTS)
+    if out is not None and weights_file is not None:
+        _link_final(out, weights_file)
     return history

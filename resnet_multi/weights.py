@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate
 from .spec import ArchSpec
 
 FORMAT = "resnet_multi.canonical.v1"
@@ -163,30 +164,70 @@ def check_weights(spec: ArchSpec, weights: dict, *, source: str = "weights") -> 
         )
 
 
-def _spec_metadata(spec: ArchSpec) -> str:
-    return json.dumps(asdict(spec), sort_keys=True)
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
 
 
-def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec) -> Path:
-    """Write canonical weights to a safetensors file atomically (temp file + rename)."""
+def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec, *,
+                 preprocess: dict | None = None) -> Path:
+    """Write canonical weights to a safetensors file atomically (temp file + rename).
+
+    The metadata records the architecture and, when given, ``preprocess``: how images
+    become the input the weights were trained on (resize, scale, mean, std), so that
+    evaluation needs nothing but the file. The same tensors and metadata always give
+    the same bytes. Weights holding NaN/Inf or negative variances are refused.
+    """
     from safetensors.numpy import save
 
     check_weights(spec, weights)
-    path = Path(path)
-    data = save({k: np.ascontiguousarray(v) for k, v in weights.items()},
-                metadata={"format": FORMAT, "arch": _spec_metadata(spec)})
-    atomic_write_bytes(path, data)
-    return path
+    bad = validate.bad_tensors(weights)
+    if bad:
+        raise WeightsError(f"refusing to save weights that no trained network has: {validate.describe(bad)}")
+    metadata = {"format": FORMAT, "arch": _json(asdict(spec))}
+    if preprocess is not None:
+        validate.check_schema(preprocess, validate.PREPROCESS, "preprocess")
+        metadata["preprocess"] = _json(preprocess)
+    data = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=metadata)
+    atomic_write_bytes(Path(path), *_sorted_header(data))
+    return Path(path)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over
-    ``path``: a crash leaves the old file or the new one, never half of one."""
+def _sorted_header(data: bytes) -> tuple[bytes, memoryview]:
+    """safetensors' bytes with the header's metadata keys sorted.
+
+    safetensors writes the metadata from a hash map, so its order (and the file's
+    SHA-256) changes from process to process; the tensors themselves are already in
+    a fixed order. Re-serialising the header as safetensors does (compact JSON,
+    space-padded to 8 bytes) makes identical content give identical files.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text, memoryview(data)[8 + n:]  # the tensors: not copied
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes, *more: bytes) -> None:
+    """Write ``data`` (then ``more``) to a temporary file beside ``path``, flush it to disk,
+    then rename over ``path``: a crash leaves the old file or the new one, never half of one. The file
+    gets the permissions ``open()`` would give it (0666 less the umask), not the
+    temporary file's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX; Windows has no umask to honour
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in (data, *more):
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -195,41 +236,102 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def read_arch(path) -> ArchSpec | None:
-    """The architecture recorded in a weights file's metadata (None if absent)."""
-    from .spec import ArchSpec, BatchNormSpec
+def is_temporary(name: str, target: str) -> bool:
+    """Whether ``name`` is one of :func:`atomic_write_bytes`'s temporary files for ``target``."""
+    return name.startswith(f".{target}.") and name.endswith(".tmp")
 
-    meta = _read(path)[1]
-    if "arch" not in meta:
-        return None
-    fields = json.loads(meta["arch"])
-    fields["layers"] = tuple(fields["layers"])
-    fields["bn"] = BatchNormSpec(**fields["bn"])
-    return ArchSpec(**fields)
+
+@dataclass(frozen=True)
+class Metadata:
+    """A weights file's metadata, validated."""
+
+    arch: ArchSpec
+    preprocess: dict | None  # None in files saved before it was recorded
+
+
+def _damaged(path, problem: str) -> WeightsError:
+    return WeightsError(f"{path}: {problem}; the file was not saved by resnet-multi or has been edited: "
+                        f"use the original file, or load the tensors yourself and save them with "
+                        f"resnet_multi.weights.save_weights")
+
+
+def read_metadata(path) -> Metadata:
+    """The architecture and preprocessing recorded in a weights file, checked against the
+    schemas in :mod:`resnet_multi.validate` before anything is built from them. Reads
+    only the header, so an oversized network is refused before any tensor is loaded."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own SafetensorError and OSError subclasses
+        raise _unreadable(path, e) from e
+    try:
+        validate.check_schema(meta, validate.WEIGHTS_METADATA, "metadata")
+        if meta["format"] != FORMAT:
+            raise validate.SchemaError("metadata.format", f"is {meta['format']!r}, not {FORMAT!r}")
+        spec = validate.arch_from_dict(validate.parse_json(meta["arch"], "metadata.arch"), "metadata.arch")
+        preprocess = None
+        if "preprocess" in meta:
+            preprocess = validate.check_schema(validate.parse_json(meta["preprocess"], "metadata.preprocess"),
+                                               validate.PREPROCESS, "metadata.preprocess")
+    except validate.SchemaError as e:
+        raise _damaged(path, str(e)) from None
+    return Metadata(spec, preprocess)
+
+
+def readable(path) -> bool:
+    """Whether ``path`` is a weights file whose metadata passes :func:`read_metadata`
+    (the header only: a quick probe, e.g. to say which files of a broken run remain usable)."""
+    try:
+        read_metadata(path)
+    except WeightsError:
+        return False
+    return True
+
+
+def read_arch(path) -> ArchSpec:
+    """The architecture recorded in a weights file's metadata, validated."""
+    return read_metadata(path).arch
+
+
+def _existing(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    return path
+
+
+def _unreadable(path, e) -> WeightsError:
+    return WeightsError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); "
+                        f"it may be truncated or corrupt: save it again")
 
 
 def _read(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    path = _existing(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own SafetensorError and OSError subclasses
-        raise WeightsError(
-            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); "
-            f"it may be truncated or corrupt: save it again"
-        ) from e
+        raise _unreadable(path, e) from e
     return tensors, meta
 
 
 def load_weights(path, spec: ArchSpec) -> dict[str, np.ndarray]:
-    """Read canonical weights from a safetensors file and check them against ``spec``."""
+    """Read canonical weights from a safetensors file and check them against ``spec``:
+    names, shapes, dtypes, and values (no NaN/Inf, no negative BN variance)."""
     weights, meta = _read(path)
     if meta.get("format", FORMAT) != FORMAT:
         raise WeightsError(f"{path} holds format {meta['format']!r}, not {FORMAT!r}")
     check_weights(spec, weights, source=f"weights in {path}")
+    bad = validate.bad_tensors(weights)
+    if bad:
+        raise WeightsError(
+            f"{path} holds values no trained network has, in {len(bad)} tensor(s): {validate.describe(bad)}; "
+            f"the file is damaged or comes from a run that diverged: use an earlier checkpoint, "
+            f"or train again with a lower learning rate")
     return weights
