@@ -304,5 +304,9 @@ class MindSporeBackend(Backend):
         statistics = sum(p.size for p in model.module.untrainable_params())
         return trainable, statistics
 
+    def _named_outputs(self, model, x, training):
+        model.module.set_train(training)
+        return [(name, out.asnumpy()) for name, out in model.module.named_outputs(Tensor(x))]
+
 
 BACKEND = MindSporeBackend()

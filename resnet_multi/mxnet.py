@@ -303,5 +303,12 @@ class MXNetBackend(Backend):
         buffers = sum(int(onp.prod(p.shape)) for p in params if p.grad_req == "null")
         return trainable, buffers
 
+    def _named_outputs(self, model, x, training):
+        X = self._array(model, x)
+        if training:  # batch statistics, and BatchNorm updates the running ones
+            with autograd.record():
+                return [(name, out.asnumpy()) for name, out in model.module.named_outputs(X)]
+        return [(name, out.asnumpy()) for name, out in model.module.named_outputs(X)]
+
 
 BACKEND = MXNetBackend()

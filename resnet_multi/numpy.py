@@ -440,6 +440,10 @@ class NumpyBackend(Backend):
         buffers = sum(v.size for _, layer in model.module.named_layers() for v in layer.buffers.values())
         return params, buffers
 
+    def _named_outputs(self, model, x, training):
+        return [(name, out.astype(np.float32))
+                for name, out in model.module.train(training).layer_outputs(x.astype(DTYPE))]
+
     # The oracle's float64 view, for tests that compare in double precision.
     def forward64(self, model, x, *, training=False):
         shapes.check_input_shape(model.spec, x.shape, training=training)

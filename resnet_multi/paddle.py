@@ -318,6 +318,14 @@ class PaddleBackend(Backend):
         stats = sum(int(p.size) for p in params if not p.trainable)
         return trainable, stats + sum(int(b.size) for b in model.module.buffers())
 
+    def _named_outputs(self, model, x, training):
+        if training:
+            model.module.train()
+        else:
+            model.module.eval()
+        with on_device(model.device), paddle.no_grad():
+            return [(name, out.numpy()) for name, out in model.module.named_outputs(paddle.to_tensor(x))]
+
 
 BACKEND = PaddleBackend()
 

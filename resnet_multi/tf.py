@@ -413,6 +413,10 @@ class TFBackend(Backend):
         buffers = sum(int(np.prod(v.shape)) for v in module.non_trainable_variables)
         return params, buffers
 
+    def _named_outputs(self, model, x, training):
+        with tf.device(_device_name(model.device)):
+            return [(name, out.numpy()) for name, out in model.module.named_outputs(self._nhwc(x), training=training)]
+
 
 BACKEND = TFBackend()
 

@@ -213,5 +213,10 @@ class TorchBackend(Backend):
         buffers = sum(b.numel() for k, b in model.module.named_buffers() if not k.endswith("num_batches_tracked"))
         return params, buffers
 
+    def _named_outputs(self, model, x, training):
+        model.module.train(training)
+        with torch.no_grad():
+            return [(name, out.cpu().numpy()) for name, out in model.module.named_outputs(self._tensor(model, x))]
+
 
 BACKEND = TorchBackend()
