@@ -194,8 +194,9 @@ def save_plot(c: Comparison, path) -> Path:
     FigureCanvasAgg(fig)
     losses, divergence = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     steps = np.arange(c.steps)
+    colour = {t.name: f"C{i}" for i, t in enumerate((c.reference, *c.traces))}  # one per trace, both panels
     for t in (c.reference, *c.traces):
-        losses.plot(steps, t.tensors["loss"][:c.steps], label=t.name)
+        losses.plot(steps, t.tensors["loss"][:c.steps], color=colour[t.name], label=t.name)
     losses.set_xlabel("step")
     losses.set_ylabel("training loss")
     losses.legend(fontsize=7)
@@ -205,7 +206,7 @@ def save_plot(c: Comparison, path) -> Path:
         diffs = c.diffs[t.name]
         for key, style in (("logits", "-"), ("grad norms", "--")):
             values = [max(d.values[key], floor) for d in diffs]
-            divergence.semilogy(steps, values, style, label=f"{t.name} {key}")
+            divergence.semilogy(steps, values, style, color=colour[t.name], label=f"{t.name} {key}")
     divergence.set_xlabel("step")
     divergence.set_ylabel(f"relative difference from {c.reference.name}")
     divergence.legend(fontsize=7)
