@@ -8,10 +8,10 @@ step, the table gives the *relative difference* of the step's loss, logits, each
 stage's training-mode output (on the batch's first images), the gradient norms and
 the BN running statistics after the step. For tensors it is ``max |a - r| / max |r|``
 (the error relative to the tensor's own scale, as the parity suite measures it); for
-the loss and each gradient norm ``|a - r| / |r|``, except that a gradient whose
-reference norm is below ``1e-6`` of the step's largest (a conv bias feeding a
-training-mode BN: exactly zero in exact arithmetic, rounding noise in float32) is
-measured against that largest norm instead. Columns show the worst tensor of a kind.
+the loss and each gradient norm ``|a - r| / |r|``, except that the gradient of a conv
+bias feeding a training-mode BN (exactly zero in exact arithmetic, rounding noise in
+float32; see :func:`zero_gradients`), or any whose reference norm is below ``1e-6`` of the
+step's largest, is measured against that largest norm instead. Columns show the worst tensor of a kind.
 
 The first step and quantity where a trace departs from the reference by more than
 ``--threshold`` are reported, scanning each step in the order the computation runs:
@@ -63,6 +63,31 @@ class StepDiff:
         return None
 
 
+def zero_gradients(spec: dict) -> set[str]:
+    """Conv biases whose output feeds a training-mode BN directly: the BN subtracts the
+    batch mean, so their gradient is exactly zero, and float32 leaves only rounding noise
+    (about 1e-6 of the largest gradient, measured), which is compared on the scale of the
+    largest gradient instead of its own."""
+    if not spec.get("conv_bias"):
+        return set()
+    from .spec import BatchNormSpec, get_arch
+    from .weights import tensor_specs
+
+    arch = get_arch(spec["name"], **{**{k: v for k, v in spec.items() if k != "name"},
+                                     "bn": BatchNormSpec(**spec["bn"])})
+    if arch.preact:
+        # every path from a conv bias reaches a training-mode BN (the next one inside its
+        # block, the next block's first, or the head's) with nothing but additions between
+        return {t.name for t in tensor_specs(arch) if t.role == "conv_bias"}
+    zero = {"stem.conv.bias"}  # feeds stem.bn
+    for i, stage in enumerate(arch.stages):
+        for j, block in enumerate(stage.blocks):
+            zero.update(f"stages.{i}.{j}.{name}.bias" for name, *_ in block.convs())  # convK feeds bnK
+            if block.projection and block.shortcut == "conv_bn":
+                zero.add(f"stages.{i}.{j}.shortcut.conv.bias")
+    return zero
+
+
 def check_same_run(traces: list[Trace]) -> None:
     """Refuse traces that did not start from the same weights and see the same batches."""
     ref = traces[0]
@@ -94,9 +119,10 @@ def diff_step(trace: Trace, ref: Trace, k: int) -> StepDiff:
     out.values["loss"] = rel_diff(trace.tensors["loss"][k], ref.tensors["loss"][k])
     got, want = trace.grad_norms(k), ref.grad_norms(k)
     largest = max(want.values())
+    zero = zero_gradients(ref.meta["spec"])
     worst = ("", -1.0)
     for name, r in want.items():
-        scale = r if r > ZERO_GRAD * largest else largest
+        scale = r if r > ZERO_GRAD * largest and name not in zero else largest
         value = abs(got[name] - r) / scale if scale > 0 else (0.0 if got[name] == r else math.inf)
         if value > worst[1]:
             worst = (name, value)
@@ -116,6 +142,21 @@ class Comparison:
     traces: list[Trace]
     steps: int
     diffs: dict[str, list[StepDiff]]  # trace name -> per step
+
+    def pairwise_first_divergence(self, threshold: float) -> dict[tuple[str, str], tuple | None]:
+        """For every pair of traces (the reference included), where they first differ by
+        more than ``threshold``: (step, quantity, value), or None."""
+        everyone = [self.reference, *self.traces]
+        out = {}
+        for i, a in enumerate(everyone):
+            for b in everyone[i + 1:]:
+                out[a.name, b.name] = None
+                for k in range(self.steps):
+                    hit = diff_step(b, a, k).first_above(threshold)
+                    if hit:
+                        out[a.name, b.name] = (k, *hit)
+                        break
+        return out
 
     def worst(self) -> float:
         return max((v for diffs in self.diffs.values() for d in diffs for v in d.values.values()), default=0.0)
@@ -179,6 +220,12 @@ def format_report(c: Comparison, *, threshold: float) -> str:
         hit = c.first_divergence(t.name, threshold)
         lines.append(f"first difference above {threshold:g}: "
                      + (f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps"))
+        lines.append("")
+    if len(c.traces) > 1:
+        lines.append(f"first step where each pair differs by more than {threshold:g} (relative to the first of the pair)")
+        for (a, b), hit in c.pairwise_first_divergence(threshold).items():
+            where = f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps"
+            lines.append(f"  {a:>10} / {b:<10} {where}")
         lines.append("")
     return "\n".join(lines)
 

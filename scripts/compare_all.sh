@@ -11,7 +11,7 @@
 # reads all the traces in the numpy one. Every trace runs with THREADS CPU threads
 # (default 1): results depend on the thread count, and the traces record it.
 # Extra arguments go to every `resnet-multi trace` (default: 10 steps of the quick
-# preset's network and recipe, batch 64). Traces, report and plot go to OUT (default
+# preset's recipe, data and batches at width 16 and batch 64). Traces, report and plot go to OUT (default
 # traces/); the exit status is compare's (non-zero if TOLERANCE is set and exceeded).
 set -euo pipefail
 env_dir=$(realpath -m "${1:-.tox}")
@@ -20,7 +20,11 @@ out=$(realpath -m "${OUT:-traces}")
 cd "$(dirname "$0")/.."  # the repository: its resnet_multi comes first on each python's path
 threads=${THREADS:-1}
 trace_args=("$@")
-[ ${#trace_args[@]} -gt 0 ] || trace_args=(--steps 10 --batch-size 64)
+# The quick preset's recipe at width 16: the float64 NumPy reference takes ~40 s a step at width 64.
+[ ${#trace_args[@]} -gt 0 ] || trace_args=(--steps 10 --width 16 --batch-size 64)
+# Set before any python starts: NumPy's BLAS reads these at start-up, the frameworks too.
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
+    TF_NUM_INTRAOP_THREADS=$threads TF_NUM_INTEROP_THREADS=$threads MPLBACKEND=Agg
 mkdir -p "$out"
 traces=()
 for backend in numpy torch tf mxnet paddle mindspore; do

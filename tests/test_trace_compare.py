@@ -99,7 +99,13 @@ def test_trace_step_is_the_training_loop_step(backend, device, tiny_data, tmp_pa
     assert t.activation(0, "stem").shape == (4, 8, 8, 8)
 
 
-@pytest.mark.parametrize("backend, device", [c for c in BACKEND_CASES if c.id.split("-")[0] != "numpy"])
+FRAMEWORK_CASES = [c for c in BACKEND_CASES if not c.id.startswith("numpy-")] or [
+    pytest.param(None, None, id="no-framework",
+                 marks=pytest.mark.skip(reason="only the numpy reference is selected here; "
+                                               "each framework's environment runs this against it"))]
+
+
+@pytest.mark.parametrize("backend, device", FRAMEWORK_CASES)
 def test_trace_agrees_with_numpy_on_step_0(backend, device, tiny_data, numpy_trace, tmp_path):
     path = _trace(backend, device, tiny_data, tmp_path / "t.safetensors")
     result = compare.compare([numpy_trace, path])
@@ -356,3 +362,34 @@ def test_conventions_are_the_frameworks_real_defaults(backend, device):
     assert declared["mode_switch"]["starts"] == ("training" if real["starts"] is True else
                                                  "inference" if real["starts"] is False else real["starts"])
     json.dumps(declared)  # plain data all the way down
+
+
+@pytest.mark.parametrize("arch", ["d2l-resnet18", "preact-resnet18", "resnet50"])
+def test_zero_gradients_are_zero_in_the_reference(arch, oracle):
+    """The conv biases compare treats as exactly-zero gradients are those the float64
+    reference computes as zero, and no others."""
+    model = oracle.build(arch, width=8, in_channels=1, num_classes=10, conv_bias=True)
+    x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    grads = oracle.loss_and_grads(model, x, np.arange(4)).grads
+    norms = {k: float(np.linalg.norm(g)) for k, g in grads.items()}
+    largest = max(norms.values())
+    spec = json.loads(json.dumps(__import__("dataclasses").asdict(model.spec)))
+    zero = compare.zero_gradients(spec)
+    assert zero and zero <= set(norms)
+    assert {k for k, n in norms.items() if n <= 1e-12 * largest} == zero
+
+
+def test_trace_command_from_weights_and_seed(tmp_path, oracle, capsys):
+    weights = oracle.save_weights(oracle.build("d2l-resnet18", width=8, seed=3), tmp_path / "w.safetensors")
+    common = ["--backend", "numpy", "--steps", "2", "--batch-size", "8", "--limit", "16", "--activation-images", "2"]
+    assert cli.main(["trace", *common, "--weights", str(weights), "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert cli.main(["trace", *common, "--width", "8", "--seed", "3", "--out", str(tmp_path / "b.safetensors")]) == 0
+    a, b = trace.load(tmp_path / "a.safetensors"), trace.load(tmp_path / "b.safetensors")
+    assert a.meta["initial_weights_sha256"] == b.meta["initial_weights_sha256"]
+    assert a.meta["recipe"]["weights"] == str(weights) and b.meta["recipe"]["init_seed"] == 3
+    # --weights with seed 0 batches, the seed-3 trace with seed-3 batches: same start, other batches
+    assert a.meta["batches_sha256"] != b.meta["batches_sha256"]
+    assert a.steps == 2 and a.activation(1, "stages.3").shape == (2, 64, 1, 1)
+    capsys.readouterr()
+    assert cli.main(["trace", *common, "--weights", str(weights), "--width", "8"]) == 2
+    assert "--weights records its architecture" in capsys.readouterr().err
