@@ -346,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record each stage's output for the batch's first N images (default 8; 0: none)")
     p.add_argument("--full-grads", action="store_true", help="also record step 0's full gradients")
     p.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for the framework (sets OMP_NUM_THREADS and the like); results "
-                        "can depend on it, and the trace records it")
+                   help="CPU threads for the framework: sets OMP_NUM_THREADS and the like before it "
+                        "starts (NumPy's BLAS has started already: for it, set them in the environment). "
+                        "Results can depend on the count; the trace records it")
     p.add_argument("--out", type=Path, help="trace file (default traces/BACKEND.safetensors)")
     eager(p)
     p.set_defaults(func=cmd_trace)
