@@ -241,8 +241,9 @@ def cmd_trace(args) -> int:
           f"({device}), batch {batch_size} at {resize or 28}x{resize or 28}, lr {lr}, seed {args.seed}",
           file=sys.stderr)
     tensors, meta = trace.record(backend, model, batches, lr=lr, activation_images=args.activation_images,
-                                 full_grads=args.full_grads, recipe=recipe)
-    out = trace.save(args.out or Path(f"traces/{backend.name}.safetensors"), tensors, meta)
+                                 full_grads=args.full_grads, recipe=recipe, perturb=args.perturb or 0.0)
+    default = f"traces/{backend.name}{'-perturbed' if args.perturb else ''}.safetensors"
+    out = trace.save(args.out or Path(default), tensors, meta)
     print(f"loss {tensors['loss'][0]:.4f} -> {tensors['loss'][-1]:.4f} over {len(tensors['loss'])} "
           f"steps; trace {out}")
     return 0
@@ -349,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for the framework: sets OMP_NUM_THREADS and the like before it "
                         "starts (NumPy's BLAS has started already: for it, set them in the environment). "
                         "Results can depend on the count; the trace records it")
+    p.add_argument("--perturb", type=_positive_float,
+                   help="control run: multiply the starting weights by 1 + X * N(0, 1) first; with the "
+                        "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
+                        "rounding-sized differences alone grow")
     p.add_argument("--out", type=Path, help="trace file (default traces/BACKEND.safetensors)")
     eager(p)
     p.set_defaults(func=cmd_trace)

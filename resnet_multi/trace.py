@@ -32,7 +32,7 @@ architecture, as in weights files), ``recipe`` (``steps``, ``lr``, ``batch_size`
 came from), ``initial_weights_sha256``, ``batches_sha256`` (one per step, over the
 batch's images and labels), ``layers`` (the stage outputs recorded), ``params``
 (trainable tensors, canonical order), ``bn_stats`` (BN statistic tensors),
-``activation_images``, ``full_grads`` and ``twin_loss_gap``.
+``activation_images``, ``full_grads``, ``twin_loss_gap`` and ``perturb`` (see :func:`record`).
 
 Tensors (S steps):
 
@@ -139,10 +139,25 @@ def _twin_of(backend, model, twin):
     return twin
 
 
+def perturbed(weights: dict[str, np.ndarray], names, scale: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """``weights`` with each tensor in ``names`` multiplied by ``1 + scale * N(0, 1)``
+    elementwise (float32 rounds at about 6e-8 relative)."""
+    rng = np.random.default_rng([seed, 1])
+    return {k: (v * (1 + scale * rng.standard_normal(v.shape))).astype(np.float32) if k in names else v
+            for k, v in weights.items()}
+
+
 def record(backend, model, batches, *, lr: float, activation_images: int = 8,
-           full_grads: bool = False, recipe: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+           full_grads: bool = False, recipe: dict | None = None,
+           perturb: float = 0.0) -> tuple[dict[str, np.ndarray], dict]:
     """Run ``backend.sgd_step`` on each batch and record the trace (see the module
-    docstring); returns (tensors, metadata) as :func:`save` writes them."""
+    docstring); returns (tensors, metadata) as :func:`save` writes them.
+
+    ``perturb`` > 0 is the control experiment: the trainable weights are first
+    multiplied by ``1 + perturb * N(0, 1)`` (the trace still names the unperturbed
+    start, so compare accepts it). Traced with the float64 reference at float32's
+    rounding level (``perturb=1e-7``), it shows how fast rounding-sized differences
+    alone grow in this run: a framework that departs no faster is departing by rounding."""
     from .weights import tensor_specs
 
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -155,6 +170,10 @@ def record(backend, model, batches, *, lr: float, activation_images: int = 8,
     stats = [t.name for t in specs if not t.trainable]
     layers = [n for n in spec.layer_names() if n not in SKIPPED_LAYERS]
     start = backend.get_weights(model)
+    if perturb < 0:
+        raise ValueError(f"perturb must be >= 0, got {perturb}")
+    if perturb:
+        backend.set_weights(model, perturbed(start, set(params), perturb))
     twin = None if backend.name == "numpy" else backend.build(spec, device=model.device, eager=model.eager)
     tensors: dict[str, np.ndarray] = {}
     losses, norms, digests, gap = [], [], [], 0.0
@@ -205,6 +224,7 @@ def record(backend, model, batches, *, lr: float, activation_images: int = 8,
         "activation_images": int(activation_images),
         "full_grads": bool(full_grads),
         "twin_loss_gap": gap,
+        "perturb": float(perturb),
     }
     return tensors, meta
 
@@ -231,7 +251,8 @@ class Trace:
         label = self.meta["backend"]
         if self.meta.get("device", "cpu") != "cpu":
             label += f"-{self.meta['device']}"
-        return label + ("-eager" if self.meta.get("eager") else "")
+        label += "-eager" if self.meta.get("eager") else ""
+        return label + ("-perturbed" if self.meta.get("perturb") else "")
 
     @property
     def steps(self) -> int:

@@ -393,3 +393,19 @@ def test_trace_command_from_weights_and_seed(tmp_path, oracle, capsys):
     capsys.readouterr()
     assert cli.main(["trace", *common, "--weights", str(weights), "--width", "8"]) == 2
     assert "--weights records its architecture" in capsys.readouterr().err
+
+
+def test_perturbed_control_trace(tiny_data, numpy_trace, oracle, tmp_path):
+    """The control run: the reference from weights perturbed at float32's rounding level
+    is compared as the same run, and differs at step 0 by about that much, not 0."""
+    model = oracle.build("d2l-resnet18", width=8, seed=0)
+    batches = trace.training_batches(tiny_data, steps=1, batch_size=BATCH, seed=0, resize=32)
+    tensors, meta = trace.record(oracle, model, batches, lr=0.05, activation_images=4, perturb=1e-7,
+                                 recipe={"batch_size": BATCH, "resize": 32, "seed": 0})
+    path = trace.save(tmp_path / "p.safetensors", tensors, meta)
+    result = compare.compare([numpy_trace, path])
+    assert list(result.diffs) == ["numpy-perturbed"]
+    logits = result.diffs["numpy-perturbed"][0].values["logits"]
+    assert 1e-9 < logits < 1e-5
+    with pytest.raises(ValueError, match="perturb must be >= 0"):
+        trace.record(oracle, model, [], lr=0.05, perturb=-1.0)
