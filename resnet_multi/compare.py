@@ -194,7 +194,7 @@ def compare(paths, *, reference: str | None = None, steps: int | None = None) ->
 
 
 # ---- report ------------------------------------------------------------------------------
-def _header(t: Trace) -> str:
+def _header(t: Trace, width: int = 12) -> str:
     threads = t.meta.get("threads", {})
     env = threads.get("env", {})
     counts = [f"OMP_NUM_THREADS={env.get('OMP_NUM_THREADS') or 'unset'}"]
@@ -202,13 +202,14 @@ def _header(t: Trace) -> str:
         counts.append(f"torch threads {threads['torch_num_threads']}")
     counts.append(f"{threads.get('affinity', threads.get('cpu_count'))} CPUs")
     mode = "eager" if t.meta.get("eager") else "default mode"
-    return (f"{t.name:<12} {t.meta['framework_version']} on {t.meta['device']}, {mode}, "
+    return (f"{t.name:<{width}} {t.meta['framework_version']} on {t.meta['device']}, {mode}, "
             f"{', '.join(counts)}  ({t.path})")
 
 
 def format_report(c: Comparison, *, threshold: float) -> str:
+    width = max(len(t.name) for t in (c.reference, *c.traces))
     lines = [f"reference: {c.reference.name}; {c.steps} steps; relative differences (see resnet-multi "
-             f"compare --help)", _header(c.reference), *(_header(t) for t in c.traces), ""]
+             f"compare --help)", *(_header(t, width) for t in (c.reference, *c.traces)), ""]
     for t in c.traces:
         diffs = c.diffs[t.name]
         columns = list(diffs[0].values) if diffs else []
@@ -225,7 +226,7 @@ def format_report(c: Comparison, *, threshold: float) -> str:
         lines.append(f"first step where each pair differs by more than {threshold:g} (relative to the first of the pair)")
         for (a, b), hit in c.pairwise_first_divergence(threshold).items():
             where = f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps"
-            lines.append(f"  {a:>10} / {b:<10} {where}")
+            lines.append(f"  {a:>{width}} / {b:<{width}} {where}")
         lines.append("")
     return "\n".join(lines)
 
