@@ -358,7 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     eager(p)
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("compare", help="compare traces from any backends step by step (imports no framework)")
+    p = sub.add_parser(
+        "compare", help="compare traces from any backends step by step (imports no framework)",
+        description="Per step, each trace's relative difference from the reference: max|a - r| / max|r| "
+                    "for logits, stage outputs (the batch's first images, training mode) and BN "
+                    "statistics after the step; |a - r| / |r| for the loss and each gradient norm (the "
+                    "worst tensor shown; gradients that are zero in exact arithmetic, conv biases "
+                    "feeding a BN, on the largest gradient's scale). Then where each trace, and each "
+                    "pair, first differs by more than --threshold.")
     p.add_argument("traces", nargs="+", type=Path, help="trace files written by resnet-multi trace")
     p.add_argument("--reference", help="backend to compare against (default numpy if traced, else the first)")
     p.add_argument("--steps", type=_positive_int, help="compare only the first N steps")
