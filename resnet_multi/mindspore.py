@@ -330,7 +330,8 @@ CONVENTIONS = {
                     "bn": ["gamma", "beta", "moving_mean", "moving_variance"],
                     "here": "translated in canonical_parameters (BN_NAMES)"},
     "init": {"default": "HeUniform weights; conv has no bias (has_bias=False), dense bias U(+-1/sqrt fan_in)",
-             "conv_bias": False, "here": "has_bias from the spec; weights overwritten by the spec's"},
+             "conv_bias": False, "conv_weight": ["uniform", "1/sqrt(fan_in)"],
+             "here": "has_bias from the spec; weights overwritten by the spec's"},
     "mode_switch": {"default": "cell.set_train(True / False); starts in inference", "starts": "inference",
                     "here": "the seam calls set_train(training) before every pass"},
 }

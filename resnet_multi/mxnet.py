@@ -335,6 +335,7 @@ CONVENTIONS = {
                     "bn": ["gamma", "beta", "running_mean", "running_var"],
                     "here": "gamma/beta read as weight/bias (canonical_params)"},
     "init": {"default": "Uniform(-0.07, 0.07) weights whatever the fan-in, zero biases", "conv_bias": True,
+             "conv_weight": ["uniform", "0.07"],
              "here": "overwritten by the spec's weights (set_weights)"},
     "mode_switch": {"default": "autograd.record() (training) vs outside it (inference)", "starts": "inference",
                     "here": "the seam records for every training pass"},

@@ -469,6 +469,6 @@ CONVENTIONS = {
     "param_names": {"default": "weight, bias; BN weight (gamma), bias (beta), running_mean, running_var",
                     "bn": ["weight", "bias", "running_mean", "running_var"]},
     "init": {"default": "none of its own: weights drawn in NumPy from the seed (weights.init_weights)",
-             "conv_bias": True},
+             "conv_bias": True, "conv_weight": None},
     "mode_switch": {"default": "net.train() / net.eval(); starts in training", "starts": "training"},
 }

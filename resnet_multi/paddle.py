@@ -362,6 +362,7 @@ CONVENTIONS = {
                     "bn": ["weight", "bias", "_mean", "_variance"],
                     "here": "_mean/_variance read as running_mean/running_var (canonical_tensors)"},
     "init": {"default": "conv Normal(0, sqrt(2 / fan_in)), dense XavierUniform, zero biases", "conv_bias": True,
+             "conv_weight": ["normal", "sqrt(2/fan_in)"],
              "here": "overwritten by the spec's weights (set_weights)"},
     "mode_switch": {"default": "layer.train() / layer.eval(); starts in training", "starts": "training",
                     "here": "the seam calls train() or eval() before every pass"},

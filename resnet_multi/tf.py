@@ -452,6 +452,7 @@ CONVENTIONS = {
                     "bn": ["gamma", "beta", "moving_mean", "moving_variance"],
                     "here": "mapped to canonical names in _canonical_variables"},
     "init": {"default": "GlorotUniform kernels, zero biases", "conv_bias": True,
+             "conv_weight": ["uniform", "sqrt(6/(fan_in+fan_out))"],
              "here": "overwritten by the spec's weights (set_weights)"},
     "mode_switch": {"default": "training= argument per call; inference when omitted (outside fit)",
                     "starts": "inference", "here": "training= passed explicitly everywhere"},

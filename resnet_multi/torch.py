@@ -240,7 +240,8 @@ CONVENTIONS = {
                     "bn": ["weight", "bias", "running_mean", "running_var"],
                     "here": "the canonical names are the state_dict keys, less num_batches_tracked"},
     "init": {"default": "conv and dense: kaiming_uniform(a=sqrt 5) = U(+-1/sqrt fan_in), biases U(+-1/sqrt fan_in)",
-             "conv_bias": True, "here": "overwritten by the spec's weights (set_weights)"},
+             "conv_bias": True, "conv_weight": ["uniform", "1/sqrt(fan_in)"],
+             "here": "overwritten by the spec's weights (set_weights)"},
     "mode_switch": {"default": "module.train() / module.eval(); starts in training", "starts": "training",
                     "here": "the seam calls train(training) before every pass"},
 }

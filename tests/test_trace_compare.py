@@ -222,7 +222,7 @@ def probe_numpy():
                 pads=[net.layers["stem"].layers["conv"].padding] * 2, layout="NCHW",
                 kernel=rn.Conv2d(2, 3, 5).params["weight"].shape, dense=rn.Linear(2, 3).params["weight"].shape,
                 bn_names=[*rn.BatchNorm2d(1).params, *rn.BatchNorm2d(1).buffers],
-                conv_bias="bias" in rn.Conv2d(1, 1, 3).params, starts=rn.Layer().training)
+                conv_bias="bias" in rn.Conv2d(1, 1, 3).params, starts=rn.Layer().training, conv_weight=None)
 
 
 def probe_torch():
@@ -242,7 +242,8 @@ def probe_torch():
                 kernel=tuple(conv.weight.shape), dense=tuple(nn.Linear(2, 3).weight.shape),
                 bn_names=[n for n, _ in bn.named_parameters()]
                 + [n for n, _ in bn.named_buffers() if n != "num_batches_tracked"],
-                conv_bias=conv.bias is not None, starts=nn.Module().training)
+                conv_bias=conv.bias is not None, starts=nn.Module().training,
+                conv_weight=nn.Conv2d(2, 64, 5).weight.detach().numpy())
 
 
 def probe_tf():
@@ -262,7 +263,9 @@ def probe_tf():
     conv.build((None, 8, 8, 2))
     dense = layers.Dense(3)
     dense.build((None, 2))
-    return dict(eps=_default(layers.BatchNormalization, "epsilon"),
+    wide = layers.Conv2D(64, 5)
+    wide.build((None, 8, 8, 2))
+    return dict(conv_weight=wide.kernel.numpy(), eps=_default(layers.BatchNormalization, "epsilon"),
                 momentum=_default(layers.BatchNormalization, "momentum"),
                 update=_bn_update(float(bn.moving_mean[0]), float(bn.moving_variance[0]), bn.momentum),
                 pads=_after(_pads_before(corner)), layout="NHWC" if conv.data_format == "channels_last" else "NCHW",
@@ -283,8 +286,11 @@ def probe_mxnet():
     conv.initialize()
     dense = nn.Dense(3, in_units=2)
     dense.initialize()
+    wide = nn.Conv2D(64, 5, in_channels=2)
+    wide.initialize()  # Gluon's default initialiser
     names = [k.rpartition(".")[2] for k in bn._collect_params_with_prefix()]
-    return dict(eps=_default(nn.BatchNorm, "epsilon"), momentum=_default(nn.BatchNorm, "momentum"),
+    return dict(conv_weight=wide.weight.data().asnumpy(),
+                eps=_default(nn.BatchNorm, "epsilon"), momentum=_default(nn.BatchNorm, "momentum"),
                 update=_bn_update(float(bn.running_mean.data()[0]), float(bn.running_var.data()[0]),
                                   _default(nn.BatchNorm, "momentum")),
                 pads=None, layout=_default(nn.Conv2D, "layout"), kernel=tuple(conv.weight.shape),
@@ -304,7 +310,8 @@ def probe_paddle():
     same.weight.set_value(kernel)
     corner = float(same(paddle.to_tensor(IMAGE[None, None]))[0, 0, 0, 0])
     conv = nn.Conv2D(2, 3, 5)
-    return dict(eps=_default(nn.BatchNorm2D, "epsilon"), momentum=_default(nn.BatchNorm2D, "momentum"),
+    return dict(conv_weight=nn.Conv2D(2, 64, 5).weight.numpy(),
+                eps=_default(nn.BatchNorm2D, "epsilon"), momentum=_default(nn.BatchNorm2D, "momentum"),
                 update=_bn_update(float(bn._mean.numpy()[0]), float(bn._variance.numpy()[0]),
                                   _default(nn.BatchNorm2D, "momentum")),
                 pads=_after(_pads_before(corner)), layout=_default(nn.Conv2D, "data_format"),
@@ -326,7 +333,8 @@ def probe_mindspore():
     corner = float(same(ms.Tensor(IMAGE[None, None])).asnumpy()[0, 0, 0, 0])
     conv = nn.Conv2d(2, 3, 5)
     momentum = _default(nn.BatchNorm2d, "momentum")
-    return dict(eps=_default(nn.BatchNorm2d, "eps"), momentum=momentum,
+    return dict(conv_weight=nn.Conv2d(2, 64, 5).weight.asnumpy(), eps=_default(nn.BatchNorm2d, "eps"),
+                momentum=momentum,
                 update=_bn_update(float(bn.moving_mean.asnumpy()[0]), float(bn.moving_variance.asnumpy()[0]),
                                   momentum),
                 pads=_after(_pads_before(corner)), layout=_default(nn.Conv2d, "data_format"),
@@ -361,7 +369,27 @@ def test_conventions_are_the_frameworks_real_defaults(backend, device):
     assert declared["init"]["conv_bias"] == real["conv_bias"]
     assert declared["mode_switch"]["starts"] == ("training" if real["starts"] is True else
                                                  "inference" if real["starts"] is False else real["starts"])
+    _check_init(declared["init"]["conv_weight"], real["conv_weight"])
     json.dumps(declared)  # plain data all the way down
+
+
+# the default conv weight's distribution for a conv with 2 inputs, 64 outputs, 5x5 kernel
+FAN_IN, FAN_OUT = 2 * 5 * 5, 64 * 5 * 5
+SCALES = {"1/sqrt(fan_in)": 1 / np.sqrt(FAN_IN), "sqrt(6/(fan_in+fan_out))": np.sqrt(6 / (FAN_IN + FAN_OUT)),
+          "0.07": 0.07, "sqrt(2/fan_in)": np.sqrt(2 / FAN_IN)}
+
+
+def _check_init(declared, weight):
+    if declared is None:
+        assert weight is None
+        return
+    kind, scale = declared[0], SCALES[declared[1]]
+    w = np.asarray(weight, np.float64)
+    assert w.size == FAN_IN * 64
+    if kind == "uniform":  # 3,200 draws: the largest lies within 5% of the bound
+        assert 0.95 * scale <= np.abs(w).max() <= scale * (1 + 1e-6)
+    else:  # normal: the sample deviation within 5% (its standard error is 1.3%), mean near 0
+        assert abs(w.std() / scale - 1) < 0.05 and abs(w.mean()) < 0.1 * scale
 
 
 @pytest.mark.parametrize("arch", ["d2l-resnet18", "preact-resnet18", "resnet50"])
