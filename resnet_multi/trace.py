@@ -28,8 +28,8 @@ One safetensors file. Its metadata key ``"trace"`` is a JSON object: ``format``,
 affinity, the thread variables such as ``OMP_NUM_THREADS``, and the framework's own
 count where it has one), ``python``, ``numpy``, ``platform``, ``spec`` (the
 architecture, as in weights files), ``recipe`` (``steps``, ``lr``, ``batch_size``,
-``resize``, ``seed``, ``data``, ``start``: the weights file or the seed the weights
-came from), ``initial_weights_sha256``, ``batches_sha256`` (one per step, over the
+``resize``, ``seed`` (the batch order), ``data`` (where the images came from), and
+``weights`` (the file the weights came from) or ``init_seed``), ``initial_weights_sha256``, ``batches_sha256`` (one per step, over the
 batch's images and labels), ``layers`` (the stage outputs recorded), ``params``
 (trainable tensors, canonical order), ``bn_stats`` (BN statistic tensors),
 ``activation_images``, ``full_grads``, ``twin_loss_gap`` and ``perturb`` (see :func:`record`).
