@@ -108,6 +108,11 @@ class Backend:
         (NCHW) in training mode, and return the output's native shape."""
         raise NotImplementedError
 
+    def _named_outputs(self, model: Model, x: np.ndarray, training: bool) -> list[tuple[str, np.ndarray]]:
+        """(name, output as NumPy in the native layout) for each layer in ``spec.layer_names()``:
+        the shape table's walk, with values (the framework's ``named_outputs``)."""
+        raise NotImplementedError
+
     def count_parameters(self, model: Model) -> tuple[int, int]:
         """(trainable parameters, BN running-statistic elements), read from the
         framework's own objects, not from the spec."""
@@ -181,6 +186,23 @@ class Backend:
     def native_layer_shapes(self, model: Model, input_shape) -> list[tuple[int, ...]]:
         shape = shapes.check_input_shape(model.spec, input_shape)
         return self._layer_shapes(model, np.zeros(shape, np.float32))
+
+    def named_outputs(self, model: Model, x: np.ndarray, *, training: bool = False) -> dict[str, np.ndarray]:
+        """Each named layer's output (``spec.layer_names()``) for an NCHW float32 batch, in
+        the canonical layout: what :mod:`resnet_multi.trace` records per stage.
+        ``training=True`` uses batch statistics and updates the BN running statistics,
+        as ``forward(training=True)`` does."""
+        shapes.check_input_array(model.spec, x, training=training)
+        out = {}
+        for name, value in self._named_outputs(model, x, training):
+            value = np.asarray(value)
+            if self.native_layout == "NHWC" and value.ndim == 4:
+                value = value.transpose(0, 3, 1, 2)
+            out[name] = np.ascontiguousarray(value, dtype=np.float32)
+        if list(out) != model.spec.layer_names():
+            raise RuntimeError(f"{self.name} named its layer outputs {list(out)}, "
+                               f"not {model.spec.layer_names()}")
+        return out
 
     def residual_output_shape(self, input_shape, *args, **options) -> tuple[int, ...]:
         """The chapter's block check: ``Residual(*args, **options)`` on a random batch of

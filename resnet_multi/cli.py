@@ -6,6 +6,9 @@
     resnet-multi train    --backend torch --preset chapter --device cuda:0 --out runs/chapter [--resume]
     resnet-multi evaluate --backend numpy --weights runs/torch-quick/weights.safetensors
     resnet-multi bench    --backend torch [--size 96 --batch-size 64 --steps 20 --json bench.json]
+    resnet-multi trace    --backend torch --steps 10 --out traces/torch.safetensors
+    resnet-multi compare  traces/numpy.safetensors traces/torch.safetensors [--tolerance 1e-3]
+    resnet-multi conventions
 
 Mistakes (unknown backend or architecture, a backend that is not installed, a
 missing device, a non-positive number, a network too big for --max-memory) get
@@ -274,6 +277,71 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_trace(args) -> int:
+    from . import trace
+    from . import weights as canonical
+    from .train import PRESETS
+
+    if args.threads is not None:
+        trace.pin_threads(args.threads)  # before the framework starts its thread pools
+    backend = _backend(args.backend)
+    device = _device(backend, args.device)
+    quick = PRESETS["quick"]
+    if args.weights is not None:
+        if args.arch is not None or args.width is not None:
+            raise UsageError("--weights records its architecture; drop --arch and --width")
+        spec = canonical.read_arch(args.weights)
+        if spec is None:
+            raise canonical.WeightsError(f"{args.weights} records no architecture; it was not saved by resnet-multi")
+        model = backend.build(spec, device=device, eager=args.eager)
+        backend.load_weights(model, args.weights)
+        start = {"weights": str(args.weights)}
+    else:
+        model = backend.build(args.arch or quick["arch"], device=device, seed=args.seed, eager=args.eager,
+                              **_overrides(args))
+        start = {"init_seed": args.seed}
+    subset = args.subset if args.subset is not None else args.data_dir is None
+    dataset = _load_data(subset=subset, data_dir=args.data_dir, limit=args.limit)
+    resize = (quick["resize"] if args.resize is None else args.resize) or None
+    batch_size = args.batch_size or quick["batch_size"]
+    lr = args.lr or quick["lr"]
+    recipe = {"batch_size": batch_size, "resize": resize, "seed": args.seed, "data": dataset.source, **start}
+    batches = trace.training_batches(dataset, steps=args.steps, batch_size=batch_size, seed=args.seed,
+                                     resize=resize)
+    print(f"tracing {args.steps} steps of {model.spec.name} on {backend.name} {backend.framework_version()} "
+          f"({device}), batch {batch_size} at {resize or 28}x{resize or 28}, lr {lr}, seed {args.seed}",
+          file=sys.stderr)
+    tensors, meta = trace.record(backend, model, batches, lr=lr, activation_images=args.activation_images,
+                                 full_grads=args.full_grads, recipe=recipe, perturb=args.perturb or 0.0)
+    default = f"traces/{backend.name}{'-perturbed' if args.perturb else ''}.safetensors"
+    out = trace.save(args.out or Path(default), tensors, meta)
+    print(f"loss {tensors['loss'][0]:.4f} -> {tensors['loss'][-1]:.4f} over {len(tensors['loss'])} "
+          f"steps; trace {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import compare
+
+    result = compare.compare(args.traces, reference=args.reference, steps=args.steps)
+    print(compare.format_report(result, threshold=args.threshold))
+    if args.plot is not None or not args.no_plot:
+        plot = args.plot or Path(args.traces[0]).parent / "compare.png"
+        print(f"plot {compare.save_plot(result, plot)}", file=sys.stderr)
+    if args.tolerance is not None and result.worst() > args.tolerance:
+        print(f"{PROG}: a difference of {result.worst():.2e} exceeds --tolerance {args.tolerance:g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_conventions(args) -> int:
+    from . import conventions
+
+    print(conventions.format_table(conventions.collect(), markdown=args.markdown))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The Residual Networks chapter of Dive into Deep Learning "
                                             "on five frameworks and a NumPy reference.")
@@ -359,6 +427,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eager(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("trace", help="record loss, logits, stage outputs, gradient norms and BN statistics "
+                                     "of the first training steps, for resnet-multi compare")
+    common(p)
+    p.add_argument("--weights", type=Path, help="start from these canonical weights (default: the spec's "
+                                                "initial weights for --seed)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights (without --weights) and batch order")
+    p.add_argument("--steps", type=_positive_int, default=10, help="training steps to trace (default 10)")
+    p.add_argument("--lr", type=_positive_float, help="(default: the quick preset's, 0.05)")
+    p.add_argument("--batch-size", type=_positive_int, help="(default: the quick preset's, 256)")
+    p.add_argument("--resize", type=_nonneg_int, help="image side, 0: keep 28 (default: the quick preset's, 32)")
+    p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
+                   help="the bundled 2,000/500 subset (the default unless --data-dir)")
+    p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
+    p.add_argument("--limit", type=_positive_int, help="only the first N train images")
+    p.add_argument("--activation-images", type=_nonneg_int, default=8,
+                   help="record each stage's output for the batch's first N images (default 8; 0: none)")
+    p.add_argument("--full-grads", action="store_true", help="also record step 0's full gradients")
+    p.add_argument("--threads", type=_positive_int,
+                   help="CPU threads for the framework: sets OMP_NUM_THREADS and the like before it "
+                        "starts (NumPy's BLAS has started already: for it, set them in the environment). "
+                        "Results can depend on the count; the trace records it")
+    p.add_argument("--perturb", type=_positive_float,
+                   help="control run: multiply the starting weights by 1 + X * N(0, 1) first; with the "
+                        "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
+                        "rounding-sized differences alone grow")
+    p.add_argument("--out", type=Path, help="trace file (default traces/BACKEND.safetensors)")
+    eager(p)
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser(
+        "compare", help="compare traces from any backends step by step (imports no framework)",
+        description="Per step, each trace's relative difference from the reference: max|a - r| / max|r| "
+                    "for logits, stage outputs (the batch's first images, training mode) and BN "
+                    "statistics after the step; |a - r| / |r| for the loss and each gradient norm (the "
+                    "worst tensor shown; gradients that are zero in exact arithmetic, conv biases "
+                    "feeding a BN, on the largest gradient's scale). Then where each trace, and each "
+                    "pair, first differs by more than --threshold.")
+    p.add_argument("traces", nargs="+", type=Path, help="trace files written by resnet-multi trace")
+    p.add_argument("--reference", help="backend to compare against (default numpy if traced, else the first)")
+    p.add_argument("--steps", type=_positive_int, help="compare only the first N steps")
+    p.add_argument("--threshold", type=_positive_float, default=1e-3,
+                   help="report the first step and quantity above this relative difference (default 1e-3)")
+    p.add_argument("--tolerance", type=_positive_float,
+                   help="exit with status 1 if any relative difference exceeds this")
+    p.add_argument("--plot", type=Path, help="plot file (default compare.png beside the first trace)")
+    p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("conventions", help="what each framework does differently from the spec, and how "
+                                           "its module translates it")
+    p.add_argument("--markdown", action="store_true", help="a markdown table")
+    p.set_defaults(func=cmd_conventions)
     return parser
 
 
@@ -382,6 +503,7 @@ def _interrupted(args) -> str:
 
 def main(argv=None) -> int:
     from .data import DataError
+    from .trace import TraceError
     from .train import RunError
     from .weights import WeightsError
 
@@ -398,7 +520,7 @@ def main(argv=None) -> int:
             raise
         print(e if str(e).startswith(PROG) else f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, WeightsError, RunError, OSError) as e:
+    except (DataError, WeightsError, RunError, TraceError, OSError) as e:
         if debug:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)

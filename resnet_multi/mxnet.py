@@ -303,5 +303,40 @@ class MXNetBackend(Backend):
         buffers = sum(int(onp.prod(p.shape)) for p in params if p.grad_req == "null")
         return trainable, buffers
 
+    def _named_outputs(self, model, x, training):
+        X = self._array(model, x)
+        if training:  # batch statistics, and BatchNorm updates the running ones
+            with autograd.record():
+                return [(name, out.asnumpy()) for name, out in model.module.named_outputs(X)]
+        return [(name, out.asnumpy()) for name, out in model.module.named_outputs(X)]
+
 
 BACKEND = MXNetBackend()
+
+
+# What MXNet Gluon does by default, and what this module does about it: one column of
+# `resnet-multi conventions`, read as a literal without importing MXNet; the tests
+# check the machine-readable fields against Gluon's own defaults.
+CONVENTIONS = {
+    "framework": "MXNet Gluon",
+    "padding": {"default": "padding=0; no 'same' mode; explicit padding is symmetric", "pads": None,
+                "here": "the spec's symmetric padding, passed as padding=p"},
+    "bn_eps": {"default": 1e-05, "eps": 1e-05, "here": "the spec's eps, passed as epsilon"},
+    "bn_momentum": {"default": "0.9: running = m * running + (1 - m) * batch, updated in backward()",
+                    "momentum": 0.9, "keeps": "old",
+                    "here": "Gluon's update off (momentum 1); BatchNorm.forward updates in the spec's convention"},
+    "bn_running_var": {"default": "biased batch variance", "variance": "biased",
+                       "here": "BatchNorm.forward feeds the unbiased one"},
+    "data_layout": {"default": "NCHW", "layout": "NCHW", "here": "nothing to do"},
+    "kernel_layout": {"default": "OIHW", "layout": "OIHW", "here": "nothing to do"},
+    "dense_layout": {"default": "(out, in); Dense flattens its input and infers in_units lazily",
+                     "layout": "(out, in)", "here": "in_units and in_channels given, so weights exist at once"},
+    "param_names": {"default": "weight, bias; BN gamma, beta, running_mean, running_var (grad_req='null')",
+                    "bn": ["gamma", "beta", "running_mean", "running_var"],
+                    "here": "gamma/beta read as weight/bias (canonical_params)"},
+    "init": {"default": "Uniform(-0.07, 0.07) weights whatever the fan-in, zero biases", "conv_bias": True,
+             "conv_weight": ["uniform", "0.07"],
+             "here": "overwritten by the spec's weights (set_weights)"},
+    "mode_switch": {"default": "autograd.record() (training) vs outside it (inference)", "starts": "inference",
+                    "here": "the seam records for every training pass"},
+}

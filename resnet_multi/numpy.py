@@ -455,6 +455,10 @@ class NumpyBackend(Backend):
         buffers = sum(v.size for _, layer in model.module.named_layers() for v in layer.buffers.values())
         return params, buffers
 
+    def _named_outputs(self, model, x, training):
+        return [(name, out.astype(np.float32))
+                for name, out in model.module.train(training).layer_outputs(x.astype(DTYPE))]
+
     # The oracle's float64 view, for tests that compare in double precision.
     def forward64(self, model, x, *, training=False):
         shapes.check_input_shape(model.spec, x.shape, training=training)
@@ -462,3 +466,24 @@ class NumpyBackend(Backend):
 
 
 BACKEND = NumpyBackend()
+
+
+# What the spec itself says, in the same form as each framework module's CONVENTIONS
+# (resnet-multi conventions reads these literals without importing any framework).
+CONVENTIONS = {
+    "framework": "the spec (this NumPy reference)",
+    "padding": {"default": "symmetric: 3 for the 7x7/2 stem, 1 for 3x3 convs and the 3x3/2 max pool "
+                           "(which pads with -inf)", "pads": [3, 3]},
+    "bn_eps": {"default": 1e-05, "eps": 1e-05},
+    "bn_momentum": {"default": "0.1: running = (1 - m) * running + m * batch", "momentum": 0.1, "keeps": "new"},
+    "bn_running_var": {"default": "unbiased batch variance (n - 1); the batch is normalised with the biased one",
+                       "variance": "unbiased"},
+    "data_layout": {"default": "NCHW", "layout": "NCHW"},
+    "kernel_layout": {"default": "OIHW", "layout": "OIHW"},
+    "dense_layout": {"default": "(out, in)", "layout": "(out, in)"},
+    "param_names": {"default": "weight, bias; BN weight (gamma), bias (beta), running_mean, running_var",
+                    "bn": ["weight", "bias", "running_mean", "running_var"]},
+    "init": {"default": "none of its own: weights drawn in NumPy from the seed (weights.init_weights)",
+             "conv_bias": True, "conv_weight": None},
+    "mode_switch": {"default": "net.train() / net.eval(); starts in training", "starts": "training"},
+}

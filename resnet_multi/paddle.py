@@ -318,6 +318,14 @@ class PaddleBackend(Backend):
         stats = sum(int(p.size) for p in params if not p.trainable)
         return trainable, stats + sum(int(b.size) for b in model.module.buffers())
 
+    def _named_outputs(self, model, x, training):
+        if training:
+            model.module.train()
+        else:
+            model.module.eval()
+        with on_device(model.device), paddle.no_grad():
+            return [(name, out.numpy()) for name, out in model.module.named_outputs(paddle.to_tensor(x))]
+
 
 BACKEND = PaddleBackend()
 
@@ -333,3 +341,29 @@ def print_shapes(model: ResNet, input_shape=(1, 1, 96, 96)) -> None:
 
 if __name__ == "__main__":  # python -m resnet_multi.paddle
     print_shapes(net("d2l-resnet18"))
+
+
+# What PaddlePaddle does by default, and what this module does about it: one column of
+# `resnet-multi conventions`, read as a literal without importing Paddle; the tests
+# check the machine-readable fields against Paddle's own defaults.
+CONVENTIONS = {
+    "framework": "PaddlePaddle",
+    "padding": {"default": "padding=0; padding='SAME' pads the smaller half before, (2, 3) for 7x7/2 on "
+                           "even sizes", "pads": [2, 3], "here": "the spec's symmetric padding, passed as padding=p"},
+    "bn_eps": {"default": 1e-05, "eps": 1e-05, "here": "the spec's eps, passed as epsilon"},
+    "bn_momentum": {"default": "0.9: running = m * running + (1 - m) * batch", "momentum": 0.9, "keeps": "old",
+                    "here": "momentum = 1 - the spec's (BatchNorm2D)"},
+    "bn_running_var": {"default": "biased batch variance", "variance": "biased",
+                       "here": "BatchNorm2D.forward rewrites the running variance with the unbiased one"},
+    "data_layout": {"default": "NCHW", "layout": "NCHW", "here": "nothing to do"},
+    "kernel_layout": {"default": "OIHW", "layout": "OIHW", "here": "nothing to do"},
+    "dense_layout": {"default": "(in, out)", "layout": "(in, out)", "here": "transposed in get/set_weights"},
+    "param_names": {"default": "weight, bias; BN weight, bias, _mean, _variance (non-trainable parameters)",
+                    "bn": ["weight", "bias", "_mean", "_variance"],
+                    "here": "_mean/_variance read as running_mean/running_var (canonical_tensors)"},
+    "init": {"default": "conv Normal(0, sqrt(2 / fan_in)), dense XavierUniform, zero biases", "conv_bias": True,
+             "conv_weight": ["normal", "sqrt(2/fan_in)"],
+             "here": "overwritten by the spec's weights (set_weights)"},
+    "mode_switch": {"default": "layer.train() / layer.eval(); starts in training", "starts": "training",
+                    "here": "the seam calls train() or eval() before every pass"},
+}

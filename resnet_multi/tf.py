@@ -413,6 +413,10 @@ class TFBackend(Backend):
         buffers = sum(int(np.prod(v.shape)) for v in module.non_trainable_variables)
         return params, buffers
 
+    def _named_outputs(self, model, x, training):
+        with tf.device(_device_name(model.device)):
+            return [(name, out.numpy()) for name, out in model.module.named_outputs(self._nhwc(x), training=training)]
+
 
 BACKEND = TFBackend()
 
@@ -425,3 +429,31 @@ if __name__ == "__main__":
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 96
     model = net(arch)
     print(shape_table(model, (1, size, size, model.spec.in_channels)))
+
+
+# What TensorFlow / Keras 3 does by default, and what this module does about it: one
+# column of `resnet-multi conventions`, read as a literal without importing TensorFlow;
+# the tests check the machine-readable fields against Keras' own defaults.
+CONVENTIONS = {
+    "framework": "TensorFlow (Keras 3)",
+    "padding": {"default": "padding='valid'; 'same' pads the smaller half before: (2, 3) for 7x7/2 and "
+                           "(0, 1) for 3x3/2 on even sizes",
+                "pads": [2, 3], "here": "explicit symmetric tf.pad, then 'valid' (pad, MaxPool2D pads -inf)"},
+    "bn_eps": {"default": 0.001, "eps": 0.001, "here": "the spec's eps, passed as epsilon (BatchNorm)"},
+    "bn_momentum": {"default": "0.99: moving = m * moving + (1 - m) * batch", "momentum": 0.99, "keeps": "old",
+                    "here": "momentum = 1 - the spec's (BatchNorm)"},
+    "bn_running_var": {"default": "biased batch variance", "variance": "biased",
+                       "here": "BatchNorm.call updates the moving variance with the unbiased one"},
+    "data_layout": {"default": "NHWC (channels_last)", "layout": "NHWC",
+                    "here": "NCHW <-> NHWC at the seam only (TFBackend)"},
+    "kernel_layout": {"default": "HWIO", "layout": "HWIO", "here": "transposed to OIHW in get/set_weights"},
+    "dense_layout": {"default": "(in, out)", "layout": "(in, out)", "here": "transposed in get/set_weights"},
+    "param_names": {"default": "kernel, bias; BN gamma, beta, moving_mean, moving_variance",
+                    "bn": ["gamma", "beta", "moving_mean", "moving_variance"],
+                    "here": "mapped to canonical names in _canonical_variables"},
+    "init": {"default": "GlorotUniform kernels, zero biases", "conv_bias": True,
+             "conv_weight": ["uniform", "sqrt(6/(fan_in+fan_out))"],
+             "here": "overwritten by the spec's weights (set_weights)"},
+    "mode_switch": {"default": "training= argument per call; inference when omitted (outside fit)",
+                    "starts": "inference", "here": "training= passed explicitly everywhere"},
+}

@@ -258,5 +258,35 @@ class TorchBackend(Backend):
         buffers = sum(b.numel() for k, b in model.module.named_buffers() if not k.endswith("num_batches_tracked"))
         return params, buffers
 
+    def _named_outputs(self, model, x, training):
+        model.module.train(training)
+        with torch.no_grad():
+            return [(name, out.cpu().numpy()) for name, out in model.module.named_outputs(self._tensor(model, x))]
+
 
 BACKEND = TorchBackend()
+
+
+# What PyTorch does by default, and what this module does about it: one column of
+# `resnet-multi conventions`, read as a literal without importing torch; the tests
+# check the machine-readable fields against torch's own defaults.
+CONVENTIONS = {
+    "framework": "PyTorch",
+    "padding": {"default": "padding=0; padding='same' is refused at stride 2; explicit padding is symmetric",
+                "pads": None, "here": "the spec's symmetric padding, passed as padding=p"},
+    "bn_eps": {"default": 1e-05, "eps": 1e-05, "here": "the spec's eps, passed through"},
+    "bn_momentum": {"default": "0.1: running = (1 - m) * running + m * batch (the spec's convention)",
+                    "momentum": 0.1, "keeps": "new", "here": "the spec's momentum, passed through (batch_norm)"},
+    "bn_running_var": {"default": "unbiased batch variance", "variance": "unbiased", "here": "nothing to do"},
+    "data_layout": {"default": "NCHW", "layout": "NCHW", "here": "nothing to do"},
+    "kernel_layout": {"default": "OIHW", "layout": "OIHW", "here": "nothing to do"},
+    "dense_layout": {"default": "(out, in)", "layout": "(out, in)", "here": "nothing to do"},
+    "param_names": {"default": "state_dict keys; BN weight, bias, running_mean, running_var, num_batches_tracked",
+                    "bn": ["weight", "bias", "running_mean", "running_var"],
+                    "here": "the canonical names are the state_dict keys, less num_batches_tracked"},
+    "init": {"default": "conv and dense: kaiming_uniform(a=sqrt 5) = U(+-1/sqrt fan_in), biases U(+-1/sqrt fan_in)",
+             "conv_bias": True, "conv_weight": ["uniform", "1/sqrt(fan_in)"],
+             "here": "overwritten by the spec's weights (set_weights)"},
+    "mode_switch": {"default": "module.train() / module.eval(); starts in training", "starts": "training",
+                    "here": "the seam calls train(training) before every pass"},
+}

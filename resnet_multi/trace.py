@@ -1,0 +1,290 @@
+"""Traces: what one backend computes during the first training steps, in a file that
+any environment can read (``resnet-multi compare`` reads traces without a framework).
+
+    resnet-multi trace --backend torch --steps 20 --out traces/torch.safetensors
+    resnet-multi trace --backend numpy --steps 20 --out traces/numpy.safetensors
+    resnet-multi compare traces/numpy.safetensors traces/torch.safetensors
+
+Which step is recorded
+----------------------
+Step ``k`` of a trace is step ``k`` of ``resnet-multi train`` with the same weights,
+seed, batch size, resize and learning rate: the batches are those of
+:func:`resnet_multi.train.fit` (``data.iterate_batches`` with ``default_rng([seed,
+epoch])``, epochs following each other), and the traced model is advanced only by
+``Backend.sgd_step``, the training loop's own call. Everything else is measured on a
+*twin*: a second model given the traced model's exact state before the step
+(canonical weights through ``set_weights``; the float64 NumPy reference by a deep
+copy, since canonical weights are float32). On the twin, ``named_outputs(training=True)``
+gives the stage outputs and ``loss_and_grads`` the gradients; both normalise with the
+batch's statistics, so the twin's BN running statistics (which they update) do not
+affect them, and the traced model's statistics are updated once, by its step. The
+loss and logits recorded are those ``sgd_step`` returned; ``twin_loss_gap`` in the
+metadata is the largest difference between them and the twin's loss (0 or rounding).
+
+File format (``resnet_multi.trace.v1``)
+---------------------------------------
+One safetensors file. Its metadata key ``"trace"`` is a JSON object: ``format``,
+``backend``, ``framework_version``, ``device``, ``eager``, ``threads`` (CPU count,
+affinity, the thread variables such as ``OMP_NUM_THREADS``, and the framework's own
+count where it has one), ``python``, ``numpy``, ``platform``, ``spec`` (the
+architecture, as in weights files), ``recipe`` (``steps``, ``lr``, ``batch_size``,
+``resize``, ``seed`` (the batch order), ``data`` (where the images came from), and
+``weights`` (the file the weights came from) or ``init_seed``), ``initial_weights_sha256``, ``batches_sha256`` (one per step, over the
+batch's images and labels), ``layers`` (the stage outputs recorded), ``params``
+(trainable tensors, canonical order), ``bn_stats`` (BN statistic tensors),
+``activation_images``, ``full_grads``, ``twin_loss_gap`` and ``perturb`` (see :func:`record`).
+
+Tensors (S steps):
+
+* ``loss`` (S,) float64: the training-mode loss of each step (before its update);
+* ``grad_norm`` (S, P) float64: the L2 norm of each trainable tensor's gradient, columns
+  in ``params`` order;
+* ``bn.<name>`` (S + 1, C) float32: each BN running statistic before step 0 and after
+  each step (``stem.bn.running_var``...);
+* ``step.<k>.logits`` (B, classes) float32 and ``step.<k>.labels`` (B,) int64;
+* ``step.<k>.act.<layer>`` (K, ...) float32: the training-mode output of each layer in
+  ``layers`` (stem, every stage, the pooled features; canonical NCHW) for the batch's
+  first K = ``activation_images`` images;
+* ``grad.<param>`` float32: step 0's full gradients, with ``full_grads``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import weights as canonical
+from .data import Dataset, iterate_batches
+
+FORMAT = "resnet_multi.trace.v1"
+# Environment variables that set CPU thread counts in the frameworks' runtimes
+# (OpenMP: torch, MXNet, Paddle, MindSpore; MKL/OpenBLAS: NumPy and others; TensorFlow's own).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+# Layers whose outputs are recorded: the flattened features repeat the pooled ones and
+# the dense layer's output is the logits, recorded in full.
+SKIPPED_LAYERS = ("head.flatten", "head.fc")
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read, or traces that do not describe the same run."""
+
+
+# ---- threads ---------------------------------------------------------------------------
+def pin_threads(n: int) -> None:
+    """Ask every framework for ``n`` CPU threads. Call it before the framework is
+    imported: the runtimes read these variables when they start."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:  # already started: torch can still be told
+        sys.modules["torch"].set_num_threads(n)
+
+
+def thread_info() -> dict:
+    """The thread settings in effect, as the trace records them."""
+    info = {"cpu_count": os.cpu_count(), "env": {v: os.environ.get(v) for v in THREAD_VARS}}
+    if hasattr(os, "sched_getaffinity"):
+        info["affinity"] = len(os.sched_getaffinity(0))
+    if "torch" in sys.modules:
+        info["torch_num_threads"] = sys.modules["torch"].get_num_threads()
+    if "tensorflow" in sys.modules:  # 0: TensorFlow picks (one per core)
+        threading = sys.modules["tensorflow"].config.threading
+        info["tf_intra_op"] = threading.get_intra_op_parallelism_threads()
+        info["tf_inter_op"] = threading.get_inter_op_parallelism_threads()
+    return info
+
+
+# ---- batches, exactly as the training loop draws them -----------------------------------
+def training_batches(dataset: Dataset, *, steps: int, batch_size: int, seed: int, resize: int | None):
+    """The first ``steps`` batches :func:`resnet_multi.train.fit` trains on, across epochs."""
+    if len(dataset.train_images) == 0:
+        raise ValueError("the dataset has no training images")
+    done, epoch = 0, 0
+    while done < steps:
+        for x, y in iterate_batches(dataset.train_images, dataset.train_labels, batch_size,
+                                    shuffle=True, seed=seed, epoch=epoch, resize=resize):
+            yield x, y
+            done += 1
+            if done == steps:
+                return
+        epoch += 1
+
+
+def weights_digest(weights: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(weights[name], np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _batch_digest(x: np.ndarray, y: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y, np.int64).tobytes()).hexdigest()
+
+
+# ---- recording ---------------------------------------------------------------------------
+def _twin_of(backend, model, twin):
+    """A model in exactly ``model``'s state, to measure on without touching ``model``."""
+    if backend.name == "numpy":  # float64 inside; the seam's canonical weights are float32
+        return copy.deepcopy(model)
+    backend.set_weights(twin, backend.get_weights(model))
+    return twin
+
+
+def perturbed(weights: dict[str, np.ndarray], names, scale: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """``weights`` with each tensor in ``names`` multiplied by ``1 + scale * N(0, 1)``
+    elementwise (float32 rounds at about 6e-8 relative)."""
+    rng = np.random.default_rng([seed, 1])
+    return {k: (v * (1 + scale * rng.standard_normal(v.shape))).astype(np.float32) if k in names else v
+            for k, v in weights.items()}
+
+
+def record(backend, model, batches, *, lr: float, activation_images: int = 8,
+           full_grads: bool = False, recipe: dict | None = None,
+           perturb: float = 0.0) -> tuple[dict[str, np.ndarray], dict]:
+    """Run ``backend.sgd_step`` on each batch and record the trace (see the module
+    docstring); returns (tensors, metadata) as :func:`save` writes them.
+
+    ``perturb`` > 0 is the control experiment: the trainable weights are first
+    multiplied by ``1 + perturb * N(0, 1)`` (the trace still names the unperturbed
+    start, so compare accepts it). Traced with the float64 reference at float32's
+    rounding level (``perturb=1e-7``), it shows how fast rounding-sized differences
+    alone grow in this run: a framework that departs no faster is departing by rounding."""
+    from .weights import tensor_specs
+
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+    if activation_images < 0:
+        raise ValueError(f"activation_images must be >= 0, got {activation_images}")
+    spec = model.spec
+    specs = tensor_specs(spec)
+    params = [t.name for t in specs if t.trainable]
+    stats = [t.name for t in specs if not t.trainable]
+    layers = [n for n in spec.layer_names() if n not in SKIPPED_LAYERS]
+    start = backend.get_weights(model)
+    if perturb < 0:
+        raise ValueError(f"perturb must be >= 0, got {perturb}")
+    if perturb:
+        backend.set_weights(model, perturbed(start, set(params), perturb))
+    twin = None if backend.name == "numpy" else backend.build(spec, device=model.device, eager=model.eager)
+    tensors: dict[str, np.ndarray] = {}
+    losses, norms, digests, gap = [], [], [], 0.0
+    bn = {name: [start[name]] for name in stats}
+    for k, (x, y) in enumerate(batches):
+        digests.append(_batch_digest(x, y))
+        probe = _twin_of(backend, model, twin)
+        outputs = backend.named_outputs(probe, x, training=True)
+        result = backend.loss_and_grads(probe, x, y)
+        loss, logits = backend.sgd_step(model, x, y, lr)  # the training loop's step
+        gap = max(gap, abs(float(result.loss) - float(loss)))
+        losses.append(float(loss))
+        norms.append([float(np.linalg.norm(np.asarray(result.grads[p], np.float64))) for p in params])
+        tensors[f"step.{k}.logits"] = np.ascontiguousarray(logits, np.float32)
+        tensors[f"step.{k}.labels"] = np.asarray(y, np.int64)
+        if activation_images:
+            for name in layers:
+                tensors[f"step.{k}.act.{name}"] = np.ascontiguousarray(outputs[name][:activation_images])
+        if full_grads and k == 0:
+            for p in params:
+                tensors[f"grad.{p}"] = np.ascontiguousarray(result.grads[p], np.float32)
+        after = backend.get_weights(model)
+        for name in stats:
+            bn[name].append(after[name])
+    if not losses:
+        raise ValueError("no batches to trace")
+    tensors["loss"] = np.asarray(losses, np.float64)
+    tensors["grad_norm"] = np.asarray(norms, np.float64)
+    for name, values in bn.items():
+        tensors[f"bn.{name}"] = np.stack(values).astype(np.float32)
+    meta = {
+        "format": FORMAT,
+        "backend": backend.name,
+        "framework_version": backend.framework_version(),
+        "device": model.device,
+        "eager": bool(model.eager),
+        "threads": thread_info(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "spec": json.loads(json.dumps(dataclasses.asdict(spec))),
+        "recipe": {**(recipe or {}), "steps": len(losses), "lr": float(lr)},
+        "initial_weights_sha256": weights_digest(start),
+        "batches_sha256": digests,
+        "layers": layers if activation_images else [],
+        "params": params,
+        "bn_stats": stats,
+        "activation_images": int(activation_images),
+        "full_grads": bool(full_grads),
+        "twin_loss_gap": gap,
+        "perturb": float(perturb),
+    }
+    return tensors, meta
+
+
+def save(path, tensors: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write a trace atomically (temporary file, then rename)."""
+    from safetensors.numpy import save as save_bytes
+
+    path = Path(path)
+    canonical.atomic_write_bytes(path, save_bytes(tensors, metadata={"trace": json.dumps(meta)}))
+    return path
+
+
+# ---- reading (framework-free: compare uses this) -----------------------------------------
+@dataclass
+class Trace:
+    path: Path
+    meta: dict
+    tensors: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        """How tables and plots label this trace: the backend, plus eager or device if not plain."""
+        label = self.meta["backend"]
+        if self.meta.get("device", "cpu") != "cpu":
+            label += f"-{self.meta['device']}"
+        label += "-eager" if self.meta.get("eager") else ""
+        return label + ("-perturbed" if self.meta.get("perturb") else "")
+
+    @property
+    def steps(self) -> int:
+        return len(self.tensors["loss"])
+
+    def logits(self, k: int) -> np.ndarray:
+        return self.tensors[f"step.{k}.logits"]
+
+    def activation(self, k: int, layer: str) -> np.ndarray | None:
+        return self.tensors.get(f"step.{k}.act.{layer}")
+
+    def grad_norms(self, k: int) -> dict[str, float]:
+        return dict(zip(self.meta["params"], self.tensors["grad_norm"][k]))
+
+
+def load(path) -> Trace:
+    """Read a trace file; TraceError if it is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"trace file {path} does not exist; write one with resnet-multi trace")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta_text = (f.metadata() or {}).get("trace")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise TraceError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+    if meta_text is None:
+        raise TraceError(f"{path} is a safetensors file but not a trace (no 'trace' metadata); "
+                         f"is it a weights file? Write traces with resnet-multi trace")
+    meta = json.loads(meta_text)
+    if meta.get("format") != FORMAT:
+        raise TraceError(f"{path} has trace format {meta.get('format')!r}, not {FORMAT!r}")
+    return Trace(path, meta, tensors)
