@@ -13,14 +13,19 @@ backend adapter at the bottom speak the canonical NCHW / OIHW / ``(out, in)``
 layout. Where the textbook's Keras code differs from the spec, this code says
 why at the spot:
 
-* Keras ``padding="same"`` with stride 2 pads asymmetrically; every conv and
-  the max pool here pad symmetrically and explicitly (:func:`pad`, :class:`MaxPool2D`).
+* Keras ``padding="same"`` with stride 2 pads asymmetrically; the strided convs
+  and the max pool here pad symmetrically and explicitly (:class:`Conv2D`,
+  :class:`MaxPool2D`); at stride 1 ``"same"`` is symmetric and is used as is.
 * Keras BN has another epsilon, the opposite momentum convention and a biased
   running variance (:class:`BatchNorm`).
 * Layers are built from ``input_channels`` at construction, so weights exist
   (and can be counted and loaded) before the first call.
 * ``training=`` is passed explicitly everywhere: a Keras model called without it
   runs in inference mode outside ``fit`` (and nested layers inherit that).
+
+Through the backend seam (``TFBackend``) every step runs in a ``tf.function``, as
+Keras' ``fit`` runs its steps; ``build(..., eager=True)`` (``--eager``) runs the same
+Python op by op instead.
 """
 from __future__ import annotations
 
@@ -58,9 +63,11 @@ class Conv2D(layers.Conv2D):
     """``Conv2D`` padded symmetrically by ``symmetric_padding`` on H and W.
 
     At stride 1 with ``padding == (kernel_size - 1) / 2`` Keras ``"same"`` pads
-    exactly that on both sides, and is used as is (a separate pad before every conv
-    cost the training step a third of its speed). Elsewhere (the strided 3x3 and 7x7
-    convs) the input is padded explicitly (:func:`pad`) and the conv runs ``"valid"``."""
+    exactly that on both sides, and is used as is (no separate pad op). Elsewhere (the
+    strided 3x3 and 7x7 convs) the input is padded explicitly (:func:`pad`) and the conv
+    runs ``"valid"``: handing the padding to the ops themselves (``tf.nn.conv2d`` and
+    ``tf.nn.max_pool2d`` with explicit paddings) made the compiled training step 2.3
+    times slower on CPU (96 vs 225 examples/s, d2l-resnet18, 32x32, batch 256)."""
 
     def __init__(self, filters, kernel_size, strides=1, symmetric_padding=0, **kwargs):
         same = strides == 1 and 2 * symmetric_padding == kernel_size - 1
@@ -356,8 +363,11 @@ def shape_table(model: ResNet, input_shape=(1, 96, 96, 1)) -> str:
 
 # ---- the backend seam: NCHW NumPy in and out, NHWC inside ------------------------------------
 # How compiled models' steps are compiled: a tf.function (a graph that Grappler
-# optimises, with oneDNN's fused kernels on CPU); the batch dimension is left open so
-# that an epoch's last, smaller batch reuses the trace.
+# optimises, with oneDNN's kernels on CPU); reduce_retracing leaves the batch size open
+# after a second shape, so an epoch's last, smaller batch costs one retrace, not one per
+# size. No XLA (jit_compile=True): on this project's CPU it ran the training step 13
+# times slower (17 vs 216 examples/s, scripts/bench_tf.py's setting), the textbook's
+# Keras model too; Keras' own fit leaves it off here as well (jit_compile="auto").
 COMPILE = dict(reduce_retracing=True)
 
 class TFBackend(Backend):
