@@ -7,9 +7,10 @@ TF backend, compiled and eager, in one process.
 The textbook model is d2l's TensorFlow code for the chapter (``Residual`` and
 ``ResnetBlock`` with Keras ``Conv2D(padding="same")`` and default
 ``BatchNormalization``), trained as d2l trains it: ``model.fit`` after
-``compile`` (Keras 3 turns XLA on for ``fit`` by default, ``jit_compile="auto"``),
-and, for comparison, a ``tf.function`` GradientTape step. resnet_multi runs
-through the backend seam, NCHW NumPy in and out, as ``train`` runs it.
+``compile`` (whose default ``jit_compile="auto"`` may pick XLA; the table's note says
+what it picked), and, for comparison, a ``tf.function`` GradientTape step. fit is
+timed from its first batch to the end of its epoch. resnet_multi runs through the
+backend seam, NCHW NumPy in and out, as ``train`` runs it.
 
 Rounds are interleaved (each round times every contender in turn) and the table
 reports each contender's median examples/s and its ratio to the first row of its
