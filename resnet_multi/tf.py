@@ -13,14 +13,19 @@ backend adapter at the bottom speak the canonical NCHW / OIHW / ``(out, in)``
 layout. Where the textbook's Keras code differs from the spec, this code says
 why at the spot:
 
-* Keras ``padding="same"`` with stride 2 pads asymmetrically; every conv and
-  the max pool here pad symmetrically and explicitly (:func:`pad`, :class:`MaxPool2D`).
+* Keras ``padding="same"`` with stride 2 pads asymmetrically; the strided convs
+  and the max pool here pad symmetrically and explicitly (:class:`Conv2D`,
+  :class:`MaxPool2D`); at stride 1 ``"same"`` is symmetric and is used as is.
 * Keras BN has another epsilon, the opposite momentum convention and a biased
   running variance (:class:`BatchNorm`).
 * Layers are built from ``input_channels`` at construction, so weights exist
   (and can be counted and loaded) before the first call.
 * ``training=`` is passed explicitly everywhere: a Keras model called without it
   runs in inference mode outside ``fit`` (and nested layers inherit that).
+
+Through the backend seam (``TFBackend``) every step runs in a ``tf.function``, as
+Keras' ``fit`` runs its steps; ``build(..., eager=True)`` (``--eager``) runs the same
+Python op by op instead.
 """
 from __future__ import annotations
 
@@ -48,16 +53,36 @@ def pad(x, padding: int, value: float = 0.0):
     """Pad H and W by ``padding`` on both sides. Keras ``padding="same"`` with stride 2
     pads ``(k - 2) // 2`` before and the rest after on even sizes (2 and 3 for the 7x7
     stem), which shifts every window by one pixel against the spec (and PyTorch): the
-    shapes agree but the logits do not. So every conv pads here and runs ``"valid"``."""
+    shapes agree but the logits do not. So strided convs and the max pool pad here."""
     if not padding:
         return x
     return tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]], constant_values=value)
 
 
-def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool) -> layers.Conv2D:
-    """A ``Conv2D`` (padding ``"valid"``, see :func:`pad`) built for ``input_channels``, so
+class Conv2D(layers.Conv2D):
+    """``Conv2D`` padded symmetrically by ``symmetric_padding`` on H and W.
+
+    At stride 1 with ``padding == (kernel_size - 1) / 2`` Keras ``"same"`` pads
+    exactly that on both sides, and is used as is (no separate pad op). Elsewhere (the
+    strided 3x3 and 7x7 convs) the input is padded explicitly (:func:`pad`) and the conv
+    runs ``"valid"``: handing the padding to the ops themselves (``tf.nn.conv2d`` and
+    ``tf.nn.max_pool2d`` with explicit paddings) made the compiled training step 2.3
+    times slower on CPU (96 vs 225 examples/s, d2l-resnet18, 32x32, batch 256)."""
+
+    def __init__(self, filters, kernel_size, strides=1, symmetric_padding=0, **kwargs):
+        same = strides == 1 and 2 * symmetric_padding == kernel_size - 1
+        super().__init__(filters, kernel_size, strides=strides, padding="same" if same else "valid", **kwargs)
+        self.symmetric_padding = 0 if same else symmetric_padding
+
+    def call(self, inputs):
+        return super().call(pad(inputs, self.symmetric_padding))
+
+
+def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool,
+           padding: int = 0) -> Conv2D:
+    """A :class:`Conv2D` padding ``padding`` on each side, built for ``input_channels``, so
     its kernel exists before the first call, as in the other frameworks."""
-    conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=use_bias)
+    conv = Conv2D(filters, kernel_size, strides=strides, symmetric_padding=padding, use_bias=use_bias)
     conv.build((None, None, None, input_channels))
     return conv
 
@@ -68,30 +93,31 @@ class BatchNorm(layers.BatchNormalization):
     Keras defaults to epsilon 1e-3 and ``moving = momentum * moving + (1 - momentum) * batch``
     with momentum 0.99, so the spec's momentum ``m`` (PyTorch's) is Keras' ``1 - m``.
     Keras also feeds the *biased* batch variance into the moving variance; the spec
-    (and PyTorch) feed the unbiased one, so training mode is rewritten below. The batch
-    itself is normalised with the biased variance in both.
+    (and PyTorch) feed the unbiased one. The batch itself is normalised with the
+    biased variance in both.
+
+    Training mode runs TensorFlow's fused kernel (``FusedBatchNormV3``, one op forward
+    and one backward, where Keras 3 builds BN from a dozen small ops), which already
+    follows the spec: given the running statistics and ``exponential_avg_factor=m`` it
+    returns ``(1 - m) * running + m * batch`` with the unbiased batch variance.
     """
 
     def __init__(self, channels: int, bn: BatchNormSpec, **kwargs):
         super().__init__(axis=-1, momentum=1.0 - bn.momentum, epsilon=bn.eps, **kwargs)
+        self.spec_momentum = bn.momentum  # kept exact: 1 - (1 - m) is not always m in floating point
         self.build((None, None, None, channels))
 
     def call(self, inputs, training=False):
         if not (training and self.trainable):
             return super().call(inputs, training=False)
-        # tf.nn.moments sums all N*H*W values in one float32 reduction, 5-10 times less
-        # accurately than PyTorch (measured 6e-7 vs 1e-7 relative over 8192 values), which
-        # let ten SGD steps drift up to 3e-3 from float64. Reducing over H, W and then N
-        # (equal-sized groups, so the same mean) brings it to PyTorch's level.
-        mean = tf.reduce_mean(tf.reduce_mean(inputs, axis=[1, 2]), axis=0)
-        # as tf.nn.moments: the variance's gradient through the mean is zero anyway
-        squares = tf.math.squared_difference(inputs, tf.stop_gradient(mean))
-        variance = tf.reduce_mean(tf.reduce_mean(squares, axis=[1, 2]), axis=0)
-        n = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], inputs.dtype)
-        unbiased = variance * n / (n - 1.0)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum))
-        return tf.nn.batch_normalization(inputs, mean, variance, self.beta, self.gamma, self.epsilon)
+        # tf.raw_ops, not tf.compat.v1.nn.fused_batch_norm: that wrapper raises epsilon to 1.001e-5.
+        out = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=self.gamma.value, offset=self.beta.value, mean=self.moving_mean.value,
+            variance=self.moving_variance.value, epsilon=self.epsilon,
+            exponential_avg_factor=self.spec_momentum, data_format="NHWC", is_training=True)
+        self.moving_mean.assign(out.batch_mean)
+        self.moving_variance.assign(out.batch_variance)
+        return out.y
 
 
 class MaxPool2D(layers.MaxPooling2D):
@@ -122,9 +148,9 @@ class Residual(layers.Layer):
         spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
         bns = dict(spec.bn_names())
-        self.convs = [(name, p) for name, *_, p in spec.convs()]  # (attribute, symmetric padding)
-        for name, cin, cout, k, s, _ in spec.convs():
-            setattr(self, name, conv2d(cin, cout, k, s, spec.conv_bias))
+        self.convs = [name for name, *_ in spec.convs()]
+        for name, cin, cout, k, s, p in spec.convs():
+            setattr(self, name, conv2d(cin, cout, k, s, spec.conv_bias, padding=p))
             setattr(self, "bn" + name[-1], BatchNorm(bns["bn" + name[-1]], spec.bn))
         self.shortcut_conv = self.shortcut_bn = None
         if spec.projection:
@@ -133,8 +159,8 @@ class Residual(layers.Layer):
                 self.shortcut_bn = BatchNorm(spec.out_channels, spec.bn)
         self.built = True  # every sublayer is built: Keras need not wait for a first call
 
-    def _conv(self, name, padding, x):
-        return getattr(self, name)(pad(x, padding))
+    def _conv(self, name, x):
+        return getattr(self, name)(x)
 
     def _bn(self, conv_name, x, training):
         return getattr(self, "bn" + conv_name[-1])(x, training=training)
@@ -147,22 +173,22 @@ class Residual(layers.Layer):
 
     def call(self, x, training=False):
         if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
-            (first, p), *rest = self.convs
+            first, *rest = self.convs
             pre = tf.nn.relu(self._bn(first, x, training))
-            y = self._conv(first, p, pre)
-            for name, p in rest:
-                y = self._conv(name, p, tf.nn.relu(self._bn(name, y, training)))
+            y = self._conv(first, pre)
+            for name in rest:
+                y = self._conv(name, tf.nn.relu(self._bn(name, y, training)))
             return y + (self._shortcut(pre, training) if self.shortcut_conv is not None else x)
         y = x
-        for name, p in self.convs[:-1]:
-            y = tf.nn.relu(self._bn(name, self._conv(name, p, y), training))
-        name, p = self.convs[-1]
-        y = self._bn(name, self._conv(name, p, y), training)
+        for name in self.convs[:-1]:
+            y = tf.nn.relu(self._bn(name, self._conv(name, y), training))
+        name = self.convs[-1]
+        y = self._bn(name, self._conv(name, y), training)
         return tf.nn.relu(y + self._shortcut(x, training))
 
     def named_layers(self, prefix=""):
         """(canonical name, layer) for every layer with weights."""
-        for name, _ in self.convs:
+        for name in self.convs:
             bn = "bn" + name[-1]
             yield from ([(prefix + bn, getattr(self, bn)), (prefix + name, getattr(self, name))]
                         if self.spec.preact else
@@ -209,7 +235,7 @@ class ResNet(keras.Model):
     def __init__(self, spec: ArchSpec):
         super().__init__()
         self.spec = spec
-        self.stem_conv = conv2d(spec.in_channels, spec.width, 7, 2, spec.conv_bias)  # padded 3 in call
+        self.stem_conv = conv2d(spec.in_channels, spec.width, 7, 2, spec.conv_bias, padding=3)
         self.stem_bn = None if spec.preact else BatchNorm(spec.width, spec.bn)
         self.stem_pool = MaxPool2D(3, 2, 1)
         self.stages = [ResnetBlock(s) for s in spec.stages]
@@ -235,7 +261,7 @@ class ResNet(keras.Model):
     def named_outputs(self, x, training=False):
         """Each named layer's output in turn: the chapter's shape table."""
         self._check(x)
-        x = self.stem_conv(pad(x, 3))
+        x = self.stem_conv(x)
         if self.stem_bn is not None:
             x = tf.nn.relu(self.stem_bn(x, training=training))
         x = self.stem_pool(x)
@@ -336,9 +362,18 @@ def shape_table(model: ResNet, input_shape=(1, 96, 96, 1)) -> str:
 
 
 # ---- the backend seam: NCHW NumPy in and out, NHWC inside ------------------------------------
+# How compiled models' steps are compiled: a tf.function (a graph that Grappler
+# optimises, with oneDNN's kernels on CPU); reduce_retracing leaves the batch size open
+# after a second shape, so an epoch's last, smaller batch costs one retrace, not one per
+# size. No XLA (jit_compile=True): on this project's CPU it ran the training step 13
+# times slower (17 vs 216 examples/s, scripts/bench_tf.py's setting), the textbook's
+# Keras model too; Keras' own fit leaves it off here as well (jit_compile="auto").
+COMPILE = dict(reduce_retracing=True)
+
 class TFBackend(Backend):
     name = "tf"
     native_layout = "NHWC"
+    compiles = True  # Model.eager=False (the default) runs every step in a tf.function
 
     def framework_version(self):
         return f"{tf.__version__} (Keras {keras.__version__})"
@@ -362,40 +397,75 @@ class TFBackend(Backend):
     def _nhwc(x: np.ndarray):
         return tf.constant(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
 
-    def _forward(self, model, x, training):
-        with tf.device(_device_name(model.device)):
-            return model.module(self._nhwc(x), training=training).numpy()
-
     @staticmethod
     def _loss(y, logits):
         # mean over the batch of the softmax cross-entropy, as in the chapter
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
 
-    def _loss_and_grads(self, model, x, y):
-        module = model.module
+    def _step(self, model, kind):
+        """The model's ``kind`` step ("infer", "train_forward", "grads", "sgd") as a
+        function of NHWC tensors: plain Python run op by op when ``model.eager``, else
+        one ``tf.function`` per model (traced once per batch shape; see COMPILE)."""
+        key = ("step", kind)
+        if key not in model.cache:
+            module = model.module
+            variables = [var for _, var, _ in self._trainable(model)]
+
+            def infer(x):
+                return module(x, training=False)
+
+            def train_forward(x):
+                return module(x, training=True)
+
+            def grads(x, y):
+                with tf.GradientTape() as tape:
+                    logits = module(x, training=True)
+                    loss = self._loss(y, logits)
+                return loss, logits, tape.gradient(loss, variables)
+
+            def sgd(x, y):
+                loss, logits, g = grads(x, y)
+                self._optimizer(model).apply_gradients(zip(g, variables))
+                return loss, logits
+
+            fn = {"infer": infer, "train_forward": train_forward, "grads": grads, "sgd": sgd}[kind]
+            model.cache[key] = fn if model.eager else tf.function(fn, **COMPILE)
+        return model.cache[key]
+
+    @staticmethod
+    def _trainable(model):
+        """(canonical name, trainable variable, converter to the canonical layout)."""
+        if "trainable" not in model.cache:
+            model.cache["trainable"] = [(name, var, to_canonical) for name, var, to_canonical, _
+                                        in _canonical_variables(model.module) if var.trainable]
+        return model.cache["trainable"]
+
+    @staticmethod
+    def _optimizer(model):
+        """Keras' SGD (no momentum), one per model; its learning rate is a variable that
+        each step sets, so a new rate neither rebuilds it nor retraces the step."""
+        optimizer = model.cache.get("sgd")
+        if optimizer is None:
+            optimizer = model.cache["sgd"] = keras.optimizers.SGD(learning_rate=0.01)
+            optimizer.build([var for _, var, _ in TFBackend._trainable(model)])  # before any trace
+        return optimizer
+
+    def _forward(self, model, x, training):
         with tf.device(_device_name(model.device)):
-            named = [(name, var, to_canonical) for name, var, to_canonical, _ in _canonical_variables(module)
-                     if var.trainable]
-            with tf.GradientTape() as tape:
-                logits = module(self._nhwc(x), training=True)
-                loss = self._loss(tf.constant(y), logits)
-            grads = tape.gradient(loss, [var for _, var, _ in named])
+            return self._step(model, "train_forward" if training else "infer")(self._nhwc(x)).numpy()
+
+    def _loss_and_grads(self, model, x, y):
+        with tf.device(_device_name(model.device)):
+            loss, logits, grads = self._step(model, "grads")(self._nhwc(x), tf.constant(y))
         return TrainingPass(float(loss), logits.numpy(),
                             {name: np.ascontiguousarray(to_canonical(g.numpy()))
-                             for (name, _, to_canonical), g in zip(named, grads)})
+                             for (name, _, to_canonical), g in zip(self._trainable(model), grads)})
 
     def _sgd_step(self, model, x, y, lr):
-        module = model.module
         with tf.device(_device_name(model.device)):
-            optimizer = model.cache.get("sgd")
-            if optimizer is None or model.cache.get("lr") != lr:
-                optimizer = model.cache["sgd"] = keras.optimizers.SGD(learning_rate=lr)  # no momentum
-                model.cache["lr"] = lr
-            with tf.GradientTape() as tape:
-                logits = module(self._nhwc(x), training=True)
-                loss = self._loss(tf.constant(y), logits)
-            grads = tape.gradient(loss, module.trainable_variables)
-            optimizer.apply_gradients(zip(grads, module.trainable_variables))
+            optimizer = self._optimizer(model)
+            optimizer.learning_rate = lr
+            loss, logits = self._step(model, "sgd")(self._nhwc(x), tf.constant(y))
         return float(loss), logits.numpy()
 
     def _layer_shapes(self, model, x):
