@@ -508,12 +508,14 @@ CONVENTIONS = {
     "framework": "TensorFlow (Keras 3)",
     "padding": {"default": "padding='valid'; 'same' pads the smaller half before: (2, 3) for 7x7/2 and "
                            "(0, 1) for 3x3/2 on even sizes",
-                "pads": [2, 3], "here": "explicit symmetric tf.pad, then 'valid' (pad, MaxPool2D pads -inf)"},
+                "pads": [2, 3], "here": "'same' at stride 1 (already symmetric there); explicit symmetric tf.pad, then "
+                        "'valid', for strided convs and the max pool (which pads -inf)"},
     "bn_eps": {"default": 0.001, "eps": 0.001, "here": "the spec's eps, passed as epsilon (BatchNorm)"},
     "bn_momentum": {"default": "0.99: moving = m * moving + (1 - m) * batch", "momentum": 0.99, "keeps": "old",
                     "here": "momentum = 1 - the spec's (BatchNorm)"},
     "bn_running_var": {"default": "biased batch variance", "variance": "biased",
-                       "here": "BatchNorm.call updates the moving variance with the unbiased one"},
+                       "here": "training mode runs tf.raw_ops.FusedBatchNormV3, which feeds the unbiased "
+                               "variance with the spec's momentum as exponential_avg_factor"},
     "data_layout": {"default": "NHWC (channels_last)", "layout": "NHWC",
                     "here": "NCHW <-> NHWC at the seam only (TFBackend)"},
     "kernel_layout": {"default": "HWIO", "layout": "HWIO", "here": "transposed to OIHW in get/set_weights"},
