@@ -146,9 +146,10 @@ def test_python_block_prints_what_the_readme_says(block):
     with contextlib.redirect_stdout(out):
         exec(compile(block.text, f"README.md:{block.line}", "exec"), {"__name__": "__readme__"})
     if block.output is not None:
-        assert stripped_lines(out.getvalue()) == stripped_lines(block.output.text), (
-            f"README.md line {block.line}: the block prints something other than the output quoted "
-            f"at line {block.output.line}")
+        printed, quoted = stripped_lines(out.getvalue()), stripped_lines(block.output.text)
+        same = printed == quoted
+        assert same, (f"README.md line {block.line}: the block prints\n{out.getvalue()}\nnot the output "
+                      f"quoted at line {block.output.line}:\n{block.output.text}")
 
 
 # ---- ```console blocks ----------------------------------------------------------------------
@@ -203,9 +204,9 @@ def test_console_block_prints_what_the_readme_says(block):
     for command, expected in commands:
         done = run_command(command)
         assert done.returncode == 0, f"README.md line {block.line}: `{command}` failed:\n{done.stderr}"
-        assert lines_match(expected, stripped_lines(done.stdout)), (
-            f"README.md line {block.line}: `{command}` printed\n{done.stdout}\nnot what the README quotes:\n"
-            + "\n".join(expected))
+        matches = lines_match(expected, stripped_lines(done.stdout))
+        assert matches, (f"README.md line {block.line}: `{command}` printed\n{done.stdout}\n"
+                         f"not what the README quotes:\n" + "\n".join(expected))
 
 
 # ---- ```bash blocks ----------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def tox_ini():
     return parser
 
 
-def tested_pins() -> dict[str, str]:
+def pins_in_tox_ini() -> dict[str, str]:
     """The ``name==version`` pins in tox.ini's deps, by base name (tensorflow-cpu -> tensorflow)."""
     pins = {}
     for line in tox_ini()["testenv"]["deps"].splitlines():
@@ -252,25 +253,26 @@ def base_name(requirement: str) -> str:
 BASH = blocks("bash")
 
 
-@pytest.mark.parametrize("block", BASH)
-def test_bash_block_commands_parse_and_cheap_ones_run(block):
-    parser = build_parser()
-    for command in shell_commands(block):
-        argv = resnet_multi_argv(command)
-        if argv is None:
-            continue
-        try:
-            parser.parse_args(argv)
-        except SystemExit as e:  # --help exits 0 after printing
-            assert e.code == 0, f"README.md line {block.line}: `{command}` does not parse"
-        if argv[0] in CHEAP_SUBCOMMANDS or "--help" in argv or "-h" in argv:
-            skip_unless_backend(command, f"README.md's bash block at line {block.line} ({command})")
-            done = run_command(shlex.join(["resnet-multi", *argv]))
-            assert done.returncode == 0, f"README.md line {block.line}: `{command}` failed:\n{done.stderr}"
+BASH_COMMANDS = [pytest.param(b.values[0], c, id=f"{b.id}-{'-'.join(resnet_multi_argv(c)[:1])}{k}")
+                 for b in BASH for k, c in enumerate(shell_commands(b.values[0]))
+                 if resnet_multi_argv(c) is not None]
+
+
+@pytest.mark.parametrize("block, command", BASH_COMMANDS)
+def test_bash_block_command_parses_and_cheap_ones_run(block, command):
+    argv = resnet_multi_argv(command)
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as e:  # --help exits 0 after printing
+        assert e.code == 0, f"README.md line {block.line}: `{command}` does not parse"
+    if argv[0] in CHEAP_SUBCOMMANDS or "--help" in argv or "-h" in argv:
+        skip_unless_backend(command, f"README.md's bash block at line {block.line} ({command})")
+        done = run_command(shlex.join(["resnet-multi", *argv]))
+        assert done.returncode == 0, f"README.md line {block.line}: `{command}` failed:\n{done.stderr}"
 
 
 def test_pins_in_the_readme_are_the_versions_tox_tests():
-    pins = tested_pins()
+    pins = pins_in_tox_ini()
     assert {"torch", "tensorflow", "mxnet", "numpy", "paddlepaddle", "mindspore"} <= set(pins), pins
     seen = set()
     for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
@@ -310,9 +312,10 @@ def test_sample_output_has_the_programs_format(block, tiny_train_output):
     """Sample output quoted after a ``train`` command: its figures vary, its format must not."""
     assert any((resnet_multi_argv(c) or [None])[0] == "train" for c in shell_commands(block)), (
         f"README.md line {block.line}: the test only knows the format of `resnet-multi train`'s output")
-    quoted = stripped_lines(block.output.text)
-    actual = stripped_lines(tiny_train_output)
-    assert [blank_numbers(line) for line in quoted] == [blank_numbers(line) for line in actual], (
+    quoted = [blank_numbers(line) for line in stripped_lines(block.output.text)]
+    actual = [blank_numbers(line) for line in stripped_lines(tiny_train_output)]
+    same = quoted == actual
+    assert same, (
         f"README.md line {block.output.line} quotes\n{block.output.text}but train prints lines like\n"
         f"{tiny_train_output}")
 
