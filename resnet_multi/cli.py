@@ -143,10 +143,8 @@ def cmd_summary(args) -> int:
 def cmd_train(args) -> int:
     from . import train
 
-    if args.preset is None:  # say so first: the default is the long run, meant for a GPU
-        args.preset = "chapter"
-        print(f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
-              f"10 epochs: for a GPU; --preset quick is the short CPU run)", file=sys.stderr)
+    default_preset = args.preset is None
+    args.preset = args.preset or "chapter"
     settings = dict(train.PRESETS[args.preset])
     for key in ("arch", "epochs", "lr", "batch_size", "resize", "subset"):
         if getattr(args, key) is not None:
@@ -163,9 +161,13 @@ def cmd_train(args) -> int:
     if not args.resume and state is not None:
         raise train.RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
                              f"to continue it or choose another --out")
+    if default_preset:  # once the arguments are checked, before any work: the default is the long run
+        print(f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
+              f"10 epochs: for a GPU; --preset quick is the short CPU run)", file=sys.stderr)
     model = backend.build(settings["arch"], device=device, seed=args.seed, eager=args.eager, **_overrides(args))
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
-    print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} {backend.framework_version()} ({device}): "
+    print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
+          f"{backend.framework_version()} ({device}): "
           f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
           f"{resize or 28}x{resize or 28}, {settings['epochs']} epochs, lr {settings['lr']}, "
           f"batch {settings['batch_size']}, seed {args.seed}; writing {out}", file=sys.stderr)
