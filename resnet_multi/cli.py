@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="chapter (the default): the chapter's recipe, full data at 96x96, 10 epochs "
                         "(for a GPU: about two hours with torch on a 2-core CPU); quick: the bundled "
-                        "2,000/500 subset at 32x32, 12 epochs (about 40 s with torch on an idle 2-core "
+                        "2,000/500 subset at 32x32, 12 epochs (about a minute with torch on a 2-core "
                         "CPU, 2 to 4 minutes with tf, mxnet or paddle; see the README)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--lr", type=_positive_float)

@@ -54,7 +54,7 @@ FORMAT = "resnet_multi.run.v1"
 PRESETS = {
     "chapter": dict(arch="d2l-resnet18", epochs=10, lr=0.05, batch_size=256, resize=96, subset=False),
     # Same network and recipe on the bundled 2,000/500 subset at 32x32 (96 steps):
-    # with torch 2.13 on an idle 2-core CPU about 40 s, test acc about 0.8 (chance 0.1);
+    # with torch 2.13 on a 2-core CPU about a minute, test acc about 0.8 (chance 0.1);
     # the figures move with the thread count (README: "The main job").
     "quick": dict(arch="d2l-resnet18", epochs=12, lr=0.05, batch_size=256, resize=32, subset=True),
 }
