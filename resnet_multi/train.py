@@ -61,8 +61,8 @@ FORMAT = "resnet_multi.run.v1"
 PRESETS = {
     "chapter": dict(arch="d2l-resnet18", epochs=10, lr=0.05, batch_size=256, resize=96, subset=False),
     # Same network and recipe on the bundled 2,000/500 subset at 32x32 (96 steps):
-    # measured with torch 2.13 on this project's 2-core CPU, test acc 0.824 (chance
-    # 0.1) for about four minutes of CPU time, i.e. about two minutes on both cores.
+    # with torch 2.13 on a 2-core CPU about a minute, test acc about 0.8 (chance 0.1);
+    # the figures move with the thread count (README: "The main job").
     "quick": dict(arch="d2l-resnet18", epochs=12, lr=0.05, batch_size=256, resize=32, subset=True),
 }
 
