@@ -18,14 +18,14 @@ the textbook net's ``net(X)`` read back to NumPy). Figures are examples per seco
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as onp
 from mxnet import autograd, gluon, init, np, npx
 from mxnet.gluon import nn
 
 from resnet_multi.mxnet import BACKEND
+
+from .side_by_side import compare, table
 
 npx.set_np()
 
@@ -78,32 +78,6 @@ def textbook_step(net, trainer, loss, X, y):
     trainer.step(X.shape[0])
     # train_ch6's metric.add(l.sum(), accuracy(y_hat, y), X.shape[0]): read back per batch
     return float(l.sum()), float((y_hat.argmax(axis=1).astype(y.dtype) == y).sum())  # d2l.accuracy
-
-
-# ---- timing -------------------------------------------------------------------------------
-def rate(fn, n_examples, steps):
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return n_examples * steps / (time.perf_counter() - start)
-
-
-def compare(contenders, n_examples, rounds, steps):
-    for fn in contenders.values():  # warm-up: first calls build caches and allocate
-        fn()
-        fn()
-    rates = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            rates[name].append(rate(fn, n_examples, steps))
-    return {name: statistics.median(r) for name, r in rates.items()}
-
-
-def table(title, medians):
-    base = medians["textbook"]
-    print(f"\n{title}\n| contender | examples/s | vs textbook |\n|---|---:|---:|")
-    for name, value in medians.items():
-        print(f"| {name} | {value:.0f} | {value / base:.2f} |")
 
 
 def main():
