@@ -71,15 +71,14 @@ class BatchNorm(nn.BatchNorm):
         self.spec_momentum = bn.momentum
 
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
-        training = F is mx.ndarray and autograd.is_training()
-        if training:  # before the op: Gluon would quietly normalise a single value to 0
-            batch_count(x.shape)
+        # counted (and checked) before the op: Gluon would quietly normalise a single value to 0
+        count = batch_count(x.shape) if F is mx.ndarray and autograd.is_training() else None
         y, mean, inv_std = F.npx.batch_norm(x, gamma, beta, running_mean, running_var, output_mean_var=True,
                                             name="fwd", **self._kwargs)
         if F is mx.symbol:
-            _traced_batch_statistics(self).append((self, x, mean, inv_std))
-        elif training:
-            self.update_statistics(mean, inv_std, batch_count(x.shape))
+            _current_trace().append((self, x, mean, inv_std))
+        elif count:
+            self.update_statistics(mean, inv_std, count)
         return y
 
     def update_statistics(self, mean, inv_std, count: int):
@@ -106,7 +105,7 @@ def batch_count(shape) -> int:
 _tracing: list[list] = []
 
 
-def _traced_batch_statistics(bn):
+def _current_trace() -> list:
     if not _tracing:
         raise TypeError("resnet_multi.mxnet.BatchNorm can be compiled only as part of a whole ResNet, which "
                         "carries its running statistics out of the graph: hybridize the net "
