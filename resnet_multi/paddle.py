@@ -31,8 +31,10 @@ trace of about 11 s, which a training run's few evaluations at two batch shapes 
 not earn back. Two traps met on the way, for whoever tries again: to_static keys
 its programs by train/eval mode but not by whether gradients are recorded (a
 training-mode program first traced under ``no_grad`` later gives a training step
-no gradients), and traced tensors have no ``set_value`` (``paddle.assign(...,
-output=)`` works there, but in dygraph it trips backward's inplace-version check).
+no gradients), and traced tensors have no ``set_value`` (:class:`BatchNorm2D` uses
+``paddle.assign(..., output=)`` there; in dygraph that trips backward's
+inplace-version check). ``paddle.jit.to_static(net)`` on this module's net works
+and matches it (tested).
 
 Initial weights come from the spec (:func:`resnet_multi.weights.init_weights`),
 not from Paddle's defaults (Normal for conv, XavierUniform for dense).
@@ -114,9 +116,13 @@ class BatchNorm2D(nn.BatchNorm2D):
             # The kernel wrote kept + (1 - m) * biased; scale that batch term by n / (n - 1)
             # to feed the unbiased variance: a few ops on one value per channel, where
             # computing the variance again would take a pass over the whole batch.
-            # set_value, not paddle.assign(..., output=): that bumps the tensor's version
-            # and backward() then refuses the tensor the kernel saved
-            self._variance.set_value(kept + (self._variance - kept) * (n / (n - 1)))
+            variance = kept + (self._variance - kept) * (n / (n - 1))
+            if paddle.in_dynamic_mode():
+                # set_value: paddle.assign(..., output=) would bump the tensor's version,
+                # and backward() then refuses the tensor the kernel saved
+                self._variance.set_value(variance)
+            else:  # traced by paddle.jit.to_static, where tensors have no set_value
+                paddle.assign(variance, output=self._variance)
         return y
 
 
