@@ -21,20 +21,20 @@ module translates each at one place:
   call and puts the caller's back afterwards.
 
 No compiled mode (``compiles = False``): ``paddle.jit.to_static`` was tried on the
-net's forward (``full_graph=True``; the rest of the step, backward and SGD, in
-dygraph) and kept parity, but did not pay. Measured with
-``scripts/bench_paddle.py`` (interleaved rounds in one process, medians, on a
-2-core machine shared with other jobs; d2l-resnet18): training at 32x32, batch 256,
-0.92x the textbook's dygraph loop against 0.95x eagerly; inference at 96x96,
-batch 64, 1.21x against 1.03x. Each new input shape and train/eval mode costs a
-trace of about 11 s, which a training run's few evaluations at two batch shapes do
-not earn back. Two traps met on the way, for whoever tries again: to_static keys
-its programs by train/eval mode but not by whether gradients are recorded (a
-training-mode program first traced under ``no_grad`` later gives a training step
-no gradients), and traced tensors have no ``set_value`` (:class:`BatchNorm2D` uses
+net's forward (``full_graph=True``; backward and SGD stay in dygraph) and keeps
+parity, but no gain could be shown. Two side-by-side runs of
+``scripts/bench_paddle.py`` (interleaved rounds in one process, medians,
+d2l-resnet18, on a 2-core machine shared with other jobs and running about 8x
+slower than idle) disagreed: to_static over dygraph 0.97 and 1.22 for training at
+32x32, batch 256, and 1.17 and 0.92 for inference at 96x96, batch 64; while each
+new input shape and train/eval mode costs a trace of about 11 s. Worth measuring
+again on a quiet machine. Two traps met on the way: to_static keys its programs
+by train/eval mode but not by whether gradients are recorded (a training-mode
+program first traced under ``no_grad`` later gives a training step no gradients),
+and traced tensors have no ``set_value`` (:class:`BatchNorm2D` uses
 ``paddle.assign(..., output=)`` there; in dygraph that trips backward's
 inplace-version check). ``paddle.jit.to_static(net)`` on this module's net works
-and matches it (tested).
+and matches dygraph (tested).
 
 Initial weights come from the spec (:func:`resnet_multi.weights.init_weights`),
 not from Paddle's defaults (Normal for conv, XavierUniform for dense).
