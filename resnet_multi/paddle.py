@@ -22,13 +22,13 @@ module translates each at one place:
 
 No compiled mode (``compiles = False``): ``paddle.jit.to_static`` was tried on the
 net's forward (``full_graph=True``; backward and SGD stay in dygraph) and keeps
-parity, but no gain could be shown. Two side-by-side runs of
-``scripts/bench_paddle.py`` (interleaved rounds in one process, medians,
-d2l-resnet18, on a 2-core machine shared with other jobs and running about 8x
-slower than idle) disagreed: to_static over dygraph 0.97 and 1.22 for training at
-32x32, batch 256, and 1.17 and 0.92 for inference at 96x96, batch 64; while each
-new input shape and train/eval mode costs a trace of about 11 s. Worth measuring
-again on a quiet machine. Two traps met on the way: to_static keys its programs
+parity, but did not pay. Side by side with ``scripts/bench_paddle.py``
+(interleaved rounds in one process, medians, d2l-resnet18, a 2-core machine
+shared with other jobs), in the least loaded of three runs (the textbook's loop
+at 71 examples/s): to_static ran at 0.93x dygraph for training at 32x32, batch
+256, and 0.92x for inference at 96x96, batch 64; the two heavily loaded runs
+disagreed with each other (0.97 and 1.22, 1.17 and 0.92). And each new input
+shape and train/eval mode costs a trace of about 11 s. Two traps met on the way: to_static keys its programs
 by train/eval mode but not by whether gradients are recorded (a training-mode
 program first traced under ``no_grad`` later gives a training step no gradients),
 and traced tensors have no ``set_value`` (:class:`BatchNorm2D` uses
