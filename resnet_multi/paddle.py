@@ -28,9 +28,10 @@ shared with other jobs), in the least loaded of three runs (the textbook's loop
 at 71 examples/s): to_static ran at 0.93x dygraph for training at 32x32, batch
 256, and 0.92x for inference at 96x96, batch 64; the two heavily loaded runs
 disagreed with each other (0.97 and 1.22, 1.17 and 0.92). And each new input
-shape and train/eval mode costs a trace of about 11 s. Two traps met on the way: to_static keys its programs
-by train/eval mode but not by whether gradients are recorded (a training-mode
-program first traced under ``no_grad`` later gives a training step no gradients),
+shape and train/eval mode costs a trace of about 11 s. Two traps met on the way:
+to_static keys its programs by train/eval mode but not by whether gradients are
+recorded (a training-mode program first traced under ``no_grad`` later gives a
+training step no gradients),
 and traced tensors have no ``set_value`` (:class:`BatchNorm2D` uses
 ``paddle.assign(..., output=)`` there; in dygraph that trips backward's
 inplace-version check). ``paddle.jit.to_static(net)`` on this module's net works
