@@ -20,6 +20,23 @@ module translates each at one place:
 * The device is global (``paddle.set_device``); :func:`on_device` sets it for one
   call and puts the caller's back afterwards.
 
+No compiled mode (``compiles = False``): ``paddle.jit.to_static`` was tried on the
+net's forward (``full_graph=True``; backward and SGD stay in dygraph) and keeps
+parity, but did not pay. Side by side with ``scripts/bench_paddle.py``
+(interleaved rounds in one process, medians, d2l-resnet18, a 2-core machine
+shared with other jobs), in the least loaded of three runs (the textbook's loop
+at 71 examples/s): to_static ran at 0.93x dygraph for training at 32x32, batch
+256, and 0.92x for inference at 96x96, batch 64; the two heavily loaded runs
+disagreed with each other (0.97 and 1.22, 1.17 and 0.92). And each new input
+shape and train/eval mode costs a trace of about 11 s. Two traps met on the way:
+to_static keys its programs by train/eval mode but not by whether gradients are
+recorded (a training-mode program first traced under ``no_grad`` later gives a
+training step no gradients),
+and traced tensors have no ``set_value`` (:class:`BatchNorm2D` uses
+``paddle.assign(..., output=)`` there; in dygraph that trips backward's
+inplace-version check). ``paddle.jit.to_static(net)`` on this module's net works
+and matches dygraph (tested).
+
 Initial weights come from the spec (:func:`resnet_multi.weights.init_weights`),
 not from Paddle's defaults (Normal for conv, XavierUniform for dense).
 """
@@ -76,7 +93,7 @@ class BatchNorm2D(nn.BatchNorm2D):
     with the biased batch variance (divided by n), where the spec (PyTorch's
     convention) feeds the unbiased one (divided by n - 1). The batch is still
     normalised by Paddle's kernel with the biased variance, as in every framework;
-    only the running-variance update is redone here.
+    only the batch's share of the running-variance update is scaled by n / (n - 1).
     """
 
     def __init__(self, channels: int, bn: BatchNormSpec = BatchNormSpec()):
@@ -90,16 +107,23 @@ class BatchNorm2D(nn.BatchNorm2D):
         if n < 2:
             raise ValueError(f"BatchNorm needs more than one value per channel when training, "
                              f"got input shape {list(x.shape)}")
+        m = self._momentum  # Paddle's: the share kept of the old value
         with paddle.no_grad():
-            # by hand: paddle.var logs a dtype-promotion warning (its int64 element count)
-            centred = x - x.mean(axis=[0, 2, 3], keepdim=True)
-            unbiased = (centred * centred).sum(axis=[0, 2, 3]) / (n - 1)
-            variance = self._momentum * self._variance + (1.0 - self._momentum) * unbiased
+            kept = m * self._variance  # before Paddle's kernel overwrites it
         # (not super().forward: it warns on every training call that statistics are tracked)
         y = F.batch_norm(x, self._mean, self._variance, self.weight, self.bias, training=True,
-                         momentum=self._momentum, epsilon=self._epsilon)
+                         momentum=m, epsilon=self._epsilon)
         with paddle.no_grad():
-            self._variance.set_value(variance)  # Paddle's kernel just wrote the biased update
+            # The kernel wrote kept + (1 - m) * biased; scale that batch term by n / (n - 1)
+            # to feed the unbiased variance: a few ops on one value per channel, where
+            # computing the variance again would take a pass over the whole batch.
+            variance = kept + (self._variance - kept) * (n / (n - 1))
+            if paddle.in_dynamic_mode():
+                # set_value: paddle.assign(..., output=) would bump the tensor's version,
+                # and backward() then refuses the tensor the kernel saved
+                self._variance.set_value(variance)
+            else:  # traced by paddle.jit.to_static, where tensors have no set_value
+                paddle.assign(variance, output=self._variance)
         return y
 
 

@@ -147,22 +147,56 @@ def test_safetensors_works_without_its_numpy_extra(tmp_path):
     assert tuple(int(v) for v in onp.__version__.split(".")[:2]) < (1, 24)
 
 
-def test_hybridize_keeps_the_statistics_update():
-    """net.hybridize() caches Gluon's ops, while BatchNorm's statistics update stays
-    imperative: same logits and statistics as the imperative net."""
+def test_compiled_net_matches_op_by_op():
+    """net.hybridize() compiles the whole net, and its graph hands each BatchNorm's batch
+    statistics out: the same logits and running statistics as the net run op by op, over
+    two steps and two input shapes (values per channel differ, so does the n/(n-1))."""
     a, b = rn.net("d2l-resnet18", width=8), rn.net("d2l-resnet18", width=8)
     b.hybridize()
-    X = np.array(onp.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(onp.float32))
-    with autograd.record():
-        ya, yb = a(X), b(X)
-    onp.testing.assert_allclose(yb.asnumpy(), ya.asnumpy(), rtol=1e-5, atol=1e-6)
+    rng = onp.random.default_rng(0)
+    for shape in ((4, 1, 32, 32), (3, 1, 40, 40)):
+        X = np.array(rng.standard_normal(shape).astype(onp.float32))
+        with autograd.record():
+            ya, yb = a(X), b(X)
+        onp.testing.assert_allclose(yb.asnumpy(), ya.asnumpy(), rtol=1e-5, atol=1e-6)
+        onp.testing.assert_allclose(b(X).asnumpy(), a(X).asnumpy(), rtol=1e-5, atol=1e-6)  # inference
+    assert b._cached_op is not None and a._cached_op is None  # b really ran compiled
     initial, wa, wb = rn.get_weights(rn.net("d2l-resnet18", width=8)), rn.get_weights(a), rn.get_weights(b)
     assert not onp.array_equal(wb["stem.bn.running_var"], initial["stem.bn.running_var"])
     for name in wa:
         onp.testing.assert_allclose(wb[name], wa[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_backend_compiles_unless_eager():
+    backend = rn.BACKEND
+    x, y = onp.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(onp.float32), onp.arange(4)
+    compiled, eager = backend.build("d2l-resnet18", width=8), backend.build("d2l-resnet18", width=8, eager=True)
+    for model in (compiled, eager):
+        backend.sgd_step(model, x, y, 0.05)
+    assert compiled.module._cached_op is not None and eager.module._cached_op is None
+    eager.eager = False  # the flag is read at every call
+    backend.forward(eager, x)
+    assert eager.module._cached_op is not None
+
+
+def test_blocks_compile_only_as_part_of_the_net():
+    """Only the whole net carries BN statistics out of a compiled graph: a block or a
+    BatchNorm hybridized on its own, or a net inside a larger graph, is refused
+    rather than leaving its statistics silently unchanged."""
     traced = nn.HybridSequential()
     traced.add(rn.BatchNorm(1))
-    traced.initialize()
-    traced.hybridize()
-    with pytest.raises(TypeError, match="cannot be traced"):
-        traced(np.ones((2, 1, 2, 2)))
+    blk = rn.Residual(3, 3)
+    for block, x in ((traced, np.ones((2, 1, 2, 2))), (blk, np.ones((2, 3, 4, 4)))):
+        block.initialize()
+        block.hybridize()
+        with pytest.raises(TypeError, match="only as part of a whole ResNet"):
+            block(x)
+    outer = nn.HybridSequential()
+    outer.add(rn.net("d2l-resnet18", width=8))
+    outer.hybridize()
+    with pytest.raises(TypeError, match="not as part of a larger graph"):
+        outer(np.zeros((2, 1, 32, 32)))
+    # a compiled net's blocks stay op by op when called on their own (the shape table)
+    net = rn.net("d2l-resnet18", width=8)
+    net.hybridize()
+    assert [name for name, _ in net.named_outputs(np.zeros((1, 1, 32, 32)))][:2] == ["stem", "stages.0"]

@@ -197,3 +197,18 @@ def test_chapter_api():
     assert list(model(paddle.zeros([1, 1, 96, 96])).shape) == [1, 10]
     with pytest.raises(ValueError, match="input channel"):
         model(paddle.zeros([1, 3, 96, 96]))
+
+
+def test_net_converts_with_to_static():
+    """The backend runs dygraph (to_static did not pay here, see resnet_multi.paddle), but
+    the net converts: same logits and BN statistics as dygraph, in training and inference."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 1, 32, 32)).astype(np.float32), np.arange(4)
+    dygraph, static = BACKEND.build("d2l-resnet18", width=8), BACKEND.build("d2l-resnet18", width=8)
+    static.module = paddle.jit.to_static(static.module, full_graph=True)
+    loss_dygraph, loss_static = (BACKEND.sgd_step(model, x, y, 0.05)[0] for model in (dygraph, static))
+    assert loss_static == pytest.approx(loss_dygraph, rel=1e-5)
+    got, want = BACKEND.get_weights(static), BACKEND.get_weights(dygraph)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(BACKEND.forward(static, x), BACKEND.forward(dygraph, x), rtol=1e-4, atol=1e-5)
