@@ -418,9 +418,11 @@ CONVENTIONS = {
     "bn_eps": {"default": 1e-05, "eps": 1e-05, "here": "the spec's eps, passed as epsilon"},
     "bn_momentum": {"default": "0.9: running = m * running + (1 - m) * batch, updated in backward()",
                     "momentum": 0.9, "keeps": "old",
-                    "here": "Gluon's update off (momentum 1); BatchNorm.forward updates in the spec's convention"},
+                    "here": "Gluon's update off (momentum 1); BatchNorm.update_statistics updates in the "
+                            "spec's convention after each training pass, compiled or eager"},
     "bn_running_var": {"default": "biased batch variance", "variance": "biased",
-                       "here": "BatchNorm.forward feeds the unbiased one"},
+                       "here": "BatchNorm.update_statistics feeds the unbiased one, from the fused op's own "
+                               "batch mean and 1/sqrt(var + eps), times n/(n - 1)"},
     "data_layout": {"default": "NCHW", "layout": "NCHW", "here": "nothing to do"},
     "kernel_layout": {"default": "OIHW", "layout": "OIHW", "here": "nothing to do"},
     "dense_layout": {"default": "(out, in); Dense flattens its input and infers in_units lazily",
