@@ -56,7 +56,7 @@ def run(capsys, *argv):
 
 def one_line(err):
     """One line on stderr (besides train's opening line, where training had begun)."""
-    lines = [line for line in err.strip().splitlines() if not line.startswith("training d2l-resnet18 on ")]
+    lines = [line for line in err.strip().splitlines() if not line.startswith("training d2l-resnet18 (preset ")]
     return len(lines) == 1 and lines[0].startswith("resnet-multi: ") and "Traceback" not in err
 
 
