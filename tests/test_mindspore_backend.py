@@ -142,8 +142,9 @@ def test_compiled_steps_match_eager(rn):
 
 
 def test_compiled_steps_run_as_graphs(rn, monkeypatch):
-    """Compiled, a step runs no Python of the model at all (ResNet.__call__, which checks
-    the input in PyNative, is not part of the graph); eager, it runs once per step."""
+    """Compiled, a step runs no Python of the model after tracing (the input check in
+    ResNet.construct, which a PyNative call runs, is not part of the graph); eager, it
+    runs once per step."""
     calls = []
     check = rn.check_input_shape
 
