@@ -21,15 +21,34 @@ spec, but five of its defaults differ from it, and this module handles each:
 * ``Parameter.set_data`` swaps in a new tensor that an existing optimizer never
   updates; :func:`set_weights` copies into the parameters instead (``copy_``).
 
-Gradients come from ``mindspore.value_and_grad`` in PyNative mode (MindSpore 2's
-default); the same cells also compile in graph mode (``mindspore.set_context(
-mode=mindspore.GRAPH_MODE)``) with the same results. MindSpore runs a whole process
-on one device, chosen with ``mindspore.set_device("GPU", 0)`` before the first kernel
-runs; see :func:`devices`.
+Gradients come from ``mindspore.value_and_grad`` and the update from ``nn.SGD``. By
+default the backend compiles each step with ``mindspore.jit`` (graph mode for one
+function, while the process stays in PyNative): the training step (forward, loss,
+gradients, SGD update, BN statistics), the gradient pass and inference, each once per
+model and batch shape, since a compiled graph keeps the shapes and the training flag
+it was traced with. ``build(..., eager=True)`` runs the same cells op by op in
+PyNative mode (MindSpore 2's default), as a reader steps through them.
+
+On x86 CPUs with AVX-512, MindSpore's CPU convolutions hand oneDNN plain NCHW/OIHW
+tensors, for which oneDNN 3.10 (bundled with MindSpore 2.10) picks its reference
+kernel for the forward and backward-data passes (``jit_uni_ncsp:conv+ref:any``);
+capped at AVX2 it picks im2col + JIT GEMM (``gemm:jit``) instead. Importing this module
+caps MindSpore's own oneDNN copy at AVX2 (:func:`cap_onednn_isa`) unless
+``ONEDNN_MAX_CPU_ISA`` is set. Measured on a 2-core AVX-512 CPU (scripts/bench_mindspore.py):
+a d2l-resnet18 training step at 32x32, batch 32, 4.1 CPU-seconds uncapped and 0.55 capped;
+inference at 96x96, batch 8, 7.2 and 0.16.
+
+MindSpore runs a whole process on one device, chosen with
+``mindspore.set_device("GPU", 0)`` before the first kernel runs; see :func:`devices`.
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
+import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +59,45 @@ from .weights import check_weights, init_weights, tensor_specs
 
 ms = require("mindspore", "mindspore")
 nn, Tensor = ms.nn, ms.Tensor
+
+# dnnl_cpu_isa_t values (oneDNN's dnnl_types.h)
+_DNNL_CPU_ISA_AVX2 = 0x7
+
+
+def _onednn_library():
+    """MindSpore's own oneDNN (mindspore/lib/libdnnl.so.3), or None where it has none."""
+    path = Path(ms.__file__).parent / "lib" / "libdnnl.so.3"
+    return ctypes.CDLL(str(path)) if path.is_file() else None
+
+
+def cap_onednn_isa() -> bool:
+    """Cap MindSpore's oneDNN at AVX2, so that its convolutions avoid the reference kernel.
+
+    MindSpore's CPU Conv2D gives oneDNN plain-layout tensors; on AVX-512 CPUs oneDNN 3.10
+    then routes the forward and backward-data passes through ``jit_uni_ncsp``, whose
+    inner convolution is the reference one (``ref:any``, some 10x slower here). Below
+    AVX-512 it uses im2col + JIT GEMM. Only MindSpore's copy of oneDNN is capped (other
+    frameworks in the process bundle their own), and only before its first kernel runs:
+    oneDNN fixes its ISA then. ``ONEDNN_MAX_CPU_ISA`` in the environment, e.g. ``ALL``,
+    is left to oneDNN and turns the cap off. Returns whether the cap was applied.
+    """
+    if "ONEDNN_MAX_CPU_ISA" in os.environ or "DNNL_MAX_CPU_ISA" in os.environ:
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    lib = _onednn_library()
+    if lib is None:
+        return False
+    if lib.dnnl_set_max_cpu_isa(_DNNL_CPU_ISA_AVX2) != 0:
+        warnings.warn("resnet_multi.mindspore was imported after MindSpore ran its first CPU kernel, so "
+                      "its oneDNN ISA cap could not be set and convolutions may use oneDNN's slow reference "
+                      "kernel; import resnet_multi.mindspore before running anything in MindSpore",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+ONEDNN_ISA_CAPPED = cap_onednn_isa()
 
 
 def conv2d(cin: int, cout: int, kernel: int, stride: int, padding: int, bias: bool) -> nn.Conv2d:
@@ -139,6 +197,9 @@ class ResNet(nn.SequentialCell):
         self.spec = spec
 
     def construct(self, x):
+        # In PyNative this checks every call; under mindspore.jit it runs only while tracing
+        # (MindSpore logs that it dropped the call from the graph), and a compiled step gets
+        # its input through the seam, which checks it.
         check_input_shape(self.spec, x.shape, training=self.training)
         return self.head(self.stages(self.stem(x)))
 
@@ -231,6 +292,7 @@ def _check_device(device: str) -> str:
 
 class MindSporeBackend(Backend):
     name = "mindspore"
+    compiles = True  # mindspore.jit steps by default; Model.eager runs them in PyNative
 
     def framework_version(self):
         return ms.__version__
@@ -250,9 +312,29 @@ class MindSporeBackend(Backend):
     def _set_weights(self, model, weights):
         set_weights(model.module, weights)
 
+    def _compiled(self, model: Model, key: str, fn):
+        """``fn`` under ``mindspore.jit``, once per model and ``key`` (``fn`` itself for an
+        eager model). One compiled function per purpose: a graph keeps the training flag
+        it was traced with, and ``mindspore.jit`` traces again for each new batch shape
+        (the last, smaller batch of an epoch costs one more compile) and reuses it after."""
+        if key not in model.cache:
+            model.cache[key] = fn if model.eager else ms.jit(fn)
+        return model.cache[key]
+
     def _forward(self, model, x, training):
-        model.module.set_train(training)  # training: batch statistics, moving statistics updated
-        return model.module(Tensor(x)).asnumpy()
+        module = model.module
+        key = "training_forward" if training else "inference"
+        if key not in model.cache:
+            # Two functions, not one: each compiled graph keeps the training flag it was traced with.
+            def inference(x):
+                return module(x)
+
+            def training_forward(x):
+                return module(x)
+
+            self._compiled(model, key, training_forward if training else inference)
+        module.set_train(training)  # training: batch statistics, moving statistics updated
+        return model.cache[key](Tensor(x)).asnumpy()
 
     def _grad_fn(self, model: Model):
         """``value_and_grad`` of the mean cross-entropy with respect to the trainable
@@ -271,22 +353,35 @@ class MindSporeBackend(Backend):
         return model.cache["grad_fn"]
 
     def _loss_and_grads(self, model, x, y):
+        if "loss_and_grads" not in model.cache:
+            grad_fn = self._grad_fn(model)
+
+            def loss_and_grads(x, y):
+                return grad_fn(x, y)
+
+            self._compiled(model, "loss_and_grads", loss_and_grads)
         model.module.set_train(True)
-        (loss, logits), grads = self._grad_fn(model)(Tensor(x), Tensor(y.astype(np.int32)))
+        (loss, logits), grads = model.cache["loss_and_grads"](Tensor(x), Tensor(y.astype(np.int32)))
         names = [t.name for t in tensor_specs(model.spec) if t.trainable]
         return TrainingPass(float(loss.asnumpy()), logits.asnumpy(),
                             {n: g.asnumpy() for n, g in zip(names, grads, strict=True)})
 
     def _sgd_step(self, model, x, y, lr):
-        model.module.set_train(True)
-        grad_fn = self._grad_fn(model)
-        optimizer = model.cache.get("sgd")
-        if optimizer is None or model.cache.get("lr") != lr:
+        if model.cache.get("lr") != lr:
+            grad_fn = self._grad_fn(model)
             # nn.SGD's defaults are plain SGD: momentum 0, dampening 0, weight decay 0.
-            optimizer = model.cache["sgd"] = nn.SGD(model.cache["params"], learning_rate=lr)
+            optimizer = nn.SGD(model.cache["params"], learning_rate=lr)
+
+            def train_step(x, y):
+                (loss, logits), grads = grad_fn(x, y)
+                optimizer(grads)
+                return loss, logits
+
+            model.cache.pop("train_step", None)  # a new learning rate: a new optimizer and step
+            self._compiled(model, "train_step", train_step)
             model.cache["lr"] = lr
-        (loss, logits), grads = grad_fn(Tensor(x), Tensor(y.astype(np.int32)))
-        optimizer(grads)
+        model.module.set_train(True)
+        loss, logits = model.cache["train_step"](Tensor(x), Tensor(y.astype(np.int32)))
         return float(loss.asnumpy()), logits.asnumpy()
 
     def _layer_shapes(self, model, x):
