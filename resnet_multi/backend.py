@@ -68,6 +68,10 @@ class Backend:
     # Whether this backend has a compiled mode (tf.function, hybridize, to_static, graph
     # mode) distinct from eager execution; the parity suite then runs both.
     compiles: bool = False
+    # The smallest batch the framework can train on here, and why, where that is more than
+    # one image (BatchNorm's own limit, one value per channel, is checked from the spec).
+    min_training_batch: int = 1
+    min_training_batch_why: str = ""
 
     # -- what each framework implements ------------------------------------------
     def framework_version(self) -> str:
@@ -161,6 +165,7 @@ class Backend:
         """Mean softmax cross-entropy over the batch and its gradient for every
         trainable canonical parameter, in training mode (BN statistics update once)."""
         shapes.check_input_array(model.spec, x, training=True)
+        self._check_training_batch(x)
         result = self._loss_and_grads(model, x, self._check_labels(model, x, y))
         expected = {t.name for t in canonical.tensor_specs(model.spec) if t.trainable}
         if set(result.grads) != expected:
@@ -171,6 +176,7 @@ class Backend:
     def sgd_step(self, model: Model, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
         """One SGD training step on a batch; returns (loss, logits) of the forward pass."""
         shapes.check_input_array(model.spec, x, training=True)
+        self._check_training_batch(x)
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {lr!r}")
         return self._sgd_step(model, x, self._check_labels(model, x, y), float(lr))
@@ -209,6 +215,11 @@ class Backend:
         ``input_shape`` (NCHW); the output shape in NCHW."""
         x = np.random.default_rng(0).random(input_shape, dtype=np.float32)
         return self.to_canonical_shape(self._residual_output_shape(x, args, options))
+
+    def _check_training_batch(self, x: np.ndarray) -> None:
+        if x.shape[0] < self.min_training_batch:
+            raise ValueError(f"{self.name} cannot train on a batch of {x.shape[0]} image(s): "
+                             f"{self.min_training_batch_why}; use batches of at least {self.min_training_batch}")
 
     @staticmethod
     def _check_labels(model: Model, x: np.ndarray, y) -> np.ndarray:

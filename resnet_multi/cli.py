@@ -189,7 +189,7 @@ def cmd_train(args) -> int:
     _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
     model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
-    train.check_run(model.spec, len(dataset.train_images), settings["batch_size"], resize, out)
+    train.check_run(model.spec, len(dataset.train_images), settings["batch_size"], resize, out, backend=backend)
     print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
           f"{backend.framework_version()} ({device}): "
           f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "

@@ -374,6 +374,12 @@ class TFBackend(Backend):
     name = "tf"
     native_layout = "NHWC"
     compiles = True  # Model.eager=False (the default) runs every step in a tf.function
+    # Seen here with tensorflow-cpu 2.21.0: a training step on one image kills the process
+    # (SIGSEGV in Conv2DBackpropInput) whenever oneDNN runs on more than one thread, eager
+    # and compiled alike; TF_NUM_INTRAOP_THREADS=1 or TF_ENABLE_ONEDNN_OPTS=0 avoid it.
+    min_training_batch = 2
+    min_training_batch_why = ("TensorFlow 2.21's oneDNN convolution backward pass crashes the process "
+                              "(segmentation fault) on a batch of one image on CPU")
 
     def framework_version(self):
         return f"{tf.__version__} (Keras {keras.__version__})"

@@ -290,37 +290,47 @@ def _kept(out, weights_file: str | None) -> str:
             f"--lr (the chapter's is 0.05) in another --out")
 
 
-def check_run(spec, n_train: int, batch_size: int, resize: int | None, out=None) -> None:
-    """What can be known before any training: every batch fits the network and BatchNorm,
-    and the run directory can be written. :func:`fit` calls it; the CLI calls it before
-    it prints anything."""
-    _check_batches(spec, n_train, batch_size, resize)
+def check_run(spec, n_train: int, batch_size: int, resize: int | None, out=None, *,
+              backend: Backend | None = None) -> None:
+    """What can be known before any training: every batch fits the network, BatchNorm and
+    the backend, and the run directory can be written. :func:`fit` calls it; the CLI calls
+    it before it prints anything."""
+    _check_batches(spec, n_train, batch_size, resize,
+                   min_batch=backend.min_training_batch if backend else 1,
+                   why=backend.min_training_batch_why if backend else "")
     if out is not None:
         os.close(_open_lock_file(Path(out)))
 
 
-def _check_batches(spec, n_train: int, batch_size: int, resize: int | None) -> None:
+def _check_batches(spec, n_train: int, batch_size: int, resize: int | None, *, min_batch: int = 1,
+                   why: str = "") -> None:
     """Before any training: every batch of the epoch, the last partial one included,
-    must give BatchNorm more than one value per channel."""
+    must give BatchNorm more than one value per channel, and hold at least the
+    backend's ``min_batch`` images (``why`` says what fails below that)."""
     side = resize or 28
     sizes = {min(batch_size, n_train)} | ({n_train % batch_size} - {0})
     for n in sorted(sizes):
         shapes.check_input_shape(spec, (n, 1, side, side))  # channels and emptiness
     gh, gw = shapes.final_grid(spec, side, side)
-    need = -(-2 // (gh * gw))  # images a batch needs for two values per channel
+    need_bn = -(-2 // (gh * gw))  # images a batch needs for two values per channel
+    need = max(need_bn, min_batch)
     last = n_train % batch_size
     if 0 < last < need:
         better = next((b for b in range(batch_size - 1, need - 1, -1)
                        if n_train % b == 0 or n_train % b >= need), None)
+        reason = (f"BatchNorm cannot train on it ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}, "
+                  f"so it would have one value per channel)" if last < need_bn else f"{why}")
         raise ValueError(
             f"batch size {batch_size} leaves a last batch of {last} of the {n_train:,} training images, and "
-            f"BatchNorm cannot train on it ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}, so it "
-            f"would have one value per channel); choose a batch size that leaves none or at least {need}"
+            f"{reason}; choose a batch size that leaves none or at least {need}"
             + (f", e.g. {better}" if better else ""))
-    if min(batch_size, n_train) < need:
+    if min(batch_size, n_train) < need_bn:
         raise ValueError(f"batch size {min(batch_size, n_train)} is too small to train {spec.name} at "
                          f"{side}x{side}: its last stage sees {gh}x{gw}, so BatchNorm needs batches of at "
-                         f"least {need}")
+                         f"least {need_bn}")
+    if min(batch_size, n_train) < min_batch:
+        raise ValueError(f"batch size {min(batch_size, n_train)} is too small: {why}; use batches of at "
+                         f"least {min_batch}")
 
 
 @contextlib.contextmanager
@@ -396,7 +406,7 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
     if resume and out is None:
         raise ValueError("resume needs the run directory (out) to resume from")
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
-    check_run(model.spec, len(dataset.train_images), int(batch_size), resize)
+    check_run(model.spec, len(dataset.train_images), int(batch_size), resize, backend=backend)
     if out is None:
         return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=None, resume=False,
                     progress=progress, plot=plot, meta=meta)
