@@ -4,13 +4,17 @@ TF backend, compiled and eager, in one process.
     python scripts/bench_tf.py                 # training at 32x32 batch 256, inference at 96x96 batch 64
     python scripts/bench_tf.py --rounds 7 --steps 4
 
-The textbook model is d2l's TensorFlow code for the chapter (``Residual`` and
-``ResnetBlock`` with Keras ``Conv2D(padding="same")`` and default
-``BatchNormalization``), trained as d2l trains it: ``model.fit`` after
-``compile`` (whose default ``jit_compile="auto"`` may pick XLA; the table's note says
-what it picked), and, for comparison, a ``tf.function`` GradientTape step. fit is
-timed from its first batch to the end of its epoch. resnet_multi runs through the
-backend seam, NCHW NumPy in and out, as ``train`` runs it.
+The textbook model is d2l's TensorFlow code for the chapter, as
+:mod:`resnet_multi.textbook.tf` holds it (``Residual`` and ``ResnetBlock`` with Keras
+``Conv2D(padding="same")`` and default ``BatchNormalization``; the one ``resnet-multi
+bench`` runs), trained as d2l trains it: ``model.fit`` after ``compile`` (whose
+default ``jit_compile="auto"`` may pick XLA; the table's note says what it picked),
+and, for comparison, that module's ``trainer``: fit's ``train_step`` (a GradientTape
+step) in a ``tf.function``, reading the loss and the logits back to NumPy every step.
+fit is timed from its first batch to the end of its epoch. Inference: the module's
+``predictor`` (``model(x, training=False)``, eager or in a ``tf.function``) and Keras'
+``predict_on_batch``. resnet_multi runs through the backend seam, NCHW NumPy in and
+out, as ``train`` runs it.
 
 Rounds are interleaved (each round times every contender in turn) and the table
 reports each contender's median examples/s and its ratio to the first row of its
@@ -35,57 +39,17 @@ import keras  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from resnet_multi.backend import load_backend  # noqa: E402
+from resnet_multi.spec import get_arch  # noqa: E402
+from resnet_multi.textbook import tf as book  # noqa: E402
 
 
-# ---- the textbook's code (d2l, "Residual Networks (ResNet)", TensorFlow tab) -----------------
-class Residual(keras.Model):
-    def __init__(self, num_channels, use_1x1conv=False, strides=1):
-        super().__init__()
-        self.conv1 = keras.layers.Conv2D(num_channels, padding="same", kernel_size=3, strides=strides)
-        self.conv2 = keras.layers.Conv2D(num_channels, kernel_size=3, padding="same")
-        self.conv3 = None
-        if use_1x1conv:
-            self.conv3 = keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides)
-        self.bn1 = keras.layers.BatchNormalization()
-        self.bn2 = keras.layers.BatchNormalization()
-
-    def call(self, X):
-        Y = keras.activations.relu(self.bn1(self.conv1(X)))
-        Y = self.bn2(self.conv2(Y))
-        if self.conv3 is not None:
-            X = self.conv3(X)
-        Y += X
-        return keras.activations.relu(Y)
-
-
-class ResnetBlock(keras.layers.Layer):
-    def __init__(self, num_channels, num_residuals, first_block=False, **kwargs):
-        super().__init__(**kwargs)
-        self.residual_layers = []
-        for i in range(num_residuals):
-            if i == 0 and not first_block:
-                self.residual_layers.append(Residual(num_channels, use_1x1conv=True, strides=2))
-            else:
-                self.residual_layers.append(Residual(num_channels))
-
-    def call(self, X):
-        for layer in self.residual_layers:  # the book's `.layers` is gone in Keras 3
-            X = layer(X)
-        return X
+# ---- the textbook's model: resnet_multi.textbook.tf (d2l's Keras code, tf.keras layers) ---------
+# WIDTH is the chapter's 64 (the spec's width, so both models are the same size).
+WIDTH = get_arch("d2l-resnet18").width
 
 
 def textbook_net():
-    return keras.Sequential([
-        keras.layers.Conv2D(64, kernel_size=7, strides=2, padding="same"),
-        keras.layers.BatchNormalization(),
-        keras.layers.Activation("relu"),
-        keras.layers.MaxPool2D(pool_size=3, strides=2, padding="same"),
-        ResnetBlock(64, 2, first_block=True),
-        ResnetBlock(128, 2),
-        ResnetBlock(256, 2),
-        ResnetBlock(512, 2),
-        keras.layers.GlobalAvgPool2D(),
-        keras.layers.Dense(units=10)])
+    return book.net(width=WIDTH)
 
 
 LR = 0.05
@@ -120,25 +84,14 @@ class _FitClock(keras.callbacks.Callback):
 
 
 def textbook_tape(size, batch, steps):
-    net = textbook_net()
-    optimizer = keras.optimizers.SGD(learning_rate=LR)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    net.build((None, size, size, 1))
-    optimizer.build(net.trainable_variables)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, net(x, training=True))
-        grads = tape.gradient(loss, net.trainable_variables)
-        optimizer.apply_gradients(zip(grads, net.trainable_variables))
-        return loss
-
+    # The package's textbook trainer: fit's train_step (GradientTape, apply_gradients) in a
+    # tf.function, handing back the loss as a float and the logits as NumPy every step.
+    step = book.trainer(textbook_net(), LR)
     batches = _nhwc_batches(size, batch, steps)
 
     def run():
         for x, y in batches:
-            float(step(x, y))
+            step(x, y)
     return run, ""
 
 
@@ -146,14 +99,12 @@ def textbook_infer(size, batch, steps, how):
     net = textbook_net()
     net.build((None, size, size, 1))
     x = np.random.default_rng(1).standard_normal((batch, size, size, 1)).astype(np.float32)
-    if how == "eager":
-        call = lambda: net(tf.constant(x), training=False).numpy()  # noqa: E731
-    elif how == "tf.function":
-        fn = tf.function(lambda t: net(t, training=False))
-        call = lambda: fn(tf.constant(x)).numpy()  # noqa: E731
-    else:  # Keras' own compiled predict
+    if how == "predict":  # Keras' own compiled predict
         net.compile()
         call = lambda: net.predict_on_batch(x)  # noqa: E731
+    else:  # net(x, training=False), op by op ("eager") or in a tf.function
+        predict = book.predictor(net, eager=how == "eager")
+        call = lambda: predict(x)  # noqa: E731
 
     def run():
         for _ in range(steps):
@@ -234,7 +185,7 @@ def main():
     if args.only in (None, "train"):
         rows = measure([
             ("textbook Keras fit", lambda: textbook_fit(s, b, n)),
-            ("textbook tf.function GradientTape step", lambda: textbook_tape(s, b, n)),
+            ("textbook tf.function GradientTape step (textbook.tf trainer)", lambda: textbook_tape(s, b, n)),
             ("resnet_multi sgd_step, compiled", lambda: ours_train(s, b, n, eager=False)),
             ("resnet_multi sgd_step, eager", lambda: ours_train(s, b, n, eager=True)),
         ], b, n, args.rounds, args.warmup)
