@@ -5,6 +5,7 @@ framework-specific probes at the bottom read each installed framework's real
 defaults, so that the conventions every backend module declares cannot drift.
 """
 import inspect
+from pathlib import Path
 import json
 import subprocess
 import sys
@@ -437,3 +438,12 @@ def test_perturbed_control_trace(tiny_data, numpy_trace, oracle, tmp_path):
     assert 1e-9 < logits < 1e-5
     with pytest.raises(ValueError, match="perturb must be >= 0"):
         trace.record(oracle, model, [], lr=0.05, perturb=-1.0)
+
+
+def test_readme_conventions_table_is_the_generated_one():
+    """The README shows `resnet-multi conventions --markdown`: it must be that output, so
+    the table a reader sees cannot drift from what the backend modules declare."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = conventions.format_table(conventions.collect(), markdown=True).strip()
+    assert table in readme, ("README.md's conventions table is not `resnet-multi conventions --markdown`'s "
+                             "output: paste the command's output into the README")
