@@ -103,10 +103,6 @@ class Backend:
         ``lr``; BN statistics update once. Returns (loss before the step, logits)."""
         raise NotImplementedError
 
-    def _layer_shapes(self, model: Model, x: np.ndarray) -> list[tuple[int, ...]]:
-        """Output shape of each layer in ``spec.layer_names()``, in the native layout."""
-        raise NotImplementedError
-
     def _residual_output_shape(self, x: np.ndarray, args: tuple, options: dict) -> tuple[int, ...]:
         """Build the module's own ``Residual(*args, **options)``, apply it to ``x``
         (NCHW) in training mode, and return the output's native shape."""
@@ -185,13 +181,18 @@ class Backend:
         """The per-layer shape table, measured by running the framework's layers on a
         batch of zeros, reported in the canonical NCHW layout."""
         shape = shapes.check_input_shape(model.spec, input_shape)
-        native = self._layer_shapes(model, np.zeros(shape, np.float32))
+        native = self._native_shapes(model, np.zeros(shape, np.float32))
         return [shapes.LayerShape(name, self.to_canonical_shape(s))
                 for name, s in zip(model.spec.layer_names(), native, strict=True)]
 
     def native_layer_shapes(self, model: Model, input_shape) -> list[tuple[int, ...]]:
         shape = shapes.check_input_shape(model.spec, input_shape)
-        return self._layer_shapes(model, np.zeros(shape, np.float32))
+        return self._native_shapes(model, np.zeros(shape, np.float32))
+
+    def _native_shapes(self, model: Model, x: np.ndarray) -> list[tuple[int, ...]]:
+        """Output shape of each layer in ``spec.layer_names()``, in the native layout: the
+        inference-mode walk of :meth:`_named_outputs`."""
+        return [tuple(int(d) for d in np.shape(out)) for _, out in self._named_outputs(model, x, False)]
 
     def named_outputs(self, model: Model, x: np.ndarray, *, training: bool = False) -> dict[str, np.ndarray]:
         """Each named layer's output (``spec.layer_names()``) for an NCHW float32 batch, in

@@ -384,10 +384,6 @@ class MindSporeBackend(Backend):
         loss, logits = model.cache["train_step"](Tensor(x), Tensor(y.astype(np.int32)))
         return float(loss.asnumpy()), logits.asnumpy()
 
-    def _layer_shapes(self, model, x):
-        model.module.set_train(False)
-        return [tuple(out.shape) for _, out in model.module.named_outputs(Tensor(x))]
-
     def _residual_output_shape(self, x, args, options):
         block = Residual(*args, **options)
         block.set_train(True)

@@ -382,9 +382,6 @@ class MXNetBackend(Backend):
         trainer.step(x.shape[0])
         return float(l.mean()), logits.asnumpy()
 
-    def _layer_shapes(self, model, x):
-        return [tuple(out.shape) for _, out in model.module.named_outputs(self._array(model, x))]
-
     def _residual_output_shape(self, x, args, options):
         blk = Residual(*args, **options)
         blk.initialize()

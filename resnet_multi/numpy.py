@@ -444,9 +444,6 @@ class NumpyBackend(Backend):
                 layer.params[key] -= lr * grad
         return result.loss, result.logits.astype(np.float32)
 
-    def _layer_shapes(self, model, x):
-        return [out.shape for _, out in model.module.eval().layer_outputs(x.astype(DTYPE))]
-
     def _residual_output_shape(self, x, args, options):
         return Residual(*args, **options).forward(x.astype(DTYPE)).shape
 

@@ -326,11 +326,6 @@ class PaddleBackend(Backend):
             optimizer.clear_grad(set_to_zero=False)
             return float(loss), logits.numpy()
 
-    def _layer_shapes(self, model, x):
-        model.module.eval()
-        with on_device(model.device), paddle.no_grad():
-            return [tuple(out.shape) for _, out in model.module.named_outputs(paddle.to_tensor(x))]
-
     def _residual_output_shape(self, x, args, options):
         with on_device("cpu"), paddle.no_grad():
             return tuple(Residual(*args, **options)(paddle.to_tensor(x)).shape)

@@ -474,11 +474,6 @@ class TFBackend(Backend):
             loss, logits = self._step(model, "sgd")(self._nhwc(x), tf.constant(y))
         return float(loss), logits.numpy()
 
-    def _layer_shapes(self, model, x):
-        with tf.device(_device_name(model.device)):
-            return [tuple(int(d) for d in out.shape)
-                    for _, out in model.module.named_outputs(self._nhwc(x), training=False)]
-
     def _residual_output_shape(self, x, args, options):
         with tf.device("/CPU:0"):
             return tuple(Residual(*args, **options)(self._nhwc(x), training=True).shape)

@@ -244,11 +244,6 @@ class TorchBackend(Backend):
         optimizer.step()
         return loss.item(), logits.detach().cpu().numpy()
 
-    def _layer_shapes(self, model, x):
-        model.module.eval()
-        with torch.no_grad():
-            return [tuple(out.shape) for _, out in model.module.named_outputs(self._tensor(model, x))]
-
     def _residual_output_shape(self, x, args, options):
         with torch.no_grad():
             return tuple(Residual(*args, **options)(torch.from_numpy(x)).shape)
