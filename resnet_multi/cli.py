@@ -296,9 +296,7 @@ def cmd_trace(args) -> int:
     if args.weights is not None:
         if args.arch is not None or args.width is not None:
             raise UsageError("--weights records its architecture; drop --arch and --width")
-        spec = canonical.read_arch(args.weights)
-        if spec is None:
-            raise canonical.WeightsError(f"{args.weights} records no architecture; it was not saved by resnet-multi")
+        spec = canonical.read_arch(args.weights)  # validated: a file without one is refused there
         model = backend.build(spec, device=device, eager=args.eager)
         backend.load_weights(model, args.weights)
         start = {"weights": str(args.weights)}
