@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import shapes, validate
 from .backend import BACKENDS, load_backend
+from .conventions import FRAMEWORKS as CONVENTION_FRAMEWORKS
 from .spec import ARCHS, get_arch
 
 PROG = "resnet-multi"
@@ -72,6 +73,12 @@ def _input_shape(text: str) -> tuple[int, ...]:
     if len(shape) != 4 or min(shape) <= 0:
         raise argparse.ArgumentTypeError(f"must be N,C,H,W (four positive integers), got {text!r}")
     return shape
+
+
+def _convention_framework(name: str) -> str:
+    if name not in CONVENTION_FRAMEWORKS:
+        raise argparse.ArgumentTypeError(f"no conventions for {name!r}: choose among {', '.join(CONVENTION_FRAMEWORKS)}")
+    return name
 
 
 def _backend(name: str):
@@ -342,7 +349,7 @@ def cmd_compare(args) -> int:
 def cmd_conventions(args) -> int:
     from . import conventions
 
-    print(conventions.format_table(conventions.collect(), markdown=args.markdown))
+    print(conventions.format_table(conventions.collect(args.frameworks or None), markdown=args.markdown))
     return 0
 
 
@@ -484,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("conventions", help="what each framework does differently from the spec, and how "
                                            "its module translates it")
+    p.add_argument("frameworks", nargs="*", type=_convention_framework, metavar="FRAMEWORK",
+                   help=f"only these, next to the spec's (one of {', '.join(CONVENTION_FRAMEWORKS)}; default all)")
     p.add_argument("--markdown", action="store_true", help="a markdown table")
     p.set_defaults(func=cmd_conventions)
     return parser

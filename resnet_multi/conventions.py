@@ -65,10 +65,15 @@ def declared(framework: str) -> dict:
     raise ConventionsError(f"{path} declares no CONVENTIONS")
 
 
-def collect() -> dict[str, dict]:
-    """{'numpy': ..., 'torch': ..., ...}: every column of the table, the spec's (the NumPy
-    reference's) first."""
-    return {f: declared(f) for f in FRAMEWORKS}
+def collect(frameworks=None) -> dict[str, dict]:
+    """{'numpy': ..., 'torch': ..., ...}: the table's columns, the spec's (the NumPy
+    reference's) first; ``frameworks`` narrows them to those named, still after the spec's,
+    as a notebook or the README shows one framework against the spec."""
+    chosen = list(FRAMEWORKS) if frameworks is None else list(frameworks)
+    unknown = [f for f in chosen if f not in FRAMEWORKS]
+    if unknown:
+        raise ValueError(f"no conventions for {unknown}: choose among {', '.join(FRAMEWORKS)}")
+    return {f: declared(f) for f in FRAMEWORKS if f == "numpy" or f in chosen}
 
 
 def _cell(entry: dict) -> str:

@@ -51,6 +51,16 @@ def test_stored_without_outputs(path):
                       f"(jupyter nbconvert --clear-output --inplace {path.name})"
 
 
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_backend_notebook_shows_its_conventions_table(backend):
+    """Section 6 shows the generated table for this framework (the cell runs in the tests
+    above), not a hand-copied one that could drift from the backend module."""
+    nb = json.loads((NOTEBOOKS / f"resnet_{backend}.ipynb").read_text(encoding="utf-8"))
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert any(f'conventions.collect(["{backend}"])' in src and "format_table" in src for src in code), \
+        f"resnet_{backend}.ipynb does not show conventions.collect([{backend!r}])"
+
+
 def _kernel_env(tmp_path) -> dict:
     """Environment for a kernel that is this interpreter, importing this resnet_multi."""
     package_root = str(Path(resnet_multi.__file__).resolve().parent.parent)

@@ -20,6 +20,8 @@ Conventions for README.md's fenced blocks (the test reads them in order):
   sample output from a run that takes minutes and whose figures depend on the
   machine and thread count: its lines must have the program's format (the same
   text once every number is blanked), checked against a tiny real run.
+- A `resnet-multi ...` code span in the prose must parse too (one that is just
+  `resnet-multi SUBCOMMAND` must name a subcommand that exists).
 - Anywhere in the README (blocks, tables, prose), every ``pkg==version`` pin of a
   package that tox.ini pins must be tox.ini's version (``tensorflow-cpu``,
   ``tensorflow[and-cuda]``, ``mxnet-cu112`` and ``paddlepaddle-gpu`` count as
@@ -27,6 +29,7 @@ Conventions for README.md's fenced blocks (the test reads them in order):
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import configparser
 import contextlib
@@ -42,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_multi.cli import build_parser, main
+from resnet_multi.cli import UsageError, build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -269,6 +272,42 @@ def test_bash_block_command_parses_and_cheap_ones_run(block, command):
         skip_unless_backend(command, f"README.md's bash block at line {block.line} ({command})")
         done = run_command(shlex.join(["resnet-multi", *argv]))
         assert done.returncode == 0, f"README.md line {block.line}: `{command}` failed:\n{done.stderr}"
+
+
+def inline_commands() -> list[tuple[int, str]]:
+    """(line, command) for each `resnet-multi ...` code span in the README's prose."""
+    found, fenced = [], False
+    for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            found += [(number, m) for m in re.findall(r"`(resnet-multi [^`]+)`", line)]
+    return found
+
+
+@pytest.mark.parametrize("line, command", inline_commands(), ids=lambda v: str(v).replace(" ", "_"))
+def test_inline_commands_in_the_prose_parse(line, command):
+    """A command quoted in a sentence (e.g. `resnet-multi conventions tf`) must be one the
+    program accepts, as the bash blocks' commands are; `resnet-multi bench` alone names a
+    subcommand, which must exist."""
+    argv = shlex.split(command)[1:]
+    if len(argv) == 1:
+        subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        assert argv[0] in subcommands.choices, f"README.md line {line}: no subcommand `{command}`"
+        return
+    try:
+        build_parser().parse_args(argv)
+    except UsageError as e:
+        pytest.fail(f"README.md line {line}: `{command}` does not parse: {e}")
+    except SystemExit as e:  # --help exits 0 after printing
+        assert e.code == 0, f"README.md line {line}: `{command}` does not parse"
+
+
+def test_every_framework_section_names_its_conventions_command():
+    from resnet_multi.conventions import FRAMEWORKS
+    named = {c.split()[2] for _, c in inline_commands() if c.split()[1:2] == ["conventions"] and len(c.split()) > 2}
+    assert set(FRAMEWORKS) <= named, f"the README's per-framework notes should point to " \
+                                     f"`resnet-multi conventions X` for {sorted(set(FRAMEWORKS) - named)}"
 
 
 def test_pins_in_the_readme_are_the_versions_tox_tests():

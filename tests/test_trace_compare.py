@@ -171,6 +171,18 @@ def test_conventions_table_has_every_framework_and_topic():
     assert all(line.count("|") - line.count("\\|") == len(columns) + 2 for line in markdown)
 
 
+def test_conventions_for_some_frameworks_keep_the_spec_first(capsys):
+    assert list(conventions.collect(["mxnet", "tf"])) == ["numpy", "tf", "mxnet"]
+    assert list(conventions.collect(["numpy"])) == ["numpy"]
+    with pytest.raises(ValueError, match="no conventions for \\['caffe'\\]"):
+        conventions.collect(["caffe"])
+    assert cli.main(["conventions", "paddle", "--markdown"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "| | numpy | paddle |"
+    assert cli.main(["conventions", "caffe"]) == 2
+    assert "no conventions for 'caffe'" in capsys.readouterr().err
+
+
 def test_conventions_must_be_a_literal(tmp_path, monkeypatch):
     module = tmp_path / "fake.py"
     module.write_text("import os\nCONVENTIONS = {'padding': os.sep}\n")
