@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, Model, TrainingPass, require
-from .shapes import check_input_shape
+from .shapes import check_block_input_shape, check_input_shape
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights, tensor_specs
 
@@ -113,6 +113,14 @@ def batch_norm(channels: int, bn: BatchNormSpec) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=bn.eps, momentum=1.0 - bn.momentum)
 
 
+def check_input_dtype(x, what: str) -> None:
+    """Refuse a batch that is not float32, naming the fix (MindSpore's own message names
+    the operator's inputs)."""
+    if x.dtype != ms.float32:
+        raise TypeError(f"{what} expects float32 input, got {str(x.dtype).lower()}; convert with "
+                        f"x.astype(mindspore.float32) (integer images also need scaling, e.g. / 255)")
+
+
 class Residual(nn.Cell):
     """The chapter's residual block: ``relu(F(x) + shortcut(x))``.
 
@@ -140,6 +148,13 @@ class Residual(nn.Cell):
             if spec.shortcut == "conv_bn":
                 layers["bn"] = batch_norm(spec.out_channels, spec.bn)
             self.shortcut = nn.SequentialCell(layers)
+
+    def __call__(self, x, *args, **kwargs):
+        # Called from Python (PyNative); inside a compiled graph MindSpore parses construct
+        # and never comes here, so the graph carries no Python checks.
+        check_input_dtype(x, f"Residual({self.spec.in_channels} -> {self.spec.out_channels})")
+        check_block_input_shape(self.spec, x.shape)
+        return super().__call__(x, *args, **kwargs)
 
     def construct(self, x):
         # Written out layer by layer rather than looped over names, so that graph mode
@@ -196,11 +211,15 @@ class ResNet(nn.SequentialCell):
         ))
         self.spec = spec
 
-    def construct(self, x):
-        # In PyNative this checks every call; under mindspore.jit it runs only while tracing
-        # (MindSpore logs that it dropped the call from the graph), and a compiled step gets
-        # its input through the seam, which checks it.
+    def __call__(self, x, *args, **kwargs):
+        # Checked here, not in construct: a graph compiled with mindspore.jit parses construct
+        # and would drop a Python call from it (logging a warning on every compile); a
+        # compiled step gets its input through the seam, which checks it.
+        check_input_dtype(x, self.spec.name)
         check_input_shape(self.spec, x.shape, training=self.training)
+        return super().__call__(x, *args, **kwargs)
+
+    def construct(self, x):
         return self.head(self.stages(self.stem(x)))
 
     def named_outputs(self, x):

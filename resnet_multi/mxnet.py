@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as onp  # NumPy proper: what crosses the seam; ``np`` below is mxnet.np
 
 from .backend import Backend, Model, TrainingPass, require
-from .shapes import check_input_shape
+from .shapes import check_block_input_shape, check_input_shape
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights
 
@@ -130,6 +130,14 @@ def conv(cin, cout, kernel, stride=1, padding=0, bias=True):
     return nn.Conv2D(cout, kernel, strides=stride, padding=padding, use_bias=bias, in_channels=cin)
 
 
+def check_input_dtype(X, what: str) -> None:
+    """Refuse a batch that is not float32, naming the fix (MXNet's own message is about
+    the convolution operator's inputs)."""
+    if X.dtype != onp.float32:
+        raise TypeError(f"{what} expects float32 input, got {onp.dtype(X.dtype).name}; convert with "
+                        f"X.astype('float32') (integer images also need scaling, e.g. / 255)")
+
+
 class Residual(nn.HybridBlock):
     """The chapter's residual block: ``relu(F(x) + shortcut(x))``.
 
@@ -156,6 +164,12 @@ class Residual(nn.HybridBlock):
             if spec.shortcut == "conv_bn":
                 layers["bn"] = BatchNorm(spec.out_channels, spec.bn)
             self.shortcut = Named(**layers)
+
+    def forward(self, X, *args):
+        if not isinstance(X, mx.sym.Symbol):  # called on an array; inside a net's graph, traced
+            check_input_dtype(X, f"Residual({self.spec.in_channels} -> {self.spec.out_channels})")
+            check_block_input_shape(self.spec, X.shape)
+        return super().forward(X, *args)
 
     def hybrid_forward(self, F, X):
         if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
@@ -225,6 +239,7 @@ class ResNet(Named):
         if isinstance(X, mx.sym.Symbol):
             raise TypeError("a resnet_multi.mxnet.ResNet compiles on its own (net.hybridize()), "
                             "not as part of a larger graph")
+        check_input_dtype(X, self.spec.name)
         check_input_shape(self.spec, X.shape, training=autograd.is_training())
         if not self._active:
             return super().forward(X)  # op by op: each BatchNorm updates its own statistics

@@ -266,6 +266,7 @@ class Residual(Sequential):
         self.out_relu = None if spec.preact else ReLU()
 
     def forward(self, x):
+        shapes.check_block_input_shape(self.spec, np.shape(x))
         layers = list(self.layers.values())
         if self.spec.preact:
             # The first BN-ReLU is shared: a projection reads the pre-activated input.

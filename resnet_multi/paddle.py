@@ -48,7 +48,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import Backend, TrainingPass, require
-from .shapes import check_input_shape
+from .shapes import check_block_input_shape, check_input_shape
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import WeightsError, check_weights, init_weights
 
@@ -132,6 +132,14 @@ def conv(cin: int, cout: int, kernel: int, stride: int, padding: int, bias: bool
     return nn.Conv2D(cin, cout, kernel, stride=stride, padding=padding, bias_attr=None if bias else False)
 
 
+def check_input_dtype(x, what: str) -> None:
+    """Refuse a batch that is not float32, naming the fix (Paddle's own message is about
+    the data in a tensor container)."""
+    if x.dtype != paddle.float32:
+        raise TypeError(f"{what} expects float32 input, got {str(x.dtype).replace('paddle.', '')}; "
+                        f"convert with x.astype('float32') (integer images also need scaling, e.g. / 255)")
+
+
 class Residual(nn.Layer):
     """The chapter's residual block: ``relu(F(x) + shortcut(x))``.
 
@@ -159,6 +167,8 @@ class Residual(nn.Layer):
             self.shortcut = nn.Sequential(layers)
 
     def forward(self, x):
+        check_input_dtype(x, f"Residual({self.spec.in_channels} -> {self.spec.out_channels})")
+        check_block_input_shape(self.spec, x.shape)
         if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
             pre = F.relu(self.bn1(x))
             y = self.conv1(pre)
@@ -209,6 +219,7 @@ class ResNet(nn.Sequential):
         self.spec = spec
 
     def forward(self, x):
+        check_input_dtype(x, self.spec.name)
         check_input_shape(self.spec, x.shape, training=self.training)
         return super().forward(x)
 

@@ -110,6 +110,26 @@ def check_input_shape(spec: ArchSpec, shape, *, training: bool = False) -> tuple
     return shape
 
 
+def check_block_input_shape(block: BlockSpec, shape, *, layout: str = "NCHW") -> tuple[int, ...]:
+    """Validate a batch's shape for one residual block (``layout`` is the framework's:
+    NCHW, or NHWC for TensorFlow); return it as a tuple. The frameworks' own messages
+    name a weight tensor, not the block, and not the fix."""
+    shape = tuple(int(d) for d in shape)
+    what = f"Residual({block.in_channels} -> {block.out_channels})"
+    if len(shape) != 4:
+        raise ValueError(f"{what} expects a 4-d {layout} batch, got shape {shape}; "
+                         f"add a batch axis with x[None]")
+    axis = layout.index("C")
+    if shape[axis] != block.in_channels:
+        other = "NHWC" if layout == "NCHW" else "NCHW"
+        raise ValueError(f"{what} expects {block.in_channels} channel(s) on axis {axis} ({layout}), got "
+                         f"{shape[axis]} (shape {shape}); build the block with input_channels="
+                         f"{shape[axis]}, or transpose the batch if it is {other}")
+    if min(shape) < 1:
+        raise ValueError(f"{what} got an empty batch or image, shape {shape}")
+    return shape
+
+
 def check_input_array(spec: ArchSpec, x, *, training: bool = False) -> np.ndarray:
     """Validate a NumPy NCHW batch handed to a backend: shape as above, dtype float32."""
     if not isinstance(x, np.ndarray):

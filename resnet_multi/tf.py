@@ -134,6 +134,16 @@ class MaxPool2D(layers.MaxPooling2D):
 
 
 # ---- the chapter's blocks --------------------------------------------------------------------
+def check_input_dtype(x, what: str) -> None:
+    """Refuse a batch that is not float32. Keras would cast float64 (and integer images)
+    to the layer's float32 silently; a float64 batch usually means the caller meant to
+    compute in float64, and unscaled integer images give nonsense, so both are refused."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and tf.as_dtype(dtype) != tf.float32:
+        raise TypeError(f"{what} expects float32 input, got {tf.as_dtype(dtype).name}; convert with "
+                        f"tf.cast(x, tf.float32) (integer images also need scaling, e.g. / 255)")
+
+
 class Residual(layers.Layer):
     """The chapter's residual block: ``relu(F(x) + shortcut(x))`` on NHWC input.
 
@@ -158,6 +168,13 @@ class Residual(layers.Layer):
             if spec.shortcut == "conv_bn":
                 self.shortcut_bn = BatchNorm(spec.out_channels, spec.bn)
         self.built = True  # every sublayer is built: Keras need not wait for a first call
+
+    def __call__(self, x, *args, **kwargs):
+        # before Keras' own __call__, which would cast the batch to float32 silently
+        check_input_dtype(x, f"Residual({self.spec.in_channels} -> {self.spec.out_channels})")
+        if None not in tuple(x.shape):
+            shapes.check_block_input_shape(self.spec, x.shape, layout="NHWC")
+        return super().__call__(x, *args, **kwargs)
 
     def _conv(self, name, x):
         return getattr(self, name)(x)
@@ -245,6 +262,10 @@ class ResNet(keras.Model):
         self.head_fc = layers.Dense(spec.num_classes)
         self.head_fc.build((None, spec.features))
         self.built = True
+
+    def __call__(self, x, *args, **kwargs):
+        check_input_dtype(x, self.spec.name)  # before Keras casts it
+        return super().__call__(x, *args, **kwargs)
 
     def _check(self, x):
         shape = tuple(x.shape)

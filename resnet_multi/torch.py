@@ -31,7 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .backend import Backend, Model, TrainingPass, require
-from .shapes import check_input_shape
+from .shapes import check_block_input_shape, check_input_shape
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights
 
@@ -72,6 +72,7 @@ class Residual(nn.Module):
             self.shortcut = nn.Sequential(layers)
 
     def forward(self, x):
+        check_block_tensor(self, x)
         if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
             pre = F.relu(self.bn1(x))
             y = self.conv1(pre)
@@ -138,22 +139,33 @@ class ResNet(nn.Sequential):
             yield f"head.{name}", x
 
 
-def check_input_tensor(net: ResNet, x) -> None:
-    """A batch that fits ``net``: a tensor of the parameters' dtype, on their device,
-    of a shape the spec accepts; else a TypeError or ValueError saying how to convert it
-    (PyTorch's own message names neither the net nor the fix)."""
-    weight = net.stem.conv.weight
+def _check_tensor(x, weight, what: str) -> None:
+    """``x`` is a tensor of ``weight``'s dtype on its device, or a TypeError / ValueError
+    saying how to convert it (PyTorch's own message names neither the layer nor the fix)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}; convert with "
                         f"torch.as_tensor(x, dtype={weight.dtype})")
     if x.dtype != weight.dtype:
-        raise TypeError(f"expected {weight.dtype} input (the net's parameters are {weight.dtype}), got "
-                        f"{x.dtype}; convert with x.to({weight.dtype}), or the net with "
-                        f"net.to({x.dtype}) if you mean to compute in {x.dtype}")
+        raise TypeError(f"expected {weight.dtype} input (the {what}'s parameters are {weight.dtype}), got "
+                        f"{x.dtype}; convert with x.to({weight.dtype}), or the {what} with "
+                        f".to({x.dtype}) if you mean to compute in {x.dtype}")
     if x.device != weight.device:
-        raise ValueError(f"input is on {x.device}, the net on {weight.device}; move it with "
+        raise ValueError(f"input is on {x.device}, the {what} on {weight.device}; move it with "
                          f"x.to('{weight.device}')")
+
+
+def check_input_tensor(net: ResNet, x) -> None:
+    """A batch that fits ``net``: a tensor of the parameters' dtype, on their device,
+    of a shape the spec accepts; else a TypeError or ValueError saying how to convert it."""
+    _check_tensor(x, net.stem.conv.weight, "net")
     check_input_shape(net.spec, x.shape, training=net.training)
+
+
+def check_block_tensor(block: Residual, x) -> None:
+    """The same for one block, called on its own as in the chapter's shape checks (a net
+    checks its input once, at the stem; the blocks' checks are then a few comparisons)."""
+    _check_tensor(x, getattr(block, block.convs[0]).weight, "block")
+    check_block_input_shape(block.spec, x.shape)
 
 
 def check_device(device) -> str:

@@ -395,6 +395,54 @@ def test_torch_module_checks_dtype_device_and_type():
         rt.net("d2l-resnet18", device=missing, **TINY)
 
 
+# 10b. every framework's module checks what its own block and net are given -----------------
+def _native_tensor(name):
+    """(a function NumPy NCHW -> that framework's tensor in its layout, call(module, x))."""
+    if name == "tf":
+        import tensorflow as tf
+        return (lambda a: tf.constant(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a),
+                lambda m, x: m(x, training=False))
+    convert = {"torch": lambda a: __import__("torch").as_tensor(a),
+               "mxnet": lambda a: __import__("mxnet").np.array(a, dtype=a.dtype),
+               "paddle": lambda a: __import__("paddle").to_tensor(a),
+               "mindspore": lambda a: __import__("mindspore").Tensor(a)}[name]
+    return convert, lambda m, x: m(x)
+
+
+@pytest.mark.parametrize("backend, device", [c for c in CLI_CASES if c.id.split("-")[0] != "numpy"])
+def test_framework_module_refuses_wrong_dtype_channels_and_rank(backend, device):
+    """The chapter calls the block on its own (``Residual(3, 3)(X)``): a wrong input gets the
+    block's own message, naming the fix, not the convolution operator's; float64 is refused
+    rather than cast to float32 behind the caller's back (Keras would cast it)."""
+    module = __import__(f"resnet_multi.{backend.name}", fromlist=["Residual"])
+    tensor, call = _native_tensor(backend.name)
+    block, net = module.Residual(3, 3), module.net("d2l-resnet18", **TINY)
+    for m in (block, net):
+        if backend.name == "mxnet" and m is block:
+            m.initialize()
+        if backend.name in ("torch", "paddle"):
+            m.eval()
+        if backend.name == "mindspore":
+            m.set_train(False)
+    rng = np.random.default_rng(0)
+    good = rng.random((2, 3, 6, 6), dtype=np.float32)
+    assert tuple(backend.to_canonical_shape(call(block, tensor(good)).shape)) == good.shape
+    with pytest.raises(TypeError, match=r"float32 input.*got (torch\.)?float64; convert with"):
+        call(block, tensor(good.astype(np.float64)))
+    with pytest.raises(TypeError, match=r"float32 input.*got (torch\.)?float64; convert with"):
+        call(net, tensor(rng.random((2, 1, 16, 16))))
+    with pytest.raises(ValueError, match=r"Residual\(3 -> 3\) expects 3 channel\(s\) on axis \d .* got 5"):
+        call(block, tensor(rng.random((2, 5, 6, 6), dtype=np.float32)))
+    with pytest.raises(ValueError, match=r"Residual\(3 -> 3\) expects a 4-d (NCHW|NHWC) batch"):
+        call(block, tensor(rng.random((3, 6, 6), dtype=np.float32)))
+
+
+def test_numpy_block_names_itself_on_wrong_channels():
+    from resnet_multi import numpy as rn
+    with pytest.raises(ValueError, match=r"Residual\(3 -> 6\) expects 3 channel\(s\) on axis 1 \(NCHW\), got 5"):
+        rn.Residual(3, 6, use_1x1conv=True, strides=2)(np.zeros((2, 5, 6, 6)))
+
+
 # 11. a run directory that cannot be written is found before training -------------------------
 def _count_steps(monkeypatch, backend):
     calls, real = [], backend.sgd_step
