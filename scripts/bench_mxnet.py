@@ -20,47 +20,22 @@ inference at 96x96, batch 64 (``Backend.forward`` against the textbook module's
 """
 from __future__ import annotations
 
-import argparse
-
-import numpy as onp
-
 from resnet_multi.mxnet import BACKEND
-from resnet_multi.spec import get_arch
 from resnet_multi.textbook import mxnet as book
 
-from .side_by_side import compare, table
-
-LR = 0.05
+from .side_by_side import LR, against_textbook, parse_args
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender per round")
-    parser.add_argument("--train-batch", type=int, default=256)
-    parser.add_argument("--infer-batch", type=int, default=64)
-    args = parser.parse_args()
-    rng = onp.random.default_rng(0)
-
-    x = rng.standard_normal((args.train_batch, 1, 32, 32)).astype(onp.float32)
-    y = rng.integers(0, 10, args.train_batch)
-    net = book.net(width=get_arch("d2l-resnet18").width)  # the chapter's 64
-    textbook_step, textbook_predict = book.trainer(net, LR), book.predictor(net)
+    args = parse_args(__doc__.splitlines()[0])
     compiled, eager = BACKEND.build("d2l-resnet18"), BACKEND.build("d2l-resnet18", eager=True)
-    train = compare({
-        "textbook": lambda: textbook_step(x, y),
-        "sgd_step compiled": lambda: BACKEND.sgd_step(compiled, x, y, LR),
-        "sgd_step eager": lambda: BACKEND.sgd_step(eager, x, y, LR),
-    }, args.train_batch, args.rounds, args.steps)
-    table(f"Training, d2l-resnet18, 32x32, batch {args.train_batch}", train)
-
-    x = rng.standard_normal((args.infer_batch, 1, 96, 96)).astype(onp.float32)
-    infer = compare({
-        "textbook": lambda: textbook_predict(x),
-        "forward compiled": lambda: BACKEND.forward(compiled, x),
-        "forward eager": lambda: BACKEND.forward(eager, x),
-    }, args.infer_batch, args.rounds, args.steps)
-    table(f"Inference, d2l-resnet18, 96x96, batch {args.infer_batch}", infer)
+    against_textbook(book, args, {
+        "sgd_step compiled": lambda x, y: BACKEND.sgd_step(compiled, x, y, LR),
+        "sgd_step eager": lambda x, y: BACKEND.sgd_step(eager, x, y, LR),
+    }, {
+        "forward compiled": lambda x: BACKEND.forward(compiled, x),
+        "forward eager": lambda x: BACKEND.forward(eager, x),
+    })
 
 
 if __name__ == "__main__":
