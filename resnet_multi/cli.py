@@ -279,8 +279,10 @@ def cmd_bench(args) -> int:
     device = _device(backend, args.device)
     # By default the preset that suits the device: quick (32x32) on a CPU, the chapter's 96x96 on a GPU.
     preset = PRESETS[args.preset or ("quick" if device == "cpu" else "chapter")]
-    result = bench.run(backend, arch=args.arch, size=args.size or preset["resize"],
-                       batch_size=args.batch_size or preset["batch_size"], steps=args.steps,
+    size, batch_size = args.size or preset["resize"], args.batch_size or preset["batch_size"]
+    spec = get_arch(args.arch, **_overrides(args))
+    _check_memory(backend, spec, (batch_size, spec.in_channels, size, size), args, training=True)
+    result = bench.run(backend, arch=args.arch, size=size, batch_size=batch_size, steps=args.steps,
                        warmup=args.warmup, eager=args.eager, width=args.width, device=device,
                        lr=preset["lr"], seed=args.seed, with_textbook=not args.no_textbook,
                        log=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
@@ -304,17 +306,21 @@ def cmd_trace(args) -> int:
         if args.arch is not None or args.width is not None:
             raise UsageError("--weights records its architecture; drop --arch and --width")
         spec = canonical.read_arch(args.weights)  # validated: a file without one is refused there
+    else:
+        spec = get_arch(args.arch or quick["arch"], **_overrides(args))
+    resize = (quick["resize"] if args.resize is None else args.resize) or None
+    batch_size = args.batch_size or quick["batch_size"]
+    side = resize or 28
+    _check_memory(backend, spec, (batch_size, spec.in_channels, side, side), args, training=True)
+    if args.weights is not None:
         model = backend.build(spec, device=device, eager=args.eager)
         backend.load_weights(model, args.weights)
         start = {"weights": str(args.weights)}
     else:
-        model = backend.build(args.arch or quick["arch"], device=device, seed=args.seed, eager=args.eager,
-                              **_overrides(args))
+        model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
         start = {"init_seed": args.seed}
     subset = args.subset if args.subset is not None else args.data_dir is None
     dataset = _load_data(subset=subset, data_dir=args.data_dir, limit=args.limit)
-    resize = (quick["resize"] if args.resize is None else args.resize) or None
-    batch_size = args.batch_size or quick["batch_size"]
     lr = args.lr or quick["lr"]
     recipe = {"batch_size": batch_size, "resize": resize, "seed": args.seed, "data": dataset.source, **start}
     batches = trace.training_batches(dataset, steps=args.steps, batch_size=batch_size, seed=args.seed,
@@ -439,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     eager(p)
+    max_memory(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("trace", help="record loss, logits, stage outputs, gradient norms and BN statistics "
@@ -468,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "rounding-sized differences alone grow")
     p.add_argument("--out", type=Path, help="trace file (default traces/BACKEND.safetensors)")
     eager(p)
+    max_memory(p)
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser(

@@ -374,6 +374,15 @@ def test_summary_of_a_huge_input_is_refused(capsys):
     assert code == 2 and "needs at least" in err and "--max-memory" in err and one_line(err), err
 
 
+@pytest.mark.parametrize("command", [["bench", "--backend", "numpy", "--size", "50000", "--no-textbook"],
+                                     ["trace", "--backend", "numpy", "--resize", "50000"],
+                                     ["bench", "--backend", "numpy", "--size", "64", "--max-memory", "0.001"]],
+                         ids=["bench", "trace", "bench-limit"])
+def test_bench_and_trace_refuse_what_would_not_fit_before_allocating(capsys, command):
+    code, out, err = run(capsys, *command)
+    assert code == 2 and "needs at least" in err and "--max-memory" in err and one_line(err), err
+
+
 # 10. the torch module checks what it is given ----------------------------------------------
 @pytest.mark.skipif("torch" not in SELECTED, reason="torch is not among the backends under test")
 def test_torch_module_checks_dtype_device_and_type():
