@@ -226,7 +226,7 @@ def test_numpy_reference_checks_its_input():
         np.testing.assert_array_equal(after[name], value, err_msg=name)
     assert np.isfinite(net.eval().forward(np.ones((1, 1, 8, 8)))).all()
     # the chapter's building blocks, used on their own
-    with pytest.raises(ValueError, match=r"Conv2d expects an \(N, 3, H, W\) input"):
+    with pytest.raises(ValueError, match=r"Residual\(3 -> 3\) expects 3 channel\(s\) on axis 1"):
         rn.Residual(3, 3).forward(np.zeros((1, 1, 6, 6)))
     with pytest.raises(ValueError, match="more than one value per channel"):
         rn.BatchNorm2d(4).forward(np.zeros((1, 4, 1, 1)))
