@@ -143,8 +143,8 @@ def test_shards_too_small_for_batchnorm():
     distributed.check_shards(spec, 15, 15, 32, 2)  # 8 and 7
     with pytest.raises(ValueError, match=r"last batch holds 3\) split over 2 processes leaves a shard of 1"):
         distributed.check_shards(spec, 35, 16, 32, 2)
-    with pytest.raises(ValueError, match="split over 8 processes leaves a shard of 1"):
-        distributed.check_shards(spec, 64, 15, 32, 8)
+    with pytest.raises(ValueError, match="a global batch of 15 split over 8 processes leaves a shard of 1"):
+        distributed.check_shards(spec, 120, 15, 32, 8)
 
 
 @pytest.mark.parametrize("argv, message", [
