@@ -177,7 +177,7 @@ def cmd_train(args) -> int:
     resize = settings["resize"] or None  # --resize 0: keep 28x28
     backend = _backend(args.backend)
     group = _process_group(args)  # a data-parallel run's rank; None in one process (or the launcher)
-    device = group.device if group else _device(backend, args.device)
+    device = group.device if group else args.launch or _device(backend, args.device)
     writes = group is None or group.writes  # rank 0 alone reads and writes the run directory, and prints
     out = args.out = Path(args.out or f"runs/{args.backend}-{args.preset}")  # main() reports on it
     state = train.read_checkpoint(out) if writes else None  # fit checks this too; here it fails early
@@ -186,7 +186,7 @@ def cmd_train(args) -> int:
     if not args.resume and state is not None:
         raise train.RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
                              f"to continue it or choose another --out")
-    if default_preset and writes and not args.nproc_launcher:  # once the arguments are checked: the default is the long run
+    if default_preset and writes and not args.launch:  # once the arguments are checked: the default is the long run
         print(f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
               f"10 epochs: for a GPU; --preset quick is the short CPU run)", file=sys.stderr)
     spec = get_arch(settings["arch"], **_overrides(args))
@@ -195,12 +195,11 @@ def cmd_train(args) -> int:
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
     train.check_run(spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None,
                     backend=backend)
-    if args.nproc_launcher or group:
+    if args.launch or group:
         from . import distributed
         distributed.check_shards(spec, len(dataset.train_images), settings["batch_size"], resize,
                                  group.world_size if group else args.nproc)
-    if args.nproc_launcher:  # every check passed: start the processes, each runs this command
-        from . import distributed
+    if args.launch:  # every check passed: start the processes, each runs this command
         try:
             return distributed.launch(args.nproc, args.argv)
         except distributed.WorkerFailed as e:
@@ -238,10 +237,10 @@ _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 def _process_group(args):
     """For a data-parallel run: this rank's place in it, joined (the process group is
-    initialised here); None in one process, and in the process that --nproc makes the
-    launcher (``args.nproc_launcher``)."""
+    initialised here). None in one process, and in the process that --nproc makes the
+    launcher, where ``args.launch`` is then rank 0's device (else None)."""
     launched = all(k in os.environ for k in _LAUNCH_ENV)
-    args.nproc_launcher = False
+    args.launch = None
     if args.nproc is None and not args.sync_bn and not launched:
         return None
     if args.backend != "torch":
@@ -250,8 +249,7 @@ def _process_group(args):
     from . import distributed
     distributed.check_request(args.nproc)
     if not launched:
-        distributed.choose_device(args.device, 0, args.nproc)  # the devices exist, before starting anything
-        args.nproc_launcher = True
+        args.launch = distributed.choose_device(args.device, 0, args.nproc)  # before starting anything
         return None
     return distributed.ProcessGroup(device=args.device, sync_bn=args.sync_bn, timeout=args.dist_timeout)
 

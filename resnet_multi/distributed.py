@@ -88,10 +88,11 @@ def choose_device(device: str | None, local_rank: int, local_world: int) -> str:
     if device != "cuda":
         raise ValueError(f"with several processes each one takes the GPU of its local rank, so --device "
                          f"{device} cannot be shared; pass --device cuda (or cpu)")
+    if gpus == 0:
+        raise ValueError("--device cuda: PyTorch sees no GPU here (a CPU build, or no driver); use --device cpu")
     if local_world > gpus:
         raise ValueError(f"{local_world} processes on this machine need {local_world} GPUs, and it has "
-                         f"{gpus}; use --nproc {gpus}" + (" or --device cpu" if gpus else
-                                                           ", or --device cpu"))
+                         f"{gpus}; use --nproc {gpus}, or --device cpu")
     return f"cuda:{local_rank}"
 
 
@@ -100,6 +101,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     """Start ``nproc`` local processes running ``python -m resnet_multi.cli ARGV``, as
     ``torchrun --standalone --nproc-per-node NPROC`` does (the same parser and elastic
     agent); wait for them. A failed process stops the others: WorkerFailed names it."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
@@ -120,6 +122,8 @@ def launch(nproc: int, argv: list[str]) -> int:
                else f"exited with status {failure.exitcode}")
         raise WorkerFailed(f"process {rank} of {nproc} {how} (its own error is above); the others "
                            f"were stopped", failure.exitcode if failure.exitcode > 0 else 1) from None
+    except SignalException:  # Ctrl-C (or a kill) reached the agent, which stopped the processes
+        raise KeyboardInterrupt from None
     return 0
 
 

@@ -423,7 +423,7 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
     check_run(model.spec, len(dataset.train_images), int(batch_size), resize, backend=backend)
     if out is None or not processes.writes:  # only the writer locks the run directory
-        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=out and Path(out),
+        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=None if out is None else Path(out),
                     resume=resume, progress=progress, plot=plot, meta=meta, processes=processes)
     out = Path(out)
     with _run_directory(out):

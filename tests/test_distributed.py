@@ -161,3 +161,9 @@ def test_cli_refuses(capsys, tmp_path, argv, message):
 def test_cli_refuses_other_backends(capsys, tmp_path):
     code, err = run_cli(capsys, "train", "--backend", "numpy", "--nproc", "2", "--out", str(tmp_path))
     assert code == 2 and "runs on the torch backend only" in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so --device cuda is no mistake")
+def test_cli_refuses_gpus_it_does_not_have(capsys, tmp_path):
+    code, err = run_cli(capsys, *CLI, "--out", str(tmp_path), "--nproc", "2", "--device", "cuda")
+    assert code == 2 and "PyTorch sees no GPU here" in err, err
