@@ -4,6 +4,8 @@
     resnet-multi summary  --backend torch --arch d2l-resnet18 --input 1,1,224,224
     resnet-multi train    --backend torch --preset quick
     resnet-multi train    --backend torch --preset chapter --device cuda:0 --out runs/chapter [--resume]
+    resnet-multi train    --backend torch --preset quick --nproc 2 [--sync-bn]
+    torchrun --nproc-per-node 8 -m resnet_multi.cli train --backend torch --preset chapter [--sync-bn]
     resnet-multi evaluate --backend numpy --weights runs/torch-quick/weights.safetensors
     resnet-multi bench    --backend torch [--size 96 --batch-size 64 --steps 20 --json bench.json]
     resnet-multi trace    --backend torch --steps 10 --out traces/torch.safetensors
@@ -18,6 +20,7 @@ weights, run directory, a diverged loss) exits 1. ``--debug`` shows the tracebac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -180,38 +183,82 @@ def cmd_train(args) -> int:
         settings["subset"] = False  # a data folder means the full data set
     resize = settings["resize"] or None  # --resize 0: keep 28x28
     backend = _backend(args.backend)
-    device = _device(backend, args.device)
+    group = _process_group(args)  # a data-parallel run's rank; None in one process (or the launcher)
+    device = group.device if group else args.launch or _device(backend, args.device)
+    writes = group is None or group.writes  # rank 0 alone reads and writes the run directory, and prints
     out = args.out = Path(args.out or f"runs/{args.backend}-{args.preset}")  # main() reports on it
-    state = train.read_checkpoint(out)  # fit checks this too; here it fails before any work
-    if args.resume and state is None:
+    state = train.read_checkpoint(out) if writes else None  # fit checks this too; here it fails early
+    if args.resume and state is None and writes:
         raise train.RunError(f"nothing to resume: {out / train.CHECKPOINT} does not exist")
     if not args.resume and state is not None:
         raise train.RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
                              f"to continue it or choose another --out")
-    if default_preset:  # once the arguments are checked, before any work: the default is the long run
+    if default_preset and writes and not args.launch:  # once the arguments are checked: the default is the long run
         print(f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
               f"10 epochs: for a GPU; --preset quick is the short CPU run)", file=sys.stderr)
     spec = get_arch(settings["arch"], **_overrides(args))
     side = resize or 28
     _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
-    model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
-    train.check_run(model.spec, len(dataset.train_images), settings["batch_size"], resize, out, backend=backend)
-    print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
+    train.check_run(spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None,
+                    backend=backend)
+    if args.launch or group:
+        from . import distributed
+        distributed.check_shards(spec, len(dataset.train_images), settings["batch_size"], resize,
+                                 group.world_size if group else args.nproc)
+    if args.launch:  # every check passed: start the processes, each runs this command
+        try:
+            return distributed.launch(args.nproc, args.argv)
+        except distributed.WorkerFailed as e:
+            print(f"{PROG}: error: {e}; {_standing(out)}", file=sys.stderr)
+            return e.exitcode
+    if group:
+        backend = group.backend()
+    model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
+    if writes:
+        print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
           f"{backend.framework_version()} ({device}): "
           f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
           f"{resize or 28}x{resize or 28}, {settings['epochs']} epochs, lr {settings['lr']}, "
-          f"batch {settings['batch_size']}, seed {args.seed}; writing {out}", file=sys.stderr)
+          f"batch {settings['batch_size']}, seed {args.seed}; writing {out}"
+          + (f"; {group.describe(device)}" if group else ""), file=sys.stderr)
     meta = {"preset": args.preset, "subset": settings["subset"],
             "data_dir": None if args.data_dir is None else str(args.data_dir), "limit": args.limit,
-            "source": dataset.source}
+            "source": dataset.source, **({"parallel": group.meta()} if group else {})}
     history = train.fit(backend, model, dataset, epochs=settings["epochs"], lr=settings["lr"],
                         batch_size=settings["batch_size"], resize=resize, seed=args.seed, out=out,
-                        resume=args.resume, progress=not args.no_progress, meta=meta)
-    print(history.summary(device))
-    print(f"history {out / train.HISTORY}, plot {out / train.PLOT}, weights {out / train.FINAL_WEIGHTS}",
-          file=sys.stderr)
+                        resume=args.resume, progress=writes and not args.no_progress, meta=meta,
+                        **({"processes": group} if group else {}))
+    if group:
+        group.finish()
+    if writes:
+        print(history.summary(group.describe(device) if group else device))
+        print(f"history {out / train.HISTORY}, plot {out / train.PLOT}, weights {out / train.FINAL_WEIGHTS}",
+              file=sys.stderr)
     return 0
+
+
+# What torchrun sets in each process it starts (resnet_multi.distributed.LAUNCH_ENV).
+_LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def _process_group(args):
+    """For a data-parallel run: this rank's place in it, joined (the process group is
+    initialised here). None in one process, and in the process that --nproc makes the
+    launcher, where ``args.launch`` is then rank 0's device (else None)."""
+    launched = all(k in os.environ for k in _LAUNCH_ENV)
+    args.launch = None
+    if args.nproc is None and not args.sync_bn and not launched:
+        return None
+    if args.backend != "torch":
+        raise UsageError(f"data-parallel training (--nproc, --sync-bn, torchrun) runs on the torch backend "
+                         f"only (DistributedDataParallel), not {args.backend}; use --backend torch")
+    from . import distributed
+    distributed.check_request(args.nproc)
+    if not launched:
+        args.launch = distributed.choose_device(args.device, 0, args.nproc)  # before starting anything
+        return None
+    return distributed.ProcessGroup(device=args.device, sync_bn=args.sync_bn, timeout=args.dist_timeout)
 
 
 def _run_beside(weights_path: Path) -> dict:
@@ -412,6 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default runs/BACKEND-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=_positive_int, metavar="N",
+                   help="data-parallel training (torch): start N local processes, one per GPU (NCCL) or "
+                        "on the CPU (Gloo), each training on its shard of every global batch; --batch-size "
+                        "and --lr keep their one-process meaning. For several machines, start the command "
+                        "with torchrun instead (see the README)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with several processes: BatchNorm statistics over the global batch "
+                        "(SyncBatchNorm), so the run is the one-process run; without it each process "
+                        "normalises over its own shard, as the textbook's multi-GPU code does")
+    p.add_argument("--dist-timeout", type=_positive_float, default=300, metavar="SECONDS",
+                   help="with several processes: how long one waits for the others before it gives up "
+                        "with an error (default 300)")
     eager(p)
     max_memory(p)
     p.set_defaults(func=cmd_train)
@@ -506,6 +565,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _standing(out: Path) -> str:
+    """Where a stopped run stands: the checkpoint to resume from, or none."""
+    from . import train
+
+    try:
+        state = train.read_checkpoint(out)
+    except train.RunError as e:
+        return str(e)
+    if state is None:
+        return f"no epoch had finished, so {out} holds no checkpoint"
+    return f"{out} holds the checkpoint of epoch {state['epoch']}: the same command with --resume continues from there"
+
+
 def _interrupted(args) -> str:
     """What Ctrl-C leaves behind, truthfully: the checkpoint to resume from, or nothing."""
     from . import train
@@ -537,6 +609,7 @@ def main(argv=None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        args.argv = (["--debug"] if debug else []) + argv  # what --nproc's processes run
         return args.func(args)
     except UsageError as e:
         if debug:

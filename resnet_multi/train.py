@@ -388,15 +388,30 @@ def _link_final(out: Path, weights_file: str) -> None:
 
 
 # ---- the loop ------------------------------------------------------------------------
+class OneProcess:
+    """How :func:`fit` runs by default: this process reads and writes the run directory.
+    A data-parallel run passes :class:`resnet_multi.distributed.ProcessGroup` instead,
+    where only rank 0 does, and shares what it read with the other ranks."""
+
+    writes = True
+
+    @staticmethod
+    def share(make):
+        """``make()``'s result, as rank 0 computed it (here: this process)."""
+        return make()
+
+
 def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: float = 0.05,
         batch_size: int = 256, resize: int | None = None, seed: int = 0, out=None,
-        resume: bool = False, progress: bool = False, plot: bool = True, meta: dict | None = None) -> History:
+        resume: bool = False, progress: bool = False, plot: bool = True, meta: dict | None = None,
+        processes=OneProcess) -> History:
     """Train ``model`` for ``epochs`` epochs (d2l's ``train_ch6``), evaluating after each.
 
     With ``out``, a checkpoint is written after every epoch and ``resume=True``
     continues from the last complete one: the same settings give the same final
     weights and metrics, bit for bit, as an uninterrupted run (timings aside).
     ``meta`` (e.g. where the data came from) is recorded in the checkpoint as is.
+    ``processes`` is the data-parallel run this process is part of (see :class:`OneProcess`).
     """
     for what, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -407,29 +422,33 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
         raise ValueError("resume needs the run directory (out) to resume from")
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
     check_run(model.spec, len(dataset.train_images), int(batch_size), resize, backend=backend)
-    if out is None:
-        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=None, resume=False,
-                    progress=progress, plot=plot, meta=meta)
+    if out is None or not processes.writes:  # only the writer locks the run directory
+        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=None if out is None else Path(out),
+                    resume=resume, progress=progress, plot=plot, meta=meta, processes=processes)
     out = Path(out)
     with _run_directory(out):
         return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=out, resume=resume,
-                    progress=progress, plot=plot, meta=meta)
+                    progress=progress, plot=plot, meta=meta, processes=processes)
 
 
 # A diverging run is reported once (TrainingDiverged), not as NumPy warnings from every op.
 @np.errstate(over="ignore", invalid="ignore")
-def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot, meta) -> History:
+def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot, meta, processes) -> History:
     lr, batch_size, resize, seed = recipe["lr"], recipe["batch_size"], recipe["resize"], recipe["seed"]
     spec_dict = json.loads(json.dumps(dataclasses.asdict(model.spec)))  # tuples -> lists, as stored
     data_print = _fingerprint(dataset)
     history, start, steps, weights_file = History(), 0, 0, None
     if out is not None:
+        def opening():
+            if resume:
+                return _resume(backend, model, out, recipe, spec_dict, data_print, epochs)
+            if (out / CHECKPOINT).exists():
+                raise RunError(f"{out} already holds a run (at epoch {read_checkpoint(out)['epoch']}); "
+                               f"resume it or choose another output directory")
+            return start, steps, history
+        start, steps, history = processes.share(opening)
         if resume:
-            start, steps, history = _resume(backend, model, out, recipe, spec_dict, data_print, epochs)
             weights_file = f"epoch-{start:03d}.safetensors"
-        elif (out / CHECKPOINT).exists():
-            raise RunError(f"{out} already holds a run (at epoch {read_checkpoint(out)['epoch']}); "
-                           f"resume it or choose another output directory")
     per_epoch = num_batches(len(dataset.train_images), batch_size)
     # d2l's Animator adds a point five times an epoch and at its end.
     mark = {per_epoch - 1} | {i for i in range(per_epoch) if (i + 1) % max(per_epoch // 5, 1) == 0}
@@ -464,7 +483,9 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
                 getattr(history, key).append(value)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", train_acc=f"{correct / seen:.3f}",
                             test_acc=f"{test_acc:.3f}")
-            if out is not None:
+            if out is not None and not processes.writes:
+                weights_file = f"epoch-{epoch + 1:03d}.safetensors"  # as the writer names it
+            elif out is not None:
                 weights_file = _checkpoint(backend, model, out, epoch=epoch + 1, steps=steps, recipe=recipe,
                                            spec_dict=spec_dict, data_print=data_print, history=history,
                                            previous=weights_file, meta=meta or {})
@@ -476,6 +497,6 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
                               title=f"{model.spec.name} on {backend.name} ({model.device})")
     finally:
         bar.close()
-    if out is not None and weights_file is not None:
+    if out is not None and weights_file is not None and processes.writes:
         _link_final(out, weights_file)
     return history
