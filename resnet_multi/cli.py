@@ -188,19 +188,22 @@ def cmd_train(args) -> int:
     side = resize or 28
     _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
     model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
+    training = dict(precision=args.precision, channels_last=args.channels_last)
+    backend.configure_training(model, **training)  # fit sets them again; here they fail before any work
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
     train.check_run(model.spec, len(dataset.train_images), settings["batch_size"], resize, out, backend=backend)
     print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
           f"{backend.framework_version()} ({device}): "
           f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
           f"{resize or 28}x{resize or 28}, {settings['epochs']} epochs, lr {settings['lr']}, "
-          f"batch {settings['batch_size']}, seed {args.seed}; writing {out}", file=sys.stderr)
+          f"batch {settings['batch_size']}, seed {args.seed}"
+          f"{'' if args.precision == 'float32' else ', precision ' + args.precision}; writing {out}", file=sys.stderr)
     meta = {"preset": args.preset, "subset": settings["subset"],
             "data_dir": None if args.data_dir is None else str(args.data_dir), "limit": args.limit,
             "source": dataset.source}
     history = train.fit(backend, model, dataset, epochs=settings["epochs"], lr=settings["lr"],
                         batch_size=settings["batch_size"], resize=resize, seed=args.seed, out=out,
-                        resume=args.resume, progress=not args.no_progress, meta=meta)
+                        resume=args.resume, progress=not args.no_progress, meta=meta, **training)
     print(history.summary(device))
     print(f"history {out / train.HISTORY}, plot {out / train.PLOT}, weights {out / train.FINAL_WEIGHTS}",
           file=sys.stderr)
@@ -399,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default runs/BACKEND-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="bf16: mixed precision (autocast to bfloat16, float32 weights), torch only")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format for the convolutions, torch only (default: on for CUDA)")
     eager(p)
     max_memory(p)
     p.set_defaults(func=cmd_train)

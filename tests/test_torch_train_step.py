@@ -279,3 +279,28 @@ def test_other_backends_refuse_the_torch_options():
     with pytest.raises(ValueError, match=r"--channels-last .* only with --backend torch"):
         numpy.configure_training(model, channels_last=True)
     numpy.configure_training(model, channels_last=False)  # asking for the default is fine
+
+
+# ---- the command line -------------------------------------------------------------------------
+CLI_TINY = ["--preset", "quick", "--width", "4", "--resize", "32", "--limit", "32", "--batch-size", "16",
+            "--epochs", "1", "--no-progress"]
+
+
+def test_cli_trains_in_bf16_channels_last(tmp_path, capsys):
+    from resnet_multi.cli import main
+
+    code = main(["train", "--backend", "torch", "--device", "cpu", *CLI_TINY, "--precision", "bf16",
+                 "--channels-last", "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("loss "), err
+    assert "precision bf16" in err
+    assert train.read_checkpoint(tmp_path / "run")["recipe"]["precision"] == "bf16"
+
+
+def test_cli_refuses_bf16_elsewhere_before_any_work(tmp_path, capsys):
+    from resnet_multi.cli import main
+
+    code = main(["train", "--backend", "numpy", *CLI_TINY, "--precision", "bf16", "--out", str(tmp_path / "run")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "precision 'bf16' is not available with numpy" in err and "--backend torch" in err, err
+    assert "training " not in err and not (tmp_path / "run").exists()
