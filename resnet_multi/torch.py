@@ -272,6 +272,7 @@ class TorchBackend(Backend):
         x, y = batch
         if isinstance(x, np.ndarray):  # host batches: checked as sgd_step checks them
             check_input_array(model.spec, x, training=True)
+            self._check_training_batch(x)
             x, y = self._tensor(model, x), self._tensor(model, self._check_labels(model, x, y))
         if _options(model)["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -461,18 +461,16 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
                 reading = metrics.read() if i in mark or not metrics.deferred else None
                 seconds += time.perf_counter() - tic
                 steps += 1
-                if reading is None:
-                    bar.update()
-                    continue
-                if reading.diverged:
-                    bad_step, bad_loss = reading.diverged
-                    late = f"; seen at the read after step {i + 1}" if bad_step != i + 1 else ""
-                    raise TrainingDiverged(f"training diverged: the loss became {bad_loss} at epoch "
-                                           f"{epoch + 1}, step {bad_step} (lr {lr}{late}); "
-                                           f"{_kept(out, weights_file)}")
-                loss_sum, correct, seen = reading.loss_sum, reading.correct, reading.seen
-                if i in mark:
-                    history.curve.append([epoch + (i + 1) / per_epoch, loss_sum / seen, correct / seen])
+                if reading is not None:
+                    if reading.diverged:
+                        bad_step, bad_loss = reading.diverged
+                        late = f"; seen at the read after step {i + 1}" if bad_step != i + 1 else ""
+                        raise TrainingDiverged(f"training diverged: the loss became {bad_loss} at epoch "
+                                               f"{epoch + 1}, step {bad_step} (lr {lr}{late}); "
+                                               f"{_kept(out, weights_file)}")
+                    loss_sum, correct, seen = reading.loss_sum, reading.correct, reading.seen
+                    if i in mark:
+                        history.curve.append([epoch + (i + 1) / per_epoch, loss_sum / seen, correct / seen])
                 bar.update()
             test_acc = evaluate_accuracy(backend, model, dataset.test_images, dataset.test_labels,
                                          batch_size=batch_size, resize=resize)
