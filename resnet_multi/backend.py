@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import shapes, weights as canonical
+from . import data, shapes, weights as canonical
 from .spec import ArchSpec, get_arch
 
 # backend name -> (module, pip extra that installs its framework)
@@ -62,6 +62,46 @@ class TrainingPass:
     grads: dict[str, np.ndarray]  # canonical names and layouts
 
 
+class StepMetrics:
+    """One epoch's running training metrics, summed over :meth:`Backend.train_step` calls:
+    loss x images, correct predictions, images, and the first step whose loss was not
+    finite. This one sums on the host, from each step's (float loss, NumPy logits); a
+    backend that keeps them on its device subclasses it, so that nothing waits for the
+    device until :meth:`read`."""
+
+    # Whether read() has to wait for a device: the loop then reads only at its progress
+    # marks; otherwise it reads (for nothing) after every step, so it stops at a bad one.
+    deferred = False
+
+    def __init__(self):
+        self.seen = 0  # images: known on the host from the batch shapes, so never deferred
+        self.steps = 0
+        self._loss_sum, self._correct, self._bad = 0.0, 0, None
+
+    def add(self, loss: float, logits: np.ndarray, y: np.ndarray) -> None:
+        self.steps += 1
+        self.seen += len(y)
+        if self._bad is None and not np.isfinite(loss):
+            self._bad = (self.steps, float(loss))
+        self._loss_sum += float(loss) * len(y)
+        self._correct += int((logits.argmax(axis=1) == y).sum())
+
+    def read(self) -> "MetricsReading":
+        return MetricsReading(self._loss_sum, self._correct, self.seen, self.steps, self._bad)
+
+
+@dataclass(frozen=True)
+class MetricsReading:
+    """What :meth:`StepMetrics.read` gives: sums so far, and ``diverged`` = (step within
+    the epoch, 1-based, loss) of the first non-finite loss, or None."""
+
+    loss_sum: float
+    correct: int
+    seen: int
+    steps: int
+    diverged: tuple[int, float] | None
+
+
 class Backend:
     name: str = ""
     native_layout: str = "NCHW"
@@ -72,6 +112,8 @@ class Backend:
     # one image (BatchNorm's own limit, one value per channel, is checked from the spec).
     min_training_batch: int = 1
     min_training_batch_why: str = ""
+    # Training precisions fit(precision=...) accepts; "float32" is the parity suite's.
+    precisions: tuple[str, ...] = ("float32",)
 
     # -- what each framework implements ------------------------------------------
     def framework_version(self) -> str:
@@ -176,6 +218,42 @@ class Backend:
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {lr!r}")
         return self._sgd_step(model, x, self._check_labels(model, x, y), float(lr))
+
+    # -- the training loop's step (train.fit); defaults are sgd_step on host batches ---
+    def configure_training(self, model: Model, *, precision: str = "float32", channels_last: bool | None = None,
+                           device_batches: bool | None = None) -> None:
+        """Options for :meth:`train_step` on ``model`` (train.fit sets them): ``precision``
+        (one of :attr:`precisions`), ``channels_last`` and ``device_batches`` (None: the
+        backend's choice for the device). Only the torch backend has the last two."""
+        if precision not in self.precisions:
+            raise ValueError(f"precision {precision!r} is not available with {self.name}, which trains in "
+                             f"{' or '.join(self.precisions)}; mixed precision (--precision bf16) is "
+                             f"available with --backend torch")
+        if channels_last:
+            raise ValueError(f"--channels-last (a PyTorch memory format) is available only with --backend "
+                             f"torch; {self.name} lays its tensors out itself")
+        if device_batches:
+            raise ValueError(f"batches built on the device are available only with --backend torch; "
+                             f"{self.name} takes NumPy batches")
+        model.cache["training"] = {"precision": precision, "channels_last": False, "device_batches": False}
+
+    def training_batches(self, model: Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                         resize: int | None):
+        """A function (seed, epoch) -> that epoch's shuffled batches, in the form
+        :meth:`train_step` takes; here NumPy (x, y) from :func:`resnet_multi.data.iterate_batches`."""
+        return lambda seed, epoch: data.iterate_batches(images, labels, batch_size, shuffle=True, seed=seed,
+                                                        epoch=epoch, resize=resize)
+
+    def new_metrics(self, model: Model) -> StepMetrics:
+        """An empty accumulator for one epoch of :meth:`train_step` calls."""
+        return StepMetrics()
+
+    def train_step(self, model: Model, batch, lr: float, metrics: StepMetrics) -> None:
+        """The training loop's step: :meth:`sgd_step` on a batch from
+        :meth:`training_batches`, its loss and accuracy added to ``metrics``."""
+        x, y = batch
+        loss, logits = self.sgd_step(model, x, y, lr)
+        metrics.add(loss, logits, y)
 
     def layer_shapes(self, model: Model, input_shape) -> list[shapes.LayerShape]:
         """The per-layer shape table, measured by running the framework's layers on a

@@ -199,6 +199,10 @@ def cmd_train(args) -> int:
     spec = get_arch(settings["arch"], **_overrides(args))
     side = resize or 28
     _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
+    training = dict(precision=args.precision, channels_last=args.channels_last)
+    if (args.launch or group) and (args.precision != "float32" or args.channels_last):
+        raise UsageError("--precision bf16 and --channels-last are for one process so far; "
+                         "drop them with --nproc or torchrun")
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
     train.check_run(spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None,
                     backend=backend)
@@ -215,12 +219,14 @@ def cmd_train(args) -> int:
     if group:
         backend = group.backend()
     model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
+    backend.configure_training(model, **training)  # fit sets them again; here they fail before any work
     if writes:
         print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
           f"{backend.framework_version()} ({device}): "
           f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
           f"{resize or 28}x{resize or 28}, {settings['epochs']} epochs, lr {settings['lr']}, "
-          f"batch {settings['batch_size']}, seed {args.seed}; writing {out}"
+          f"batch {settings['batch_size']}, seed {args.seed}"
+          f"{'' if args.precision == 'float32' else ', precision ' + args.precision}; writing {out}"
           + (f"; {group.describe(device)}" if group else ""), file=sys.stderr)
     meta = {"preset": args.preset, "subset": settings["subset"],
             "data_dir": None if args.data_dir is None else str(args.data_dir), "limit": args.limit,
@@ -228,7 +234,7 @@ def cmd_train(args) -> int:
     history = train.fit(backend, model, dataset, epochs=settings["epochs"], lr=settings["lr"],
                         batch_size=settings["batch_size"], resize=resize, seed=args.seed, out=out,
                         resume=args.resume, progress=writes and not args.no_progress, meta=meta,
-                        **({"processes": group} if group else {}))
+                        **training, **({"processes": group} if group else {}))
     if group:
         group.finish()
     if writes:
@@ -471,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dist-timeout", type=_positive_float, default=300, metavar="SECONDS",
                    help="with several processes: how long one waits for the others before it gives up "
                         "with an error (default 300)")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="bf16: mixed precision (autocast to bfloat16, float32 weights), torch only")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format for the convolutions, torch only (default: on for CUDA)")
     eager(p)
     max_memory(p)
     p.set_defaults(func=cmd_train)

@@ -48,7 +48,9 @@ __all__ = [
     "read_idx_images",
     "read_idx_labels",
     "resize_bilinear",
+    "resize_matrices",
     "iterate_batches",
+    "batch_order",
     "num_batches",
     "preprocessing",
 ]
@@ -440,10 +442,14 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3:
         raise ValueError(f"images must have shape (N, H, W), got {images.shape}")
-    _, height, width = images.shape
-    rows = _interp_matrix(height, int(size))
-    cols = _interp_matrix(width, int(size))
+    rows, cols = resize_matrices(*images.shape[1:], int(size))
     return np.ascontiguousarray(rows @ images @ cols.T, dtype=np.float32)
+
+
+def resize_matrices(height: int, width: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols): :func:`resize_bilinear` is ``rows @ image @ cols.T``, float32 (read-only,
+    shared); a backend that resizes on its device uses the same two matrices."""
+    return _interp_matrix(int(height), int(size)), _interp_matrix(int(width), int(size))
 
 
 def _check_batch_size(batch_size) -> None:
@@ -479,12 +485,17 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, 
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer))
                                or resize <= 0):
         raise ValueError(f"resize must be None or a positive integer, got {resize!r}")
+    return _batches(images, labels, batch_order(len(images), shuffle=shuffle, seed=seed, epoch=epoch),
+                    int(batch_size), resize)
+
+
+def batch_order(n: int, *, shuffle: bool, seed: int | None = None, epoch: int = 0) -> np.ndarray:
+    """The order :func:`iterate_batches` visits ``n`` images in (a backend that builds
+    batches on its device takes the same order from here)."""
     if shuffle:
         entropy = None if seed is None else [int(seed), int(epoch)]
-        order = np.random.default_rng(entropy).permutation(len(images))
-    else:
-        order = np.arange(len(images))
-    return _batches(images, labels, order, int(batch_size), resize)
+        return np.random.default_rng(entropy).permutation(n)
+    return np.arange(n)
 
 
 # What _batches does to a pixel: x = (pixel * scale - mean) / std, after resizing.

@@ -38,6 +38,7 @@ from datetime import timedelta
 
 import numpy as np
 
+from .backend import Backend
 from .torch import F, TorchBackend, nn, torch
 from .train import RunError
 
@@ -336,8 +337,23 @@ class DataParallelTorch(TorchBackend):
     loop's metrics are the global ones on every rank. The checkpoint's backend is
     ``torch``, so a run can be resumed on one process, or on another number of them."""
 
+    precisions = ("float32",)
+
     def __init__(self, group: ProcessGroup):
         self.group = group
+
+    # The loop's step is the seam's default, sgd_step on the global NumPy batch, whose
+    # loss and logits (below) are the global ones: not the one-process torch step, with
+    # its batches and metrics on the device.
+    def configure_training(self, model, *, precision="float32", channels_last=None, device_batches=None):
+        if precision != "float32" or channels_last or device_batches:
+            raise ValueError("--precision bf16, --channels-last and device batches are for one process so "
+                             "far; a data-parallel run trains in float32 on NumPy batches")
+        Backend.configure_training(self, model)
+
+    training_batches = Backend.training_batches
+    new_metrics = Backend.new_metrics
+    train_step = Backend.train_step
 
     def _build(self, spec, device):
         module = super()._build(spec, device)

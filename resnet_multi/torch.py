@@ -23,15 +23,36 @@ then ran at a median 8.8 s against 12.5 s eager (1.42x), saving about 3.7 s a st
 from the second run on a machine, and only as long as the load slows the steps more
 than the compiler.
 ``scripts/torch_compile_payback.py`` repeats the measurement.
+
+The training loop's step (``TorchBackend.train_step``, what ``train.fit`` runs) is
+written for a GPU; only its CPU path has been run so far:
+
+* no host synchronisation a step: loss x images, correct predictions and the first
+  non-finite loss are summed in device tensors (:class:`DeviceMetrics`) and read once
+  per progress mark (five an epoch) and at the epoch's end;
+* on CUDA (``device_batches``), the uint8 images are copied to the device once, from
+  pinned memory, and every batch is gathered, scaled and resized there
+  (:func:`resize_bilinear`: the host pipeline's two matrices, so the same batches to
+  float32 rounding); on the CPU the host pipeline's batches, bit-identical to every
+  other backend's;
+* channels-last (NHWC in memory) on CUDA, where cuDNN's convolutions, bfloat16 ones
+  most of all, run in it without transposing; contiguous NCHW on the CPU, the layout
+  the parity suite measures;
+* ``precision="bf16"``: the step's forward pass under ``torch.autocast`` in bfloat16
+  (weights, gradients and the SGD update stay float32; bfloat16 has float32's range,
+  so no loss scaling). The parity suite runs ``sgd_step``, always float32.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections import OrderedDict
 
 import numpy as np
 
-from .backend import Backend, Model, TrainingPass, require
-from .shapes import check_block_input_shape, check_input_shape
+from . import data
+from .backend import Backend, MetricsReading, Model, StepMetrics, TrainingPass, require
+from .shapes import check_block_input_shape, check_input_array, check_input_shape
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights
 
@@ -232,8 +253,50 @@ class TorchBackend(Backend):
 
     def _forward(self, model, x, training):
         model.module.train(training)
-        with torch.no_grad():
-            return model.module(self._tensor(model, x)).cpu().numpy()
+        with torch.no_grad(), _autocast(model):
+            return model.module(self._tensor(model, x)).float().cpu().numpy()
+
+    # -- the training loop's step -------------------------------------------------------
+    precisions = ("float32", "bf16")
+
+    def configure_training(self, model, *, precision="float32", channels_last=None, device_batches=None):
+        if precision not in self.precisions:
+            raise ValueError(f"precision {precision!r} is not available with torch: choose float32 or "
+                             f"bf16 (mixed precision: autocast to bfloat16, float32 weights)")
+        cuda = torch.device(model.device).type == "cuda"
+        options = {"precision": precision,
+                   "channels_last": cuda if channels_last is None else bool(channels_last),
+                   "device_batches": cuda if device_batches is None else bool(device_batches)}
+        model.module.to(memory_format=torch.channels_last if options["channels_last"] else torch.contiguous_format)
+        model.cache["training"] = options
+
+    def training_batches(self, model, images, labels, *, batch_size, resize):
+        if not _options(model)["device_batches"]:
+            return super().training_batches(model, images, labels, batch_size=batch_size, resize=resize)
+        data.iterate_batches(images, labels, batch_size, shuffle=False, resize=resize)  # its checks, at once
+        return DeviceBatches(images, self._check_labels(model, images, labels), batch_size=batch_size,
+                             resize=resize, device=model.device)
+
+    def new_metrics(self, model):
+        return DeviceMetrics(model.device)
+
+    def train_step(self, model, batch, lr, metrics):
+        x, y = batch
+        if isinstance(x, np.ndarray):  # host batches: checked as sgd_step checks them
+            check_input_array(model.spec, x, training=True)
+            self._check_training_batch(x)
+            x, y = self._tensor(model, x), self._tensor(model, self._check_labels(model, x, y))
+        if _options(model)["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        module = model.module.train(True)
+        optimizer = self._optimizer(model, lr)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(model):
+            logits = module(x)
+            loss = F.cross_entropy(logits, y)  # autocast computes it in float32
+        loss.backward()
+        optimizer.step()
+        metrics.add(loss.detach(), logits.detach(), y)
 
     def _loss_and_grads(self, model, x, y):
         module = model.module.train(True)
@@ -244,11 +307,16 @@ class TorchBackend(Backend):
         grads = {k: p.grad.detach().cpu().numpy() for k, p in module.named_parameters()}
         return TrainingPass(loss.item(), logits.detach().cpu().numpy(), grads)
 
-    def _sgd_step(self, model, x, y, lr):
-        module = model.module.train(True)
+    @staticmethod
+    def _optimizer(model, lr):
         optimizer = model.cache.get("sgd")
         if optimizer is None or optimizer.param_groups[0]["lr"] != lr:
-            optimizer = model.cache["sgd"] = torch.optim.SGD(module.parameters(), lr=lr)
+            optimizer = model.cache["sgd"] = torch.optim.SGD(model.module.parameters(), lr=lr)
+        return optimizer
+
+    def _sgd_step(self, model, x, y, lr):
+        module = model.module.train(True)
+        optimizer = self._optimizer(model, lr)
         optimizer.zero_grad(set_to_none=True)
         logits = module(self._tensor(model, x))
         loss = F.cross_entropy(logits, self._tensor(model, y))
@@ -269,6 +337,92 @@ class TorchBackend(Backend):
         model.module.train(training)
         with torch.no_grad():
             return [(name, out.cpu().numpy()) for name, out in model.module.named_outputs(self._tensor(model, x))]
+
+
+def _options(model: Model) -> dict:
+    return model.cache.get("training") or {"precision": "float32", "channels_last": False, "device_batches": False}
+
+
+def _autocast(model: Model):
+    if _options(model)["precision"] == "bf16":
+        return torch.autocast(device_type=torch.device(model.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class DeviceMetrics(StepMetrics):
+    """:class:`resnet_multi.backend.StepMetrics` summed in tensors on the model's device:
+    ``add`` only queues work, ``read`` waits for it (one copy to the host). The loss
+    is summed in float64 as loss x images, in step order, as the host version sums
+    Python floats, so the two give the same figures bit for bit."""
+
+    deferred = True
+
+    def __init__(self, device):
+        super().__init__()
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._correct = torch.zeros((), dtype=torch.int64, device=device)
+        self._bad_step = torch.full((), -1.0, dtype=torch.float64, device=device)  # -1: none yet
+        self._bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, loss, logits, y):
+        self.steps += 1
+        self.seen += len(y)
+        loss = loss.double()
+        first = ~torch.isfinite(loss) & (self._bad_step < 0)
+        self._bad_step = torch.where(first, float(self.steps), self._bad_step)
+        self._bad_loss = torch.where(first, loss, self._bad_loss)
+        self._loss_sum += loss * len(y)
+        self._correct += (logits.argmax(dim=1) == y).sum()
+
+    def read(self):
+        loss_sum, correct, bad_step, bad_loss = torch.stack(
+            [self._loss_sum, self._correct.double(), self._bad_step, self._bad_loss]).tolist()
+        return MetricsReading(loss_sum, int(correct), self.seen, self.steps,
+                              None if bad_step < 0 else (int(bad_step), bad_loss))
+
+
+@functools.lru_cache(maxsize=16)
+def _resize_matrices(height: int, width: int, size: int, device: str):
+    rows, cols = data.resize_matrices(height, width, size)
+    return torch.tensor(rows, device=device), torch.tensor(cols.T, device=device)
+
+
+def resize_bilinear(x, size: int):
+    """(N, H, W) float32 tensor -> (N, size, size) on its own device: ``rows @ x @ cols.T``
+    with :func:`resnet_multi.data.resize_bilinear`'s matrices, so the two agree to float32
+    rounding (each output sums two nonzero terms per matmul; only FMA and the order of
+    the two can differ)."""
+    rows, cols_t = _resize_matrices(x.shape[1], x.shape[2], int(size), str(x.device))
+    return rows @ x @ cols_t
+
+
+class DeviceBatches:
+    """``(seed, epoch) ->`` the batches :func:`resnet_multi.data.iterate_batches` gives
+    (the same order, pixel / 255, the same resize), built on ``device``: the uint8 images
+    and labels are copied there once, each epoch's order once (from pinned memory,
+    asynchronously, on CUDA), and every batch is gathered, scaled and resized there."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, resize: int | None,
+                 device: str):
+        self.pinned = torch.device(device).type == "cuda"
+        self.device, self.batch_size, self.resize = device, int(batch_size), resize
+        self.images = self._upload(np.ascontiguousarray(images, dtype=np.uint8))
+        self.labels = self._upload(np.ascontiguousarray(labels, dtype=np.int64))
+
+    def _upload(self, array: np.ndarray):
+        host = torch.from_numpy(array)
+        if self.pinned:
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=self.pinned)
+
+    def __call__(self, seed, epoch):
+        order = self._upload(data.batch_order(len(self.labels), shuffle=True, seed=seed, epoch=epoch))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.images[idx].to(torch.float32) / float(np.float32(1 / data.SCALE))
+            if self.resize is not None:
+                x = resize_bilinear(x, self.resize)
+            yield x[:, None], self.labels[idx]
 
 
 BACKEND = TorchBackend()

@@ -1,10 +1,12 @@
 """The chapter's experiment, shared by every backend: train, evaluate, checkpoint, plot.
 
 This is d2l's ``train_ch6`` once, for all frameworks. Everything framework-specific
-sits behind the backend seam: ``Backend.sgd_step`` (one SGD step in the framework's
-own idiom) and ``Backend.forward`` (evaluation); batches come from
+sits behind the backend seam: ``Backend.train_step`` (one SGD step in the framework's
+own idiom, ``sgd_step`` by default) and ``Backend.forward`` (evaluation); batches come from
 :mod:`resnet_multi.data` as NumPy arrays, so the same seed gives every backend
-bit-identical batches and, through the spec's initial weights, the same start.
+bit-identical batches and, through the spec's initial weights, the same start. (On CUDA
+the torch backend builds the same batches on the device and keeps the epoch's metrics
+there, read at the progress marks: see ``resnet_multi.torch``.)
 
     from resnet_multi import data, train
     from resnet_multi.backend import load_backend
@@ -231,8 +233,8 @@ def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print
                        f"resume with --backend {state['backend']}, or train on {backend.name} in another --out")
     recorded = {**state["recipe"], "spec": state["spec"], "data": state["data"]}
     wanted = {**recipe, "spec": spec_dict, "data": data_print}
-    diff = [f"{k}: checkpoint has {recorded.get(k)!r}, this run {wanted[k]!r}"
-            for k in wanted if recorded.get(k) != wanted[k]]
+    diff = [f"{k}: checkpoint has {recorded.get(k)!r}, this run {wanted.get(k)!r}"
+            for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k)]
     if diff:
         raise RunError(f"cannot resume {out}: it was started with different settings ("
                        + "; ".join(diff) + "); pass the same settings or choose another --out")
@@ -404,13 +406,17 @@ class OneProcess:
 def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: float = 0.05,
         batch_size: int = 256, resize: int | None = None, seed: int = 0, out=None,
         resume: bool = False, progress: bool = False, plot: bool = True, meta: dict | None = None,
-        processes=OneProcess) -> History:
+        precision: str = "float32", channels_last: bool | None = None,
+        device_batches: bool | None = None, processes=OneProcess) -> History:
     """Train ``model`` for ``epochs`` epochs (d2l's ``train_ch6``), evaluating after each.
 
     With ``out``, a checkpoint is written after every epoch and ``resume=True``
     continues from the last complete one: the same settings give the same final
     weights and metrics, bit for bit, as an uninterrupted run (timings aside).
     ``meta`` (e.g. where the data came from) is recorded in the checkpoint as is.
+    ``precision`` ("float32", or "bf16" with torch: mixed precision under autocast),
+    ``channels_last`` and ``device_batches`` (torch only; None: on for CUDA) are
+    :meth:`resnet_multi.backend.Backend.configure_training`'s.
     ``processes`` is the data-parallel run this process is part of (see :class:`OneProcess`).
     """
     for what, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -421,6 +427,10 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
     if resume and out is None:
         raise ValueError("resume needs the run directory (out) to resume from")
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
+    if precision != "float32":  # recorded (and so checked on resume) where it is not the default
+        recipe["precision"] = precision
+    backend.configure_training(model, precision=precision, channels_last=channels_last,
+                               device_batches=device_batches)
     check_run(model.spec, len(dataset.train_images), int(batch_size), resize, backend=backend)
     if out is None or not processes.writes:  # only the writer locks the run directory
         return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=None if out is None else Path(out),
@@ -450,30 +460,35 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
         if resume:
             weights_file = f"epoch-{start:03d}.safetensors"
     per_epoch = num_batches(len(dataset.train_images), batch_size)
+    # (seed, epoch) -> the epoch's batches, in the form the backend's train_step takes
+    epoch_batches = backend.training_batches(model, dataset.train_images, dataset.train_labels,
+                                             batch_size=batch_size, resize=resize)
     # d2l's Animator adds a point five times an epoch and at its end.
     mark = {per_epoch - 1} | {i for i in range(per_epoch) if (i + 1) % max(per_epoch // 5, 1) == 0}
     bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, disable=not progress,
                desc=f"{backend.name} {model.device}", unit="batch", file=sys.stderr, leave=False)
     try:
         for epoch in range(start, epochs):
-            loss_sum, correct, seen, seconds = 0.0, 0, 0, 0.0
-            batches = iterate_batches(dataset.train_images, dataset.train_labels, batch_size,
-                                      shuffle=True, seed=seed, epoch=epoch, resize=resize)
-            for i, (x, y) in enumerate(batches):
+            seconds = 0.0
+            metrics = backend.new_metrics(model)
+            for i, batch in enumerate(epoch_batches(seed, epoch)):
                 tic = time.perf_counter()
-                loss, logits = backend.sgd_step(model, x, y, lr)
+                backend.train_step(model, batch, lr, metrics)
+                # A device backend's metrics stay on the device between progress marks (no host
+                # sync a step); reading them waits for the queued steps, so it is timed too.
+                reading = metrics.read() if i in mark or not metrics.deferred else None
                 seconds += time.perf_counter() - tic
-                # sgd_step already returns the loss as a Python float (one host sync a step),
-                # so this check costs nothing more.
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"training diverged: the loss became {loss} at epoch "
-                                           f"{epoch + 1}, step {i + 1} (lr {lr}); {_kept(out, weights_file)}")
                 steps += 1
-                loss_sum += float(loss) * len(y)
-                correct += int((logits.argmax(axis=1) == y).sum())
-                seen += len(y)
-                if i in mark:
-                    history.curve.append([epoch + (i + 1) / per_epoch, loss_sum / seen, correct / seen])
+                if reading is not None:
+                    if reading.diverged:
+                        bad_step, bad_loss = reading.diverged
+                        late = f"; seen at the read after step {i + 1}" if bad_step != i + 1 else ""
+                        raise TrainingDiverged(f"training diverged: the loss became {bad_loss} at epoch "
+                                               f"{epoch + 1}, step {bad_step} (lr {lr}{late}); "
+                                               f"{_kept(out, weights_file)}")
+                    loss_sum, correct, seen = reading.loss_sum, reading.correct, reading.seen
+                    if i in mark:
+                        history.curve.append([epoch + (i + 1) / per_epoch, loss_sum / seen, correct / seen])
                 bar.update()
             test_acc = evaluate_accuracy(backend, model, dataset.test_images, dataset.test_labels,
                                          batch_size=batch_size, resize=resize)

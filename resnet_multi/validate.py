@@ -194,6 +194,7 @@ RECIPE = Schema({
     "batch_size": Field(int, min=1),
     "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
     "seed": Field(int, min=0),
+    "precision": Field(str, required=False, choices=("bf16",)),  # only where not float32 (torch)
 })
 
 # What the command line records about the data (fit records any ``meta`` as is; these

@@ -73,7 +73,7 @@ def test_resume_equals_uninterrupted(backend, device, subset, tmp_path, monkeypa
     full_model, full = small_fit(backend, device, ds, out=tmp_path / "full")
 
     # The same run, killed in the middle of its third epoch.
-    calls, real_step = [], backend.sgd_step
+    calls, real_step = [], backend.train_step
 
     def crashing_step(*args, **kwargs):
         calls.append(1)
@@ -81,7 +81,7 @@ def test_resume_equals_uninterrupted(backend, device, subset, tmp_path, monkeypa
             raise KeyboardInterrupt("simulated crash")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "sgd_step", crashing_step)
+    monkeypatch.setattr(backend, "train_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         small_fit(backend, device, ds, out=tmp_path / "run")
     monkeypatch.undo()

@@ -107,14 +107,14 @@ def test_non_finite_weights_are_refused(backend, device, damage, tmp_path, capsy
 # 2. a non-finite loss stops training, keeps the last good checkpoint, exits non-zero --------
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
 def test_non_finite_loss_stops_training(backend, device, tiny_data, tmp_path, monkeypatch):
-    real_step, calls = backend.sgd_step, []
+    real_step, calls = backend.train_step, []
 
-    def step(*args, **kwargs):
+    def step(model, batch, lr, metrics):  # the training loop's step, on a NaN batch at epoch 2, step 1
         calls.append(1)
-        loss, logits = real_step(*args, **kwargs)
-        return (float("nan") if len(calls) == 3 else loss), logits  # epoch 2, step 1
+        x, y = batch
+        return real_step(model, (x * float("nan") if len(calls) == 3 else x, y), lr, metrics)
 
-    monkeypatch.setattr(backend, "sgd_step", step)
+    monkeypatch.setattr(backend, "train_step", step)
     out = tmp_path / "run"
     with pytest.raises(train.TrainingDiverged, match=r"loss became nan at epoch 2, step 1 .*epoch-001"):
         fit(backend, device, tiny_data, out, epochs=3)
@@ -454,13 +454,13 @@ def test_numpy_block_names_itself_on_wrong_channels():
 
 # 11. a run directory that cannot be written is found before training -------------------------
 def _count_steps(monkeypatch, backend):
-    calls, real = [], backend.sgd_step
+    calls, real = [], backend.train_step
 
     def step(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "sgd_step", step)
+    monkeypatch.setattr(backend, "train_step", step)
     return calls
 
 
@@ -527,7 +527,7 @@ def test_ctrl_c_message_is_true(backend, device, tmp_path, capsys, monkeypatch):
     real = load_backend(backend.name)
     out = tmp_path / "run"
     argv = ["train", "--backend", backend.name, "--device", device, *CLI_TINY, "--epochs", "2", "--out", out]
-    calls, step = [], real.sgd_step
+    calls, step = [], real.train_step
 
     def interrupt_at(n):
         def crashing(*args, **kwargs):
@@ -537,14 +537,14 @@ def test_ctrl_c_message_is_true(backend, device, tmp_path, capsys, monkeypatch):
             return step(*args, **kwargs)
         return crashing
 
-    monkeypatch.setattr(real, "sgd_step", interrupt_at(1))  # in epoch 1
+    monkeypatch.setattr(real, "train_step", interrupt_at(1))  # in epoch 1
     code, _, err = run(capsys, *argv)
     assert code == 130 and "holds no checkpoint" in err and "without --resume" in err and one_line(err), err
     calls.clear()
-    monkeypatch.setattr(real, "sgd_step", interrupt_at(3))  # the same command again: in epoch 2
+    monkeypatch.setattr(real, "train_step", interrupt_at(3))  # the same command again: in epoch 2
     code, _, err = run(capsys, *argv)
     assert code == 130 and "checkpoint of epoch 1" in err and "--resume continues" in err and one_line(err), err
-    monkeypatch.setattr(real, "sgd_step", step)
+    monkeypatch.setattr(real, "train_step", step)
     code, stdout, err = run(capsys, *argv, "--resume")
     assert code == 0 and stdout.startswith("loss "), err
     assert json.loads((out / train.CHECKPOINT).read_text())["epoch"] == 2
