@@ -200,9 +200,14 @@ def cmd_train(args) -> int:
     side = resize or 28
     _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
     training = dict(precision=args.precision, channels_last=args.channels_last)
-    if (args.launch or group) and (args.precision != "float32" or args.channels_last):
-        raise UsageError("--precision bf16 and --channels-last are for one process so far; "
-                         "drop them with --nproc or torchrun")
+    model = None
+    if args.launch or group:
+        if args.precision != "float32" or args.channels_last:
+            raise UsageError("--precision bf16 and --channels-last are for one process so far; "
+                             "drop them with --nproc or torchrun")
+    else:  # built now so that the training options fail before any work (fit sets them again)
+        model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
+        backend.configure_training(model, **training)
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
     train.check_run(spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None,
                     backend=backend)
@@ -218,8 +223,7 @@ def cmd_train(args) -> int:
             return e.exitcode
     if group:
         backend = group.backend()
-    model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
-    backend.configure_training(model, **training)  # fit sets them again; here they fail before any work
+        model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
     if writes:
         print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
           f"{backend.framework_version()} ({device}): "

@@ -166,7 +166,10 @@ def _check_tensor(x, weight, what: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}; convert with "
                         f"torch.as_tensor(x, dtype={weight.dtype})")
-    if x.dtype != weight.dtype:
+    # under autocast (--precision bf16) a block receives activations in the autocast dtype
+    autocast = torch.is_autocast_enabled(x.device.type) \
+        and x.dtype == torch.get_autocast_dtype(x.device.type)
+    if x.dtype != weight.dtype and not autocast:
         raise TypeError(f"expected {weight.dtype} input (the {what}'s parameters are {weight.dtype}), got "
                         f"{x.dtype}; convert with x.to({weight.dtype}), or the {what} with "
                         f".to({x.dtype}) if you mean to compute in {x.dtype}")
@@ -240,6 +243,11 @@ class TorchBackend(Backend):
         return devices()
 
     def _build(self, spec, device):
+        if device != "cpu":
+            # cuDNN runs float32 convolutions in TF32 (10-bit mantissas, errors ~1e-3) by
+            # default on Ampere and newer GPUs; the spec's float32 means float32, as in tf.py.
+            # --precision bf16 is the way to ask for speed over digits.
+            torch.backends.cudnn.allow_tf32 = False
         return ResNet(spec).to(device)
 
     def _get_weights(self, model):
