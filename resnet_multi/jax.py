@@ -483,10 +483,13 @@ class JaxBackend(Backend):
 
     def _sgd_step(self, model, x, y, lr):
         params, stats = self._state(model)
+        device = jax_device(model.device)
         opt_state = model.cache.get("opt_state")
         if opt_state is None:
-            opt_state = model.cache["opt_state"] = sgd_optimizer().init(params)
-        opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+            # committed to the model's device, like the step's outputs: an uncommitted
+            # argument is another jit cache entry, and the second step would compile again
+            opt_state = model.cache["opt_state"] = jax.device_put(sgd_optimizer().init(params), device)
+        opt_state.hyperparams["learning_rate"] = jax.device_put(np.float32(lr), device)
         params, stats, opt_state, loss, logits = self._step(model, "sgd")(
             params, stats, opt_state, self._input(model, x), self._labels(model, y))
         model.cache["opt_state"] = opt_state
