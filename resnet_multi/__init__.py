@@ -1,5 +1,5 @@
 """resnet_multi: the Residual Networks chapter of Dive into Deep Learning, one spec,
-five frameworks and a NumPy reference.
+six frameworks and a NumPy reference.
 
 Importing this package imports no deep-learning framework; pick one with e.g.
 ``from resnet_multi import torch as rn``.

@@ -26,6 +26,7 @@ BACKENDS = {
     "mxnet": ("resnet_multi.mxnet", "mxnet"),
     "paddle": ("resnet_multi.paddle", "paddle"),
     "mindspore": ("resnet_multi.mindspore", "mindspore"),
+    "jax": ("resnet_multi.jax", "jax"),
 }
 
 

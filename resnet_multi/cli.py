@@ -418,7 +418,7 @@ def cmd_conventions(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The Residual Networks chapter of Dive into Deep Learning "
-                                            "on five frameworks and a NumPy reference.")
+                                            "on six frameworks and a NumPy reference.")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

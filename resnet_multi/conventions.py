@@ -11,7 +11,7 @@ cannot drift from the frameworks or the code.
 The frameworks cannot share one environment (MXNet needs numpy<1.24, TensorFlow
 numpy>=1.26), so the declarations are read from each module's source with
 ``ast.literal_eval`` instead of importing it: ``resnet-multi conventions`` shows all
-five frameworks from any environment, and starts no framework. The declaration
+every framework from any environment, and starts no framework. The declaration
 must therefore be a plain literal (``literal_eval`` refuses anything else, loudly);
 a test checks, for every installed backend, that the parsed value equals the
 imported module's ``CONVENTIONS``.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-FRAMEWORKS = ("numpy", "torch", "tf", "mxnet", "paddle", "mindspore")
+FRAMEWORKS = ("numpy", "torch", "tf", "mxnet", "paddle", "mindspore", "jax")
 
 # topic -> row title, in the order a reader meets them in the chapter
 TOPICS = {

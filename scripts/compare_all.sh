@@ -5,7 +5,7 @@
 #   tox -e compare                       # the same, with tox's environments
 #
 # ENV_DIR holds one virtual environment per backend, named as tox names them
-# (numpy, torch, tf, mxnet, paddle, mindspore; default .tox); a backend whose
+# (numpy, torch, tf, mxnet, paddle, mindspore, jax; default .tox); a backend whose
 # environment is missing is skipped and said so. The frameworks cannot share one
 # environment, so each traces in its own, and compare (which imports no framework)
 # reads all the traces in the numpy one. Every trace runs with THREADS CPU threads
@@ -27,7 +27,7 @@ export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$t
     TF_NUM_INTRAOP_THREADS=$threads TF_NUM_INTEROP_THREADS=$threads MPLBACKEND=Agg
 mkdir -p "$out"
 traces=()
-for backend in numpy torch tf mxnet paddle mindspore; do
+for backend in numpy torch tf mxnet paddle mindspore jax; do
     python="$env_dir/$backend/bin/python"
     if [ ! -x "$python" ]; then
         echo "skipping $backend: no environment at $env_dir/$backend (tox -e $backend builds it)" >&2

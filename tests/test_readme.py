@@ -52,7 +52,7 @@ README = ROOT / "README.md"
 
 # import name of each framework, as a README block or `from resnet_multi import X` names it
 FRAMEWORK_OF = {"torch": "torch", "tensorflow": "tensorflow", "tf": "tensorflow", "mxnet": "mxnet",
-                "paddle": "paddle", "mindspore": "mindspore", "keras": "tensorflow"}
+                "paddle": "paddle", "mindspore": "mindspore", "keras": "tensorflow", "jax": "jax", "flax": "jax"}
 CHEAP_SUBCOMMANDS = {"backends", "summary"}
 # The quick preset shrunk to seconds on the NumPy reference, for the format of `train`'s lines.
 TINY_TRAIN = ["train", "--backend", "numpy", "--preset", "quick", "--width", "8", "--epochs", "1",
@@ -312,7 +312,7 @@ def test_every_framework_section_names_its_conventions_command():
 
 def test_pins_in_the_readme_are_the_versions_tox_tests():
     pins = pins_in_tox_ini()
-    assert {"torch", "tensorflow", "mxnet", "numpy", "paddlepaddle", "mindspore"} <= set(pins), pins
+    assert {"torch", "tensorflow", "mxnet", "numpy", "paddlepaddle", "mindspore", "jax"} <= set(pins), pins
     seen = set()
     for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), 1):
         for name, version in re.findall(r"([A-Za-z][\w.\-]*(?:\[[\w,\-]+\])?)==([\w.+]+)", line):

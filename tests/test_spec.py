@@ -138,7 +138,7 @@ def test_kaiming_normal_fan_out_for_torchvision():
 def test_importing_the_package_imports_no_framework():
     code = ("import sys, resnet_multi, resnet_multi.spec, resnet_multi.shapes, resnet_multi.weights, "
             "resnet_multi.backend, resnet_multi.numpy; "
-            "print([m for m in ('torch', 'tensorflow', 'mxnet', 'paddle', 'mindspore') if m in sys.modules])")
+            "print([m for m in ('torch', 'tensorflow', 'mxnet', 'paddle', 'mindspore', 'jax', 'flax') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == []
 

@@ -18,7 +18,7 @@ from helpers import random_weights, rel_err
 from resnet_multi import cli, compare, conventions, trace
 from resnet_multi.data import Dataset, load_fashion_mnist
 
-FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "mxnet", "paddle", "mindspore")
+FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "mxnet", "paddle", "mindspore", "jax", "flax")
 STEPS, BATCH = 3, 8
 
 
@@ -356,8 +356,31 @@ def probe_mindspore():
                 conv_bias=conv.bias is not None, starts="training" if nn.Cell().training else "inference")
 
 
+def probe_jax():
+    import jax
+    from flax import nnx
+    bn = nnx.BatchNorm(1, rngs=nnx.Rngs(0))
+    bn(X.transpose(0, 2, 3, 1))  # a fresh BatchNorm: training mode, statistics update
+    same = nnx.Conv(1, 1, (7, 7), strides=(2, 2), use_bias=False, rngs=nnx.Rngs(0))  # the default padding
+    kernel = np.zeros((7, 7, 1, 1), np.float32)
+    kernel[6, 6] = 1
+    same.kernel[...] = kernel
+    corner = float(same(IMAGE[None, :, :, None])[0, 0, 0, 0])
+    conv = nnx.Conv(2, 3, (5, 5), padding="VALID", rngs=nnx.Rngs(0))
+    nhwc = conv(np.zeros((1, 8, 8, 2), np.float32)).shape == (1, 4, 4, 3)
+    momentum = _default(nnx.BatchNorm, "momentum")
+    return dict(conv_weight=np.asarray(nnx.Conv(2, 64, (5, 5), rngs=nnx.Rngs(1)).kernel[...]),
+                eps=_default(nnx.BatchNorm, "epsilon"), momentum=momentum,
+                update=_bn_update(float(bn.mean[0]), float(bn.var[0]), momentum),
+                pads=_after(_pads_before(corner)), layout="NHWC" if nhwc else "?",
+                kernel=tuple(conv.kernel[...].shape), dense=tuple(nnx.Linear(2, 3, rngs=nnx.Rngs(0)).kernel[...].shape),
+                bn_names=sorted(str(path[-1]) for path, _ in nnx.to_flat_state(nnx.state(bn))),
+                conv_bias=conv.bias is not None,
+                starts="inference" if _default(nnx.BatchNorm, "use_running_average") else "training")
+
+
 PROBES = {"numpy": probe_numpy, "torch": probe_torch, "tf": probe_tf, "mxnet": probe_mxnet,
-          "paddle": probe_paddle, "mindspore": probe_mindspore}
+          "paddle": probe_paddle, "mindspore": probe_mindspore, "jax": probe_jax}
 LAYOUTS = {"OIHW": (3, 2, 5, 5), "HWIO": (5, 5, 2, 3), "(out, in)": (3, 2), "(in, out)": (2, 3)}
 
 

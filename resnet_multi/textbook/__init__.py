@@ -24,7 +24,7 @@ Every module offers the same small interface:
   for frameworks that build lazily).
 
 ``eager`` only changes frameworks whose own idiom has the two modes (Keras
-``fit`` vs ``run_eagerly``; MindSpore jit vs PyNative); the others run as the
+``fit`` vs ``run_eagerly``; MindSpore jit vs PyNative; JAX jit vs op by op); the others run as the
 chapter writes them either way.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ MODULES = {
     "mxnet": "resnet_multi.textbook.mxnet",
     "paddle": "resnet_multi.textbook.paddle",
     "mindspore": "resnet_multi.textbook.mindspore",
+    "jax": "resnet_multi.textbook.jax",
 }
 # The one architecture the chapter builds.
 ARCH = "d2l-resnet18"
