@@ -153,6 +153,12 @@ class Residual(nnx.Module):
         return self.shortcut_bn(y, train) if self.shortcut_bn is not None else y
 
     def __call__(self, x, train: bool = False):
+        # at trace time under jax.jit (shapes and dtypes are static), at every call eagerly
+        what = f"Residual({self.spec.in_channels} -> {self.spec.out_channels})"
+        if x.dtype != jnp.float32:
+            raise TypeError(f"{what} expects float32 input, got {x.dtype}; convert with x.astype(jnp.float32) "
+                            f"(JAX without jax_enable_x64 would turn float64 into float32 silently)")
+        shapes.check_block_input_shape(self.spec, np.shape(x), layout="NHWC")
         if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
             first, *rest = self.convs
             pre = nnx.relu(self._bn(first, x, train))

@@ -411,6 +411,12 @@ def _native_tensor(name):
         import tensorflow as tf
         return (lambda a: tf.constant(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a),
                 lambda m, x: m(x, training=False))
+    if name == "jax":
+        import jax.numpy as jnp
+        # jnp.asarray itself turns float64 into float32 (without jax_enable_x64), so a float64
+        # batch reaches a module as the NumPy array the caller holds
+        nhwc = lambda a: a.transpose(0, 2, 3, 1) if a.ndim == 4 else a  # noqa: E731
+        return (lambda a: nhwc(a) if a.dtype == np.float64 else jnp.asarray(nhwc(a))), lambda m, x: m(x)
     convert = {"torch": lambda a: __import__("torch").as_tensor(a),
                "mxnet": lambda a: __import__("mxnet").np.array(a, dtype=a.dtype),
                "paddle": lambda a: __import__("paddle").to_tensor(a),
