@@ -76,3 +76,11 @@ def arch_cases(archs):
 @pytest.fixture(scope="session")
 def oracle():
     return load_backend("numpy")
+
+
+@pytest.fixture(scope="session")
+def subset():
+    """The Fashion-MNIST subset bundled with the package."""
+    from resnet_multi import data
+
+    return data.load_fashion_mnist(subset=True)

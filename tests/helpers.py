@@ -70,3 +70,11 @@ def kink_free_batch(oracle, ref, spec, *, n=4, size=32, margin=2e-5, tries=300, 
         for layer, buffers in saved:
             layer.buffers.update(buffers)
     raise AssertionError(f"no batch among {tries} seeds keeps a kink margin of {margin} in {spec.name}")
+
+
+def first(ds, n_train, n_test):
+    """The first ``n_train`` training and ``n_test`` test images of a data set."""
+    from resnet_multi import data
+
+    return data.Dataset(ds.train_images[:n_train], ds.train_labels[:n_train],
+                        ds.test_images[:n_test], ds.test_labels[:n_test], ds.source)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import kink_free_batch, random_weights, rel_err
+from helpers import first, kink_free_batch, random_weights, rel_err
 from resnet_multi import data, train
 from resnet_multi.backend import Backend, StepMetrics, load_backend
 from resnet_multi.weights import init_weights
@@ -26,14 +26,6 @@ TINY = dict(width=8)
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def subset():
-    return data.load_fashion_mnist(subset=True)
-
-
-def first(ds, n_train, n_test):
-    return data.Dataset(ds.train_images[:n_train], ds.train_labels[:n_train],
-                        ds.test_images[:n_test], ds.test_labels[:n_test], ds.source)
 
 
 def _without_timings(h):

@@ -11,21 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import BACKEND_CASES
-from helpers import kink_free_batch, random_weights
+from helpers import first, kink_free_batch, random_weights
 from resnet_multi import data, train, weights as canonical
 
 TINY = dict(width=8)
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def subset():
-    return data.load_fashion_mnist(subset=True)
-
-
-def first(ds, n_train, n_test):
-    return data.Dataset(ds.train_images[:n_train], ds.train_labels[:n_train],
-                        ds.test_images[:n_test], ds.test_labels[:n_test], ds.source)
 
 
 def small_fit(backend, device, ds, *, seed=0, epochs=3, **kwargs):
