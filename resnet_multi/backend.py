@@ -203,9 +203,7 @@ class Backend:
     def loss_and_grads(self, model: Model, x: np.ndarray, y: np.ndarray) -> TrainingPass:
         """Mean softmax cross-entropy over the batch and its gradient for every
         trainable canonical parameter, in training mode (BN statistics update once)."""
-        shapes.check_input_array(model.spec, x, training=True)
-        self._check_training_batch(x)
-        result = self._loss_and_grads(model, x, self._check_labels(model, x, y))
+        result = self._loss_and_grads(model, x, self._check_training_input(model, x, y))
         expected = {t.name for t in canonical.tensor_specs(model.spec) if t.trainable}
         if set(result.grads) != expected:
             raise RuntimeError(f"{self.name} returned gradients for the wrong tensors: "
@@ -214,11 +212,10 @@ class Backend:
 
     def sgd_step(self, model: Model, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
         """One SGD training step on a batch; returns (loss, logits) of the forward pass."""
-        shapes.check_input_array(model.spec, x, training=True)
-        self._check_training_batch(x)
+        y = self._check_training_input(model, x, y)
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {lr!r}")
-        return self._sgd_step(model, x, self._check_labels(model, x, y), float(lr))
+        return self._sgd_step(model, x, y, float(lr))
 
     # -- the training loop's step (train.fit); defaults are sgd_step on host batches ---
     def configure_training(self, model: Model, *, precision: str = "float32", channels_last: bool | None = None,
@@ -296,10 +293,13 @@ class Backend:
         x = np.random.default_rng(0).random(input_shape, dtype=np.float32)
         return self.to_canonical_shape(self._residual_output_shape(x, args, options))
 
-    def _check_training_batch(self, x: np.ndarray) -> None:
+    def _check_training_input(self, model: Model, x: np.ndarray, y) -> np.ndarray:
+        """A NumPy training batch the backend can take, or a clear error; the labels as int64."""
+        shapes.check_input_array(model.spec, x, training=True)
         if x.shape[0] < self.min_training_batch:
             raise ValueError(f"{self.name} cannot train on a batch of {x.shape[0]} image(s): "
                              f"{self.min_training_batch_why}; use batches of at least {self.min_training_batch}")
+        return self._check_labels(model, x, y)
 
     @staticmethod
     def _check_labels(model: Model, x: np.ndarray, y) -> np.ndarray:

@@ -52,7 +52,7 @@ import numpy as np
 
 from . import data
 from .backend import Backend, MetricsReading, Model, StepMetrics, TrainingPass, require
-from .shapes import check_block_input_shape, check_input_array, check_input_shape
+from .shapes import check_block_input_shape, check_input_shape
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights
 
@@ -291,20 +291,11 @@ class TorchBackend(Backend):
     def train_step(self, model, batch, lr, metrics):
         x, y = batch
         if isinstance(x, np.ndarray):  # host batches: checked as sgd_step checks them
-            check_input_array(model.spec, x, training=True)
-            self._check_training_batch(x)
-            x, y = self._tensor(model, x), self._tensor(model, self._check_labels(model, x, y))
+            x, y = self._tensor(model, x), self._tensor(model, self._check_training_input(model, x, y))
         if _options(model)["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        module = model.module.train(True)
-        optimizer = self._optimizer(model, lr)
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(model):
-            logits = module(x)
-            loss = F.cross_entropy(logits, y)  # autocast computes it in float32
-        loss.backward()
-        optimizer.step()
-        metrics.add(loss.detach(), logits.detach(), y)
+        loss, logits = self._step(model, x, y, lr, mixed=True)
+        metrics.add(loss, logits, y)
 
     def _loss_and_grads(self, model, x, y):
         module = model.module.train(True)
@@ -322,15 +313,23 @@ class TorchBackend(Backend):
             optimizer = model.cache["sgd"] = torch.optim.SGD(model.module.parameters(), lr=lr)
         return optimizer
 
-    def _sgd_step(self, model, x, y, lr):
+    def _step(self, model, x, y, lr, *, mixed: bool):
+        """One SGD step on device tensors; (loss, logits), detached, still on the device.
+        ``mixed``: under the model's training precision (train_step); sgd_step, what the
+        parity suite runs, is always float32."""
         module = model.module.train(True)
         optimizer = self._optimizer(model, lr)
         optimizer.zero_grad(set_to_none=True)
-        logits = module(self._tensor(model, x))
-        loss = F.cross_entropy(logits, self._tensor(model, y))
+        with _autocast(model) if mixed else contextlib.nullcontext():
+            logits = module(x)
+            loss = F.cross_entropy(logits, y)  # autocast computes it in float32
         loss.backward()
         optimizer.step()
-        return loss.item(), logits.detach().cpu().numpy()
+        return loss.detach(), logits.detach()
+
+    def _sgd_step(self, model, x, y, lr):
+        loss, logits = self._step(model, self._tensor(model, x), self._tensor(model, y), lr, mixed=False)
+        return loss.item(), logits.cpu().numpy()
 
     def _residual_output_shape(self, x, args, options):
         with torch.no_grad():
