@@ -588,26 +588,16 @@ def _standing(out: Path) -> str:
     except train.RunError as e:
         return str(e)
     if state is None:
-        return f"no epoch had finished, so {out} holds no checkpoint"
+        return f"no epoch had finished, so {out} holds no checkpoint; run the same command again, without --resume"
     return f"{out} holds the checkpoint of epoch {state['epoch']}: the same command with --resume continues from there"
 
 
 def _interrupted(args) -> str:
     """What Ctrl-C leaves behind, truthfully: the checkpoint to resume from, or nothing."""
-    from . import train
-
     out = getattr(args, "out", None)
     if getattr(args, "command", None) != "train" or out is None:
         return f"{PROG}: interrupted"
-    try:
-        state = train.read_checkpoint(out)
-    except train.RunError as e:
-        return f"{PROG}: interrupted; {e}"
-    if state is None:
-        return (f"{PROG}: interrupted before the first epoch finished, so {out} holds no checkpoint; "
-                f"run the same command again, without --resume")
-    return (f"{PROG}: interrupted; {out} holds the checkpoint of epoch {state['epoch']}: the same "
-            f"command with --resume continues from there")
+    return f"{PROG}: interrupted; {_standing(out)}"
 
 
 def main(argv=None) -> int:
