@@ -253,7 +253,7 @@ def check_shards(spec, n_train: int, batch_size: int, resize: int | None, world_
 
     side = resize or 28
     gh, gw = shapes.final_grid(spec, side, side)
-    need = max(1, -(-2 // (gh * gw)))
+    need = shapes.bn_min_batch(gh, gw)
     batches = {min(batch_size, n_train)} | ({n_train % batch_size} - {0})
     smallest = min(batches)
     if smallest // world_size >= need:
@@ -278,7 +278,8 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     the global count, ``var * n / (n - 1)`` (the spec's convention). They come from two
     all-reduces (the sum, then the squared deviations from the global mean: two passes,
     in float64, so no cancellation) through a differentiable all-reduce, whose backward
-    sums every rank's gradient of the statistics, as In inference, or outside a process group, it is ``BatchNorm2d``."""
+    sums every rank's gradient of the statistics, as SyncBatchNorm's backward does. In
+    inference, or outside a process group, it is ``BatchNorm2d``."""
 
     def forward(self, x):
         if not (self.training and dist.is_initialized()):

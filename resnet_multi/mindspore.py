@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, Model, TrainingPass, require
-from .shapes import check_block_input_shape, check_input_shape
+from .shapes import check_block_input_shape, check_input_shape, float32_input_error
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights, tensor_specs
 
@@ -117,8 +117,7 @@ def check_input_dtype(x, what: str) -> None:
     """Refuse a batch that is not float32, naming the fix (MindSpore's own message names
     the operator's inputs)."""
     if x.dtype != ms.float32:
-        raise TypeError(f"{what} expects float32 input, got {str(x.dtype).lower()}; convert with "
-                        f"x.astype(mindspore.float32) (integer images also need scaling, e.g. / 255)")
+        raise float32_input_error(what, str(x.dtype).lower(), "x.astype(mindspore.float32)")
 
 
 class Residual(nn.Cell):

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as onp  # NumPy proper: what crosses the seam; ``np`` below is mxnet.np
 
 from .backend import Backend, Model, TrainingPass, require
-from .shapes import check_block_input_shape, check_input_shape
+from .shapes import check_block_input_shape, check_input_shape, float32_input_error
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import check_weights, init_weights
 
@@ -134,8 +134,7 @@ def check_input_dtype(X, what: str) -> None:
     """Refuse a batch that is not float32, naming the fix (MXNet's own message is about
     the convolution operator's inputs)."""
     if X.dtype != onp.float32:
-        raise TypeError(f"{what} expects float32 input, got {onp.dtype(X.dtype).name}; convert with "
-                        f"X.astype('float32') (integer images also need scaling, e.g. / 255)")
+        raise float32_input_error(what, onp.dtype(X.dtype).name, "X.astype('float32')")
 
 
 class Residual(nn.HybridBlock):

@@ -48,7 +48,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import Backend, TrainingPass, require
-from .shapes import check_block_input_shape, check_input_shape
+from .shapes import check_block_input_shape, check_input_shape, float32_input_error
 from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
 from .weights import WeightsError, check_weights, init_weights
 
@@ -136,8 +136,7 @@ def check_input_dtype(x, what: str) -> None:
     """Refuse a batch that is not float32, naming the fix (Paddle's own message is about
     the data in a tensor container)."""
     if x.dtype != paddle.float32:
-        raise TypeError(f"{what} expects float32 input, got {str(x.dtype).replace('paddle.', '')}; "
-                        f"convert with x.astype('float32') (integer images also need scaling, e.g. / 255)")
+        raise float32_input_error(what, str(x.dtype).replace("paddle.", ""), "x.astype('float32')")
 
 
 class Residual(nn.Layer):

@@ -79,6 +79,12 @@ def final_grid(spec: ArchSpec, height: int, width: int) -> tuple[int, int]:
     return layer_shapes(spec, (1, spec.in_channels, height, width))[len(spec.layers)].shape[2:]
 
 
+def bn_min_batch(grid_h: int, grid_w: int) -> int:
+    """Images a training batch needs so that BatchNorm sees more than one value per
+    channel on a ``grid_h`` x ``grid_w`` feature map (the last stage's, the smallest)."""
+    return -(-2 // (grid_h * grid_w))
+
+
 def check_input_shape(spec: ArchSpec, shape, *, training: bool = False) -> tuple[int, int, int, int]:
     """Validate an NCHW input shape for this network; return it as a tuple.
 
@@ -101,13 +107,20 @@ def check_input_shape(spec: ArchSpec, shape, *, training: bool = False) -> tuple
         raise ValueError(f"{spec.name} got an empty batch or image, shape {shape}")
     if training:
         gh, gw = final_grid(spec, h, w)
-        if n * gh * gw < 2:
+        if n < bn_min_batch(gh, gw):
             raise ValueError(
                 f"input {shape} is too small to train {spec.name}: its last stage sees a "
                 f"{gh}x{gw} grid, so with batch size {n} BatchNorm has a single value per channel "
                 f"and no variance; use a larger batch or larger images"
             )
     return shape
+
+
+def float32_input_error(what: str, got: str, convert: str) -> TypeError:
+    """The error a framework module raises for a batch that is not float32, ``convert``
+    being the framework's own conversion (its messages name the operator, not the fix)."""
+    return TypeError(f"{what} expects float32 input, got {got}; convert with {convert} "
+                     f"(integer images also need scaling, e.g. / 255)")
 
 
 def check_block_input_shape(block: BlockSpec, shape, *, layout: str = "NCHW") -> tuple[int, ...]:

@@ -140,8 +140,7 @@ def check_input_dtype(x, what: str) -> None:
     compute in float64, and unscaled integer images give nonsense, so both are refused."""
     dtype = getattr(x, "dtype", None)
     if dtype is not None and tf.as_dtype(dtype) != tf.float32:
-        raise TypeError(f"{what} expects float32 input, got {tf.as_dtype(dtype).name}; convert with "
-                        f"tf.cast(x, tf.float32) (integer images also need scaling, e.g. / 255)")
+        raise shapes.float32_input_error(what, tf.as_dtype(dtype).name, "tf.cast(x, tf.float32)")
 
 
 class Residual(layers.Layer):

@@ -314,7 +314,7 @@ def _check_batches(spec, n_train: int, batch_size: int, resize: int | None, *, m
     for n in sorted(sizes):
         shapes.check_input_shape(spec, (n, 1, side, side))  # channels and emptiness
     gh, gw = shapes.final_grid(spec, side, side)
-    need_bn = -(-2 // (gh * gw))  # images a batch needs for two values per channel
+    need_bn = shapes.bn_min_batch(gh, gw)
     need = max(need_bn, min_batch)
     last = n_train % batch_size
     if 0 < last < need:
