@@ -41,11 +41,26 @@ spec, the code says why at the spot:
   silently; :class:`ResNet` refuses any input whose dtype is not its parameters'
   instead, as torch does, so nobody believes they computed in float64.
 
+Speed on the CPU: XLA compiles this network's convolutions and max pool into code far
+slower than PyTorch's oneDNN here (the jitted step trained 10x slower than torch's).
+Three changes, each measured layer by layer (``scripts/bench_jax_conv.py``), and all
+three only in a step compiled for a CPU with :func:`jit_for_cpu`, as the backend's are
+(op by op, and on a GPU, the layers are Flax's and XLA's own): convolutions are kept
+out of YNNPACK (:data:`CPU_COMPILER_OPTIONS`); the convs where Eigen's are slow too
+are one matmul over image patches (:func:`conv_general_dilated`, which ``nnx.Conv``
+takes as its ``conv_general_dilated``); and the max pool is a running maximum of
+strided views (:func:`shifted_max_pool`). Each computes the same function as Flax's
+layer, gradient included, which the tests check.
+
 Through the backend seam (``JaxBackend``) every step is ``jax.jit``-compiled (once per
 batch shape); ``build(..., eager=True)`` (``--eager``) runs the same pure functions
 op by op, which is how JAX runs code outside ``jit``.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
 
 import numpy as np
 
@@ -70,6 +85,119 @@ def _rngs(rngs):
 
 
 # ---- layers the spec needs and Flax does not have as such ---------------------------------
+def _output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def _reads_input(start: int, stride: int, count: int, pad_before: int, size: int) -> bool:
+    """Whether a tap at offset ``start`` of the padded axis reads any real (unpadded) pixel."""
+    return any(pad_before <= start + stride * o < pad_before + size for o in range(count))
+
+
+def patches_matmul_conv(x, kernel, strides, padding, *, precision=None):
+    """An NHWC x HWIO convolution as one matmul over image patches (im2col): the
+    kernel's strided views of the padded input, side by side on the channel axis, times
+    the kernel's taps stacked to ``(taps * C, K)``. A tap that reads only padding adds
+    zeros and is left out: on a 1x1 map a 3x3 conv is its centre tap, a 1/9 of the work.
+    The same sum as ``lax.conv_general_dilated`` in another order (float32 results agree
+    to ~1e-6); JAX differentiates it into matmuls and pads."""
+    n, h, w, c = x.shape
+    kh, kw, _, k = kernel.shape
+    (sh, sw), (ph, pw) = strides, padding
+    ho, wo = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
+    padded = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+    live = [(i, j) for i in range(kh) for j in range(kw)
+            if _reads_input(i, sh, ho, ph[0], h) and _reads_input(j, sw, wo, pw[0], w)]
+    taps = [lax.slice(padded, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+            for i, j in live]
+    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+    weights = jnp.concatenate([kernel[i, j] for i, j in live], axis=0) if len(live) > 1 else kernel[live[0]]
+    y = jnp.dot(patches.reshape(n * ho * wo, len(live) * c), weights, precision=precision)
+    return y.reshape(n, ho, wo, k)
+
+
+def matmul_is_faster_on_cpu(kernel_hw, input_channels: int, output_hw) -> bool:
+    """Where XLA's CPU convolution (Eigen's) loses to :func:`patches_matmul_conv`,
+    measured on the chapter's layers at 32x32 and 96x96, batch 256, forward and gradient
+    (``scripts/bench_jax_conv.py``): a 1x1 conv, which is a matmul (3x faster as one);
+    a map of at most 2x2 out, where Eigen's kernel falls off a cliff (a 3x3 conv on
+    2x2x256: 550 ms against 13); and the grayscale stem, a 7x7 conv of one channel
+    (1.6-2.3x). Every 3x3 conv on a map of 3x3 or more, strided or not, is as fast or
+    faster as a convolution."""
+    return tuple(kernel_hw) == (1, 1) or output_hw[0] * output_hw[1] <= 4 or input_channels < 4
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+# XLA's CPU compiler (jaxlib 0.10) hands dots, reductions and convolutions to YNNPACK by
+# default; Eigen's convolutions are 1.5-3.7x faster on this chapter's 3x3 layers, forward
+# and gradient (the same script). The backend compiles its CPU steps with YNNPACK kept for
+# dots and reductions only, the same as XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+# -individual_convolution (jit_for_cpu passes it).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+_CPU_KERNELS = contextvars.ContextVar("resnet_multi.jax CPU kernels", default=False)
+
+
+@contextlib.contextmanager
+def _cpu_kernels():
+    """While tracing under this, :func:`conv_general_dilated` and :func:`max_pool` put the
+    CPU's faster formulations in the program (for a CPU only: ``lax.platform_dependent``
+    still picks XLA's own ops when it is lowered for another platform). Outside it, they
+    are Flax's layers as they are, which is what ``--eager`` runs op by op. Private: jit
+    caches a trace by function, not by this context, so only :func:`jit_for_cpu`, which
+    enters it inside a function of its own, uses it."""
+    token = _CPU_KERNELS.set(True)
+    try:
+        yield
+    finally:
+        _CPU_KERNELS.reset(token)
+
+
+def jit_for_cpu(fn, **jit_options):
+    """``jax.jit(fn)`` for a CPU, with this module's CPU kernels traced in and
+    :data:`CPU_COMPILER_OPTIONS`: what the backend compiles its CPU steps with. The kernels
+    are entered inside the traced function, so every trace of it has them (a function it
+    calls that was jitted and traced on its own keeps that trace)."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with _cpu_kernels():
+            return fn(*args, **kwargs)
+    return jax.jit(traced, compiler_options=CPU_COMPILER_OPTIONS, **jit_options)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **options):
+    """``lax.conv_general_dilated`` with the same arguments, which ``nnx.Conv`` calls.
+    Traced under :func:`jit_for_cpu` for a CPU, the plain NHWC convolutions that
+    :func:`matmul_is_faster_on_cpu` names are :func:`patches_matmul_conv`; every other
+    case, every other platform (cuDNN on a GPU) and every op-by-op call is the
+    convolution itself."""
+    def convolution(x, w):
+        return lax.conv_general_dilated(x, w, window_strides, padding, lhs_dilation=lhs_dilation,
+                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                        feature_group_count=feature_group_count, precision=precision,
+                                        **options)
+
+    # Flax passes out_sharding=None (and preferred_element_type only when it is set)
+    plain = (all(value is None for value in options.values()) and feature_group_count == 1
+             and isinstance(padding, (tuple, list))
+             and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    if not (_CPU_KERNELS.get() and plain):
+        return convolution(lhs, rhs)
+    strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+    output_hw = [_output_size(lhs.shape[1 + i], rhs.shape[i], strides[i], pads[i]) for i in range(2)]
+    if not matmul_is_faster_on_cpu(rhs.shape[:2], lhs.shape[-1], output_hw):
+        return convolution(lhs, rhs)
+    return lax.platform_dependent(
+        lhs, rhs, cpu=lambda x, w: patches_matmul_conv(x, w, strides, pads, precision=precision),
+        default=convolution)
+
+
 def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool,
            padding: int = 0, *, rngs=None) -> nnx.Conv:
     """``nnx.Conv`` padded ``padding`` on each side of H and W. Flax's ``"SAME"`` pads
@@ -77,14 +205,74 @@ def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, us
     every window by a pixel against the spec (and PyTorch): the shapes agree, the
     logits do not. Explicit pairs are symmetric at every stride."""
     return nnx.Conv(input_channels, filters, (kernel_size, kernel_size), strides=(strides, strides),
-                    padding=((padding, padding), (padding, padding)), use_bias=use_bias, rngs=_rngs(rngs))
+                    padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+                    conv_general_dilated=conv_general_dilated, rngs=_rngs(rngs))
+
+
+def _pool_taps(padded, window: int, strides: int, output_hw):
+    """The ``window**2`` strided views of ``padded`` that a pool's outputs read, in the
+    window's row-major order."""
+    n, _, _, c = padded.shape
+    ho, wo = output_hw
+    return [lax.slice(padded, (0, i, j, 0), (n, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, c),
+                      (1, strides, strides, 1)) for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def shifted_max_pool(x, window: int, strides: int, padding: int):
+    """Max pool on NHWC as the running maximum of its window's strided views. Its
+    gradient goes to the *first* maximum of each window (row-major), as PyTorch's, the
+    NumPy reference's and ``reduce_window``'s gradient do; ``jnp.maximum``'s own
+    gradient would split ties, which a ReLU's zeros and Fashion-MNIST's flat background
+    make common. On this CPU it is 7x faster than ``reduce_window`` and its
+    ``select_and_scatter`` gradient (14 ms against 99 for the chapter's stem pool at
+    32x32, batch 256)."""
+    return _shifted_max_pool_forward(x, window, strides, padding)[0]
+
+
+def _shifted_max_pool_forward(x, window, strides, padding):
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    padded = jnp.pad(x, pad, constant_values=-jnp.inf)  # padding never wins the max
+    output_hw = [_output_size(x.shape[1 + a], window, strides, (padding, padding)) for a in range(2)]
+    taps = _pool_taps(padded, window, strides, output_hw)
+    out = functools.reduce(jnp.maximum, taps)
+    return out, (padded, out)
+
+
+def _shifted_max_pool_backward(window, strides, padding, residuals, grad):
+    padded, out = residuals
+    _, hp, wp, _ = padded.shape
+    ho, wo = out.shape[1:3]
+    taken = jnp.zeros(out.shape, bool)
+    grad_padded = jnp.zeros_like(padded)
+    for k, tap in enumerate(_pool_taps(padded, window, strides, (ho, wo))):
+        i, j = divmod(k, window)
+        first = (tap == out) & ~taken
+        taken = taken | first
+        # scatter back to the tap's strided positions: interior padding spaces them by the stride
+        grad_padded = grad_padded + lax.pad(jnp.where(first, grad, 0).astype(grad.dtype), jnp.array(0, grad.dtype), (
+            (0, 0, 0), (i, hp - i - strides * (ho - 1) - 1, strides - 1),
+            (j, wp - j - strides * (wo - 1) - 1, strides - 1), (0, 0, 0)))
+    h, w = hp - 2 * padding, wp - 2 * padding
+    return (grad_padded[:, padding:padding + h, padding:padding + w, :],)
+
+
+shifted_max_pool.defvjp(_shifted_max_pool_forward, _shifted_max_pool_backward)
 
 
 def max_pool(x, window: int = 3, strides: int = 2, padding: int = 1):
-    """Max pool padded symmetrically; Flax's pool pads with -inf (``reduce_window``'s
-    initial value), so padding never wins the max, as pre-activation stems need."""
-    return nnx.max_pool(x, (window, window), strides=(strides, strides),
-                        padding=((padding, padding), (padding, padding)))
+    """Max pool padded symmetrically, never choosing the padding (Flax pads with -inf,
+    ``reduce_window``'s initial value), as pre-activation stems need. Traced under
+    :func:`jit_for_cpu` for a CPU it is :func:`shifted_max_pool`; otherwise Flax's own
+    ``nnx.max_pool``."""
+    def flax_pool(x):
+        return nnx.max_pool(x, (window, window), strides=(strides, strides),
+                            padding=((padding, padding), (padding, padding)))
+
+    if not _CPU_KERNELS.get():
+        return flax_pool(x)
+    return lax.platform_dependent(x, cpu=lambda x: shifted_max_pool(x, window, strides, padding),
+                                  default=flax_pool)
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -458,7 +646,12 @@ class JaxBackend(Backend):
         key = ("step", kind)
         if key not in model.cache:
             fn = steps(model.module)[kind]
-            model.cache[key] = fn if model.eager else jax.jit(fn)
+            if model.eager:
+                model.cache[key] = fn
+            elif jax_device(model.device).platform == "cpu":
+                model.cache[key] = jit_for_cpu(fn)
+            else:
+                model.cache[key] = jax.jit(fn)
         return model.cache[key]
 
     @staticmethod
