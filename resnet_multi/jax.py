@@ -111,28 +111,30 @@ def patches_matmul_conv(x, kernel, strides, padding, *, precision=None):
     taps = [lax.slice(padded, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
             for i, j in live]
     patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
-    weights = jnp.concatenate([kernel[i, j] for i, j in live], axis=0) if len(live) > 1 else kernel[live[0]]
+    if len(live) == kh * kw:
+        weights = kernel.reshape(kh * kw * c, k)
+    else:
+        weights = jnp.concatenate([kernel[i, j] for i, j in live], axis=0)
     y = jnp.dot(patches.reshape(n * ho * wo, len(live) * c), weights, precision=precision)
     return y.reshape(n, ho, wo, k)
 
 
-def matmul_is_faster_on_cpu(kernel_hw, input_channels: int, output_hw) -> bool:
-    """Where XLA's CPU convolution (Eigen's) loses to :func:`patches_matmul_conv`,
-    measured on the chapter's layers at 32x32 and 96x96, batch 256, forward and gradient
-    (``scripts/bench_jax_conv.py``): a 1x1 conv, which is a matmul (3x faster as one);
-    a map of at most 2x2 out, where Eigen's kernel falls off a cliff (a 3x3 conv on
-    2x2x256: 550 ms against 13); and the grayscale stem, a 7x7 conv of one channel
-    (1.6-2.3x). Every 3x3 conv on a map of 3x3 or more, strided or not, is as fast or
-    faster as a convolution."""
-    return tuple(kernel_hw) == (1, 1) or output_hw[0] * output_hw[1] <= 4 or input_channels < 4
+def matmul_is_faster_on_cpu(kernel_hw, output_hw) -> bool:
+    """Where Eigen's convolution loses to :func:`patches_matmul_conv`, measured on the
+    chapter's layers at 32x32 and 96x96, batch 256, forward and gradient
+    (``scripts/bench_jax_conv.py``): a 1x1 conv, which is a matmul (1.4-2.1x faster as one,
+    but for the last stage's at 96x96, 13 ms against 11), and a map of at most 2x2 out,
+    where Eigen's kernel falls off a cliff (a 3x3 conv on 2x2x256: 641 ms against 15).
+    Every other conv, strided or not, the stem included, is faster as Eigen's."""
+    return tuple(kernel_hw) == (1, 1) or output_hw[0] * output_hw[1] <= 4
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 # XLA's CPU compiler (jaxlib 0.10) hands dots, reductions and convolutions to YNNPACK by
-# default; Eigen's convolutions are 1.5-3.7x faster on this chapter's 3x3 layers, forward
-# and gradient (the same script). The backend compiles its CPU steps with YNNPACK kept for
+# default; Eigen's convolutions are 1.4-3.0x faster on this chapter's layers, forward and
+# gradient (the same script). The backend compiles its CPU steps with YNNPACK kept for
 # dots and reductions only, the same as XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
 # -individual_convolution (jit_for_cpu passes it).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
@@ -191,7 +193,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         return convolution(lhs, rhs)
     strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
     output_hw = [_output_size(lhs.shape[1 + i], rhs.shape[i], strides[i], pads[i]) for i in range(2)]
-    if not matmul_is_faster_on_cpu(rhs.shape[:2], lhs.shape[-1], output_hw):
+    if not matmul_is_faster_on_cpu(rhs.shape[:2], output_hw):
         return convolution(lhs, rhs)
     return lax.platform_dependent(
         lhs, rhs, cpu=lambda x, w: patches_matmul_conv(x, w, strides, pads, precision=precision),
@@ -224,9 +226,9 @@ def shifted_max_pool(x, window: int, strides: int, padding: int):
     gradient goes to the *first* maximum of each window (row-major), as PyTorch's, the
     NumPy reference's and ``reduce_window``'s gradient do; ``jnp.maximum``'s own
     gradient would split ties, which a ReLU's zeros and Fashion-MNIST's flat background
-    make common. On this CPU it is 7x faster than ``reduce_window`` and its
-    ``select_and_scatter`` gradient (14 ms against 99 for the chapter's stem pool at
-    32x32, batch 256)."""
+    make common. On this CPU it is 3.5-7x faster than ``reduce_window`` and its
+    ``select_and_scatter`` gradient (the chapter's stem pool, batch 256: 18 ms against 120
+    at 32x32, 290 against 1,020 at 96x96)."""
     return _shifted_max_pool_forward(x, window, strides, padding)[0]
 
 

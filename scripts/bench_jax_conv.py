@@ -5,8 +5,8 @@
     python scripts/bench_jax_conv.py --size 96       # at the chapter's 96x96
 
 For each conv of d2l-resnet18 at that input size (batch 256), the median time of one
-jitted forward-and-gradient (the gradient of a sum of squares with respect to input and
-kernel), computed three ways: ``lax.conv_general_dilated`` as jaxlib compiles it by
+jitted forward-and-gradient (the gradient of a sum of squares with respect to the kernel,
+and to the input for every layer but the stem, as in training), computed three ways: ``lax.conv_general_dilated`` as jaxlib compiles it by
 default (YNNPACK's convolutions), the same with ``CPU_COMPILER_OPTIONS`` (Eigen's), and
 ``patches_matmul_conv`` (one matmul over image patches); then which one the package
 uses on the CPU. Then the stem's max pool: ``reduce_window`` (Flax's) against the
@@ -86,15 +86,18 @@ def main(argv=None) -> int:
         def matmul(x, w):
             return rn.patches_matmul_conv(x, w, strides, pads)
 
+        # the gradients a training step takes: the kernel's, and the input's but at the stem
+        wrt = (1,) if name == "stem" else (0, 1)
+
         def fwd_grad(f):
-            return jax.value_and_grad(lambda x, w: jnp.sum(jnp.square(f(x, w))), argnums=(0, 1))
+            return jax.value_and_grad(lambda x, w: jnp.sum(jnp.square(f(x, w))), argnums=wrt)
         ynn = median_ms(jax.jit(fwd_grad(conv)), x, w, repeats=args.repeats)
         eigen = median_ms(jax.jit(fwd_grad(conv), compiler_options=rn.CPU_COMPILER_OPTIONS), x, w,
                           repeats=args.repeats)
         patches = median_ms(jax.jit(fwd_grad(matmul), compiler_options=rn.CPU_COMPILER_OPTIONS), x, w,
                             repeats=args.repeats)
         out = rn._output_size(h, k, s, (p, p))
-        uses = "patch matmul" if rn.matmul_is_faster_on_cpu((k, k), cin, (out, out)) else "Eigen conv"
+        uses = "patch matmul" if rn.matmul_is_faster_on_cpu((k, k), (out, out)) else "Eigen conv"
         print(f"{name:15s} {f'{h}x{h}x{cin}':>12s} {f'{out}x{out}':>5s} {ynn:13.1f} {eigen:11.1f} {patches:13.1f}"
               f"  {uses}")
     h = (args.size + 2 * 3 - 7) // 2 + 1

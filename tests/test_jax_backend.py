@@ -322,7 +322,7 @@ def _lowered(fn, *args, platform, kernels=True):
     ((2, 1, 1, 8), 3, 1, 1, True),    # a 1x1 map out: Eigen's kernel is pathological there
     ((2, 4, 4, 8), 3, 2, 1, True),    # 2x2 out
     ((2, 8, 8, 8), 1, 2, 0, True),    # a 1x1 conv is a matmul
-    ((2, 32, 32, 1), 7, 2, 3, True),  # the grayscale stem
+    ((2, 32, 32, 1), 7, 2, 3, False),  # the grayscale stem: faster as Eigen's conv
     ((2, 8, 8, 8), 3, 1, 1, False),   # a 3x3 conv on a larger map stays a convolution
     ((2, 6, 6, 8), 3, 2, 1, False)])
 def test_which_convs_a_cpu_step_computes_as_a_matmul(shape, kernel, stride, padding, as_matmul):
@@ -347,8 +347,8 @@ def test_a_conv_flax_configures_otherwise_stays_a_convolution():
 
 
 def test_the_networks_convs_on_the_cpu():
-    """d2l-resnet18 at 32x32: the stem, the three 1x1 projections and the eight 3x3 convs
-    of the last two stages (2x2 and 1x1 maps out) are matmuls; the eight 3x3 convs with
+    """d2l-resnet18 at 32x32: the three 1x1 projections and the eight 3x3 convs of the last
+    two stages (2x2 and 1x1 maps out) are matmuls; the stem and the eight 3x3 convs with
     8x8 and 4x4 maps out stay convolutions."""
     model = rn.net("d2l-resnet18", width=8)
     graphdef, state = nnx.split(model)
@@ -356,11 +356,11 @@ def test_the_networks_convs_on_the_cpu():
 
     def forward(state, x):
         return nnx.merge(graphdef, state)(x)
-    assert _lowered(forward, state, x, platform="cpu").count("stablehlo.convolution") == 8
+    assert _lowered(forward, state, x, platform="cpu").count("stablehlo.convolution") == 9
     assert _lowered(forward, state, x, platform="cpu", kernels=False).count("stablehlo.convolution") == 20
     # jit_for_cpu traces the kernels in at every trace, whatever context it is called from
     stablehlo = rn.jit_for_cpu(forward).trace(state, x).lower().as_text()
-    assert stablehlo.count("stablehlo.convolution") == 8
+    assert stablehlo.count("stablehlo.convolution") == 9
 
 
 def test_the_cpu_step_keeps_convolutions_out_of_ynnpack():
