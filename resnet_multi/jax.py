@@ -122,7 +122,7 @@ def patches_matmul_conv(x, kernel, strides, padding, *, precision=None):
 def matmul_is_faster_on_cpu(kernel_hw, output_hw) -> bool:
     """Where Eigen's convolution loses to :func:`patches_matmul_conv`, measured on the
     chapter's layers at 32x32 and 96x96, batch 256, forward and gradient
-    (``scripts/bench_jax_conv.py``): a 1x1 conv, which is a matmul (1.4-2.1x faster as one,
+    (``scripts/bench_jax_conv.py``): a 1x1 conv, which is a matmul (1.3-2.1x faster as one,
     but for the last stage's at 96x96, 13 ms against 11), and a map of at most 2x2 out,
     where Eigen's kernel falls off a cliff (a 3x3 conv on 2x2x256: 641 ms against 15).
     Every other conv, strided or not, the stem included, is faster as Eigen's."""
