@@ -85,13 +85,18 @@ def _rngs(rngs):
 
 
 # ---- layers the spec needs and Flax does not have as such ---------------------------------
-def _output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
-    return (size + pad[0] + pad[1] - kernel) // stride + 1
-
-
 def _reads_input(start: int, stride: int, count: int, pad_before: int, size: int) -> bool:
     """Whether a tap at offset ``start`` of the padded axis reads any real (unpadded) pixel."""
     return any(pad_before <= start + stride * o < pad_before + size for o in range(count))
+
+
+def _strided_views(padded, taps, strides, output_hw):
+    """For each tap ``(i, j)`` of a window, the strided view of ``padded`` (NHWC) that it
+    reads at every output position: what a conv's patches and a pool's maximum are made of."""
+    n, _, _, c = padded.shape
+    (sh, sw), (ho, wo) = strides, output_hw
+    return [lax.slice(padded, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+            for i, j in taps]
 
 
 def patches_matmul_conv(x, kernel, strides, padding, *, precision=None):
@@ -104,12 +109,11 @@ def patches_matmul_conv(x, kernel, strides, padding, *, precision=None):
     n, h, w, c = x.shape
     kh, kw, _, k = kernel.shape
     (sh, sw), (ph, pw) = strides, padding
-    ho, wo = _output_size(h, kh, sh, ph), _output_size(w, kw, sw, pw)
+    ho, wo = shapes.conv_out(h, kh, sh, ph), shapes.conv_out(w, kw, sw, pw)
     padded = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
     live = [(i, j) for i in range(kh) for j in range(kw)
             if _reads_input(i, sh, ho, ph[0], h) and _reads_input(j, sw, wo, pw[0], w)]
-    taps = [lax.slice(padded, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-            for i, j in live]
+    taps = _strided_views(padded, live, strides, (ho, wo))
     patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
     if len(live) == kh * kw:
         weights = kernel.reshape(kh * kw * c, k)
@@ -184,15 +188,17 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         feature_group_count=feature_group_count, precision=precision,
                                         **options)
 
+    if not _CPU_KERNELS.get():
+        return convolution(lhs, rhs)
     # Flax passes out_sharding=None (and preferred_element_type only when it is set)
     plain = (all(value is None for value in options.values()) and feature_group_count == 1
              and isinstance(padding, (tuple, list))
              and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
              and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    if not (_CPU_KERNELS.get() and plain):
+    if not plain:
         return convolution(lhs, rhs)
     strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-    output_hw = [_output_size(lhs.shape[1 + i], rhs.shape[i], strides[i], pads[i]) for i in range(2)]
+    output_hw = [shapes.conv_out(lhs.shape[1 + i], rhs.shape[i], strides[i], pads[i]) for i in range(2)]
     if not matmul_is_faster_on_cpu(rhs.shape[:2], output_hw):
         return convolution(lhs, rhs)
     return lax.platform_dependent(
@@ -211,13 +217,8 @@ def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, us
                     conv_general_dilated=conv_general_dilated, rngs=_rngs(rngs))
 
 
-def _pool_taps(padded, window: int, strides: int, output_hw):
-    """The ``window**2`` strided views of ``padded`` that a pool's outputs read, in the
-    window's row-major order."""
-    n, _, _, c = padded.shape
-    ho, wo = output_hw
-    return [lax.slice(padded, (0, i, j, 0), (n, i + strides * (ho - 1) + 1, j + strides * (wo - 1) + 1, c),
-                      (1, strides, strides, 1)) for i in range(window) for j in range(window)]
+def _window(size: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(size) for j in range(size)]  # row-major: the first maximum wins
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -235,9 +236,8 @@ def shifted_max_pool(x, window: int, strides: int, padding: int):
 def _shifted_max_pool_forward(x, window, strides, padding):
     pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
     padded = jnp.pad(x, pad, constant_values=-jnp.inf)  # padding never wins the max
-    output_hw = [_output_size(x.shape[1 + a], window, strides, (padding, padding)) for a in range(2)]
-    taps = _pool_taps(padded, window, strides, output_hw)
-    out = functools.reduce(jnp.maximum, taps)
+    output_hw = [shapes.conv_out(x.shape[1 + a], window, strides, padding) for a in range(2)]
+    out = functools.reduce(jnp.maximum, _strided_views(padded, _window(window), (strides, strides), output_hw))
     return out, (padded, out)
 
 
@@ -247,8 +247,8 @@ def _shifted_max_pool_backward(window, strides, padding, residuals, grad):
     ho, wo = out.shape[1:3]
     taken = jnp.zeros(out.shape, bool)
     grad_padded = jnp.zeros_like(padded)
-    for k, tap in enumerate(_pool_taps(padded, window, strides, (ho, wo))):
-        i, j = divmod(k, window)
+    taps = _window(window)
+    for (i, j), tap in zip(taps, _strided_views(padded, taps, (strides, strides), (ho, wo))):
         first = (tap == out) & ~taken
         taken = taken | first
         # scatter back to the tap's strided positions: interior padding spaces them by the stride

@@ -16,8 +16,10 @@ STEM_CONV = (7, 2, 3)  # kernel, stride, padding
 STEM_POOL = (3, 2, 1)
 
 
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+def conv_out(size: int, kernel: int, stride: int, padding) -> int:
+    """Output size of a conv or pool; ``padding`` on each side, or a ``(before, after)`` pair."""
+    before, after = (padding, padding) if isinstance(padding, int) else padding
+    return (size + before + after - kernel) // stride + 1
 
 
 @dataclass(frozen=True)

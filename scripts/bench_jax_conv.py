@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from resnet_multi import jax as rn  # noqa: E402
+from resnet_multi import shapes  # noqa: E402
 from resnet_multi.spec import get_arch  # noqa: E402
 
 jax, jnp, lax, nnx = rn.jax, rn.jnp, rn.lax, rn.nnx
@@ -46,14 +47,14 @@ def chapter_convs(size: int):
     """(layer, input side, in channels, out channels, kernel, stride, padding) of each
     distinct conv of d2l-resnet18 at ``size``, in the network's order."""
     spec = get_arch("d2l-resnet18")
-    convs = [("stem", size, spec.in_channels, spec.width, 7, 2, 3)]
-    side = rn._output_size(rn._output_size(size, 7, 2, (3, 3)), 3, 2, (1, 1))  # stem conv, max pool
+    convs = [("stem", size, spec.in_channels, spec.width, *shapes.STEM_CONV)]
+    side = shapes.conv_out(shapes.conv_out(size, *shapes.STEM_CONV), *shapes.STEM_POOL)
     for i, stage in enumerate(spec.stages, 1):
         for block in stage.blocks:
             here = side
             for name, cin, cout, k, s, p in block.convs():
                 convs.append((f"stage {i} {name}", here, cin, cout, k, s, p))
-                here = rn._output_size(here, k, s, (p, p))
+                here = shapes.conv_out(here, k, s, p)
             if block.projection:
                 convs.append((f"stage {i} 1x1", side, block.in_channels, block.out_channels, 1, block.stride, 0))
             side = here
@@ -96,18 +97,19 @@ def main(argv=None) -> int:
                           repeats=args.repeats)
         patches = median_ms(jax.jit(fwd_grad(matmul), compiler_options=rn.CPU_COMPILER_OPTIONS), x, w,
                             repeats=args.repeats)
-        out = rn._output_size(h, k, s, (p, p))
+        out = shapes.conv_out(h, k, s, p)
         uses = "patch matmul" if rn.matmul_is_faster_on_cpu((k, k), (out, out)) else "Eigen conv"
         print(f"{name:15s} {f'{h}x{h}x{cin}':>12s} {f'{out}x{out}':>5s} {ynn:13.1f} {eigen:11.1f} {patches:13.1f}"
               f"  {uses}")
-    h = (args.size + 2 * 3 - 7) // 2 + 1
+    h = shapes.conv_out(args.size, *shapes.STEM_CONV)
     x = jnp.asarray(rng.standard_normal((args.batch_size, h, h, get_arch("d2l-resnet18").width)), jnp.float32)
+    window, stride, pad = shapes.STEM_POOL
 
     def flax_pool(x):
-        return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return nnx.max_pool(x, (window, window), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
 
     def shifted(x):
-        return rn.shifted_max_pool(x, 3, 2, 1)
+        return rn.shifted_max_pool(x, window, stride, pad)
 
     def pool_grad(f):
         return jax.value_and_grad(lambda x: jnp.sum(jnp.square(f(x))))
