@@ -15,19 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import data, shapes, weights as canonical
+from . import data, frameworks, shapes, weights as canonical
 from .spec import ArchSpec, get_arch
 
-# backend name -> (module, pip extra that installs its framework)
-BACKENDS = {
-    "numpy": ("resnet_multi.numpy", None),
-    "torch": ("resnet_multi.torch", "torch"),
-    "tf": ("resnet_multi.tf", "tf"),
-    "mxnet": ("resnet_multi.mxnet", "mxnet"),
-    "paddle": ("resnet_multi.paddle", "paddle"),
-    "mindspore": ("resnet_multi.mindspore", "mindspore"),
-    "jax": ("resnet_multi.jax", "jax"),
-}
+# backend name -> (module, pip extra that installs its framework), from the one registry
+BACKENDS = {f.name: (f.module, f.extra) for f in frameworks.FRAMEWORKS.values()}
 
 
 def require(module: str, backend: str):
@@ -321,6 +313,4 @@ class Backend:
 def load_backend(name: str) -> Backend:
     """The adapter for a backend by name; ImportError (naming the extra) if its
     framework is missing, ValueError if the name is unknown."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name][0]).BACKEND
+    return importlib.import_module(frameworks.get(name).module).BACKEND

@@ -21,7 +21,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-FRAMEWORKS = ("numpy", "torch", "tf", "mxnet", "paddle", "mindspore", "jax")
+from . import frameworks
+
+FRAMEWORKS = frameworks.NAMES
 
 # topic -> row title, in the order a reader meets them in the chapter
 TOPICS = {

@@ -138,8 +138,30 @@ class BlockSpec:
         precedes ``convK``, so it normalises that conv's input.
         """
         if self.preact:
-            return [("bn" + name[-1], cin) for name, cin, _, _, _, _ in self.convs()]
-        return [("bn" + name[-1], cout) for name, _, cout, _, _, _ in self.convs()]
+            return [(bn_for(name), cin) for name, cin, _, _, _, _ in self.convs()]
+        return [(bn_for(name), cout) for name, _, cout, _, _, _ in self.convs()]
+
+    def attribute_names(self) -> dict[str, str]:
+        """Canonical layer name -> the attribute that holds it in the book's block classes.
+
+        Weights files name a projection ``shortcut.conv`` (and torchvision's BN after it
+        ``shortcut.bn``) in every kind of block. The chapter's basic block calls that
+        projection ``conv3``, so the basic classes hold it as ``conv3`` (and ``bn3``); a
+        bottleneck has a ``conv3`` of its own and keeps ``shortcut.conv`` / ``shortcut.bn``.
+        """
+        names = {name: name for name, *_ in self.convs()}
+        names.update({bn: bn for bn, _ in self.bn_names()})
+        if self.projection:
+            book = self.kind == "basic"
+            names["shortcut.conv"] = "conv3" if book else "shortcut.conv"
+            if self.shortcut == "conv_bn":
+                names["shortcut.bn"] = "bn3" if book else "shortcut.bn"
+        return names
+
+
+def bn_for(conv_name: str) -> str:
+    """The BatchNorm that goes with a block's conv: ``bn2`` with ``conv2``."""
+    return "bn" + conv_name.removeprefix("conv")
 
 
 def block_spec(input_channels, num_channels: int | None = None, use_1x1conv: bool = False, strides: int = 1,
@@ -156,6 +178,37 @@ def block_spec(input_channels, num_channels: int | None = None, use_1x1conv: boo
 
 
 BLOCK_OPTIONS = {"kind", "preact", "conv_bias", "shortcut", "stride_on", "bn"}
+
+# Each framework module writes one small class per kind of block, named alike everywhere.
+BLOCK_CLASSES = {
+    ("basic", False): "Residual",  # the chapter's block
+    ("bottleneck", False): "Bottleneck",  # exercise 3
+    ("basic", True): "PreActResidual",  # exercise 4
+    ("bottleneck", True): "PreActBottleneck",
+}
+
+
+def block_class(spec: BlockSpec) -> str:
+    """The name of the class that builds ``spec``'s kind of block."""
+    return BLOCK_CLASSES[spec.kind, spec.preact]
+
+
+def block_spec_for(class_name: str, input_channels, num_channels=None, use_1x1conv=False, strides=1,
+                   **options) -> BlockSpec:
+    """:func:`block_spec` for one of :data:`BLOCK_CLASSES`: the class fixes the block's kind
+    (``Bottleneck(8, 16, True, 2)`` is a bottleneck), and a spec of another kind is refused
+    with the class that builds it."""
+    (kind, preact), = (key for key, name in BLOCK_CLASSES.items() if name == class_name)
+    if isinstance(input_channels, BlockSpec):
+        spec = input_channels
+    else:
+        spec = block_spec(input_channels, num_channels, use_1x1conv, strides,
+                          **{"kind": kind, "preact": preact, **options})
+    if (spec.kind, spec.preact) != (kind, preact):
+        raise ValueError(f"{class_name} builds {'pre-activation ' if preact else ''}{kind} blocks, and this "
+                         f"one is a {'pre-activation ' if spec.preact else ''}{spec.kind} block: use "
+                         f"{block_class(spec)}, or the module's block(spec), which picks the class")
+    return spec
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import validate
-from .spec import ArchSpec
+from .spec import ArchSpec, bn_for
 
 FORMAT = "resnet_multi.canonical.v1"
 
@@ -63,7 +63,7 @@ def tensor_specs(spec: ArchSpec) -> list[TensorSpec]:
             prefix = f"stages.{i}.{j}"
             bns = dict(block.bn_names())
             for name, cin, cout, k, _, _ in block.convs():
-                bn_name = "bn" + name[-1]
+                bn_name = bn_for(name)
                 if block.preact:
                     out += _bn(f"{prefix}.{bn_name}", bns[bn_name])
                 out += _conv(f"{prefix}.{name}", cin, cout, k, block.conv_bias)
@@ -78,6 +78,33 @@ def tensor_specs(spec: ArchSpec) -> list[TensorSpec]:
         out += _bn("head.bn", spec.features)
     out += [TensorSpec("head.fc.weight", (spec.num_classes, spec.features), True, "fc"),
             TensorSpec("head.fc.bias", (spec.num_classes,), True, "fc_bias")]
+    return out
+
+
+def module_paths(spec: ArchSpec) -> dict[str, str]:
+    """Canonical layer name -> the attribute path of that layer in the book's classes,
+    for every layer with weights (``stages.1.0.shortcut.conv`` -> ``stages.1.0.conv3`` in a
+    basic block; every other name is its own path). See :meth:`BlockSpec.attribute_names`."""
+    paths = {}
+    for t in tensor_specs(spec):
+        layer = t.name.rsplit(".", 1)[0]
+        paths[layer] = layer
+    for i, stage in enumerate(spec.stages):
+        for j, block in enumerate(stage.blocks):
+            prefix = f"stages.{i}.{j}."
+            for canonical, attribute in block.attribute_names().items():
+                paths[prefix + canonical] = prefix + attribute
+    return paths
+
+
+def rename_layers(tensors: dict, paths: dict[str, str]) -> dict:
+    """``tensors`` with each name's layer part (all but the last dot-separated part) looked up
+    in ``paths``: :func:`module_paths` turns canonical names into attribute paths, its inverse
+    attribute paths into canonical names. A layer not in ``paths`` keeps its name."""
+    out = {}
+    for name, value in tensors.items():
+        layer, _, leaf = name.rpartition(".")
+        out[f"{paths.get(layer, layer)}.{leaf}" if layer else name] = value
     return out
 
 

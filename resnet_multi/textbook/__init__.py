@@ -31,14 +31,9 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = {
-    "torch": "resnet_multi.textbook.torch",
-    "tf": "resnet_multi.textbook.tf",
-    "mxnet": "resnet_multi.textbook.mxnet",
-    "paddle": "resnet_multi.textbook.paddle",
-    "mindspore": "resnet_multi.textbook.mindspore",
-    "jax": "resnet_multi.textbook.jax",
-}
+from .. import frameworks
+
+MODULES = {f.name: f.textbook_module for f in frameworks.FRAMEWORKS.values() if f.textbook}
 # The one architecture the chapter builds.
 ARCH = "d2l-resnet18"
 
