@@ -17,6 +17,7 @@ import numpy as np
 
 from . import data, frameworks, shapes, weights as canonical
 from .spec import ArchSpec, get_arch
+from .errors import InputError
 
 # backend name -> (module, pip extra that installs its framework), from the one registry
 BACKENDS = {f.name: (f.module, f.extra) for f in frameworks.FRAMEWORKS.values()}
@@ -157,7 +158,7 @@ class Backend:
     def check_device(self, device: str) -> str:
         available = self.devices()
         if device not in available:
-            raise ValueError(f"device {device!r} is not available to {self.name}; available: {available}")
+            raise InputError(f"device {device!r} is not available to {self.name}; available: {available}")
         return device
 
     def build(self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, eager: bool = False,
@@ -206,7 +207,7 @@ class Backend:
         """One SGD training step on a batch; returns (loss, logits) of the forward pass."""
         y = self._check_training_input(model, x, y)
         if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+            raise InputError(f"learning rate must be a positive number, got {lr!r}")
         return self._sgd_step(model, x, y, float(lr))
 
     # -- the training loop's step (train.fit); defaults are sgd_step on host batches ---
@@ -216,14 +217,14 @@ class Backend:
         (one of :attr:`precisions`), ``channels_last`` and ``device_batches`` (None: the
         backend's choice for the device). Only the torch backend has the last two."""
         if precision not in self.precisions:
-            raise ValueError(f"precision {precision!r} is not available with {self.name}, which trains in "
+            raise InputError(f"precision {precision!r} is not available with {self.name}, which trains in "
                              f"{' or '.join(self.precisions)}; mixed precision (--precision bf16) is "
                              f"available with --backend torch")
         if channels_last:
-            raise ValueError(f"--channels-last (a PyTorch memory format) is available only with --backend "
+            raise InputError(f"--channels-last (a PyTorch memory format) is available only with --backend "
                              f"torch; {self.name} lays its tensors out itself")
         if device_batches:
-            raise ValueError(f"batches built on the device are available only with --backend torch; "
+            raise InputError(f"batches built on the device are available only with --backend torch; "
                              f"{self.name} takes NumPy batches")
         model.cache["training"] = {"precision": precision, "channels_last": False, "device_batches": False}
 
@@ -289,7 +290,7 @@ class Backend:
         """A NumPy training batch the backend can take, or a clear error; the labels as int64."""
         shapes.check_input_array(model.spec, x, training=True)
         if x.shape[0] < self.min_training_batch:
-            raise ValueError(f"{self.name} cannot train on a batch of {x.shape[0]} image(s): "
+            raise InputError(f"{self.name} cannot train on a batch of {x.shape[0]} image(s): "
                              f"{self.min_training_batch_why}; use batches of at least {self.min_training_batch}")
         return self._check_labels(model, x, y)
 
@@ -297,9 +298,9 @@ class Backend:
     def _check_labels(model: Model, x: np.ndarray, y) -> np.ndarray:
         y = np.asarray(y)
         if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
+            raise InputError(f"labels must be integers of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
         if y.min() < 0 or y.max() >= model.spec.num_classes:
-            raise ValueError(f"labels must lie in [0, {model.spec.num_classes}), got {y.min()}..{y.max()}")
+            raise InputError(f"labels must lie in [0, {model.spec.num_classes}), got {y.min()}..{y.max()}")
         return y.astype(np.int64)
 
     def to_canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -41,7 +41,8 @@ import numpy as np
 from . import shapes, textbook
 from .backend import Backend, load_backend
 from .spec import get_arch
-from .weights import atomic_write_bytes
+from .files import atomic_write_bytes
+from .errors import InputError
 
 FORMAT = "resnet_multi.bench.v1"
 FLOP_PER_MAC = 2
@@ -96,9 +97,9 @@ def run(backend: str | Backend, *, arch: str = "d2l-resnet18", size: int = 32, b
     backend = load_backend(backend) if isinstance(backend, str) else backend
     for value, what in ((size, "size"), (batch_size, "batch size"), (steps, "steps")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+            raise InputError(f"{what} must be a positive integer, got {value!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warm-up steps must be a non-negative integer, got {warmup!r}")
+        raise InputError(f"warm-up steps must be a non-negative integer, got {warmup!r}")
     overrides = {} if width is None else {"width": width}
     spec = get_arch(arch, **overrides)
     input_shape = (batch_size, spec.in_channels, size, size)
@@ -199,22 +200,22 @@ def check_result(result: dict) -> None:
     def positive(value, where):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or value <= 0:
-            raise ValueError(f"{where} must be a positive finite number, got {value!r}")
+            raise InputError(f"{where} must be a positive finite number, got {value!r}")
 
     if result.get("format") != FORMAT:
-        raise ValueError(f"not a {FORMAT} result: format {result.get('format')!r}")
+        raise InputError(f"not a {FORMAT} result: format {result.get('format')!r}")
     for key in ("backend", "framework_version", "device", "arch", "flop_convention", "started_utc"):
         if not isinstance(result.get(key), str) or not result[key]:
-            raise ValueError(f"{key} must be a non-empty string, got {result.get(key)!r}")
+            raise InputError(f"{key} must be a non-empty string, got {result.get(key)!r}")
     for key in ("batch_size", "steps", "macs_per_image", "width"):
         positive(result.get(key), key)
     if not isinstance(result.get("warmup"), int) or result["warmup"] < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {result.get('warmup')!r}")
+        raise InputError(f"warmup must be a non-negative integer, got {result.get('warmup')!r}")
     models = result.get("models", {})
     if "package" not in models or set(models) - {"package", "textbook"}:
-        raise ValueError(f"models must be 'package' and optionally 'textbook', got {sorted(models)}")
+        raise InputError(f"models must be 'package' and optionally 'textbook', got {sorted(models)}")
     if ("textbook" in models) == (result.get("textbook_na") is not None):
-        raise ValueError("exactly one of models.textbook and textbook_na must be given")
+        raise InputError("exactly one of models.textbook and textbook_na must be given")
     for name, model in models.items():
         for phase in PHASES:
             where = f"models.{name}.{phase}"
@@ -225,16 +226,16 @@ def check_result(result: dict) -> None:
             for key in ("median", "min", "max"):
                 positive(step[key], f"{where}.step_s.{key}")
             if not step["min"] <= step["median"] <= step["max"]:
-                raise ValueError(f"{where}.step_s must have min <= median <= max, got {step}")
+                raise InputError(f"{where}.step_s must have min <= median <= max, got {step}")
             if len(stats["step_times_s"]) != result["steps"]:
-                raise ValueError(f"{where}.step_times_s must hold {result['steps']} times")
+                raise InputError(f"{where}.step_times_s must hold {result['steps']} times")
     if "textbook" in models:
         if not isinstance(result.get("ratio"), dict):
-            raise ValueError(f"ratio must give package / textbook per phase, got {result.get('ratio')!r}")
+            raise InputError(f"ratio must give package / textbook per phase, got {result.get('ratio')!r}")
         for phase in PHASES:
             positive(result["ratio"].get(phase), f"ratio.{phase}")
     elif result.get("ratio") is not None:
-        raise ValueError("ratio must be null without a textbook baseline")
+        raise InputError("ratio must be null without a textbook baseline")
 
 
 def format_table(result: dict) -> str:

@@ -15,7 +15,12 @@
 Mistakes (unknown backend or architecture, a backend that is not installed, a
 missing device, a non-positive number, a network too big for --max-memory) get
 one line on stderr and exit status 2; a run that fails for another reason (data,
-weights, run directory, a diverged loss) exits 1. ``--debug`` shows the traceback.
+weights, run directory, a diverged loss) exits 1, and so does anything else, reported
+as the bug it is. ``--debug`` shows the traceback.
+
+The commands only parse, call into the modules and print: what a command does lives
+in :mod:`resnet_multi.train`, :mod:`resnet_multi.trace`, :mod:`resnet_multi.bench` and
+:mod:`resnet_multi.compare`.
 """
 from __future__ import annotations
 
@@ -24,15 +29,15 @@ import os
 import sys
 from pathlib import Path
 
-from . import shapes, validate
-from .backend import BACKENDS, load_backend
-from .conventions import FRAMEWORKS as CONVENTION_FRAMEWORKS
+from . import frameworks, memory, shapes
+from .backend import load_backend
+from .errors import InputError
 from .spec import ARCHS, get_arch
 
 PROG = "resnet-multi"
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """A bad argument found after parsing (e.g. a device the backend lacks)."""
 
 
@@ -79,8 +84,8 @@ def _input_shape(text: str) -> tuple[int, ...]:
 
 
 def _convention_framework(name: str) -> str:
-    if name not in CONVENTION_FRAMEWORKS:
-        raise argparse.ArgumentTypeError(f"no conventions for {name!r}: choose among {', '.join(CONVENTION_FRAMEWORKS)}")
+    if name not in frameworks.FRAMEWORKS:
+        raise argparse.ArgumentTypeError(f"no conventions for {name!r}: choose among {', '.join(frameworks.NAMES)}")
     return name
 
 
@@ -107,12 +112,12 @@ def _memory_limit(args) -> int | None:
     """--max-memory in bytes; by default this machine's RAM."""
     if getattr(args, "max_memory", None) is not None:
         return int(args.max_memory * 2**30)
-    return validate.physical_memory()
+    return memory.physical_memory()
 
 
 def _check_memory(backend, spec, input_shape, args, *, training: bool) -> None:
     # The NumPy reference computes in float64: twice the bytes of the frameworks' float32.
-    validate.check_memory(spec, input_shape, training=training, limit_bytes=_memory_limit(args),
+    memory.check_memory(spec, input_shape, training=training, limit_bytes=_memory_limit(args),
                           itemsize=8 if backend.name == "numpy" else 4)
 
 
@@ -137,7 +142,7 @@ def _load_data(*, subset: bool, data_dir, limit: int | None):
 # ---- commands --------------------------------------------------------------------------
 def cmd_backends(args) -> int:
     rows = [("backend", "installed", "version", "devices")]
-    for name in BACKENDS:
+    for name in frameworks.NAMES:
         try:
             backend = load_backend(name)
             rows.append((name, "yes", backend.framework_version(), ", ".join(backend.devices())))
@@ -170,30 +175,25 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def _run_directory(args) -> Path:
+    return Path(args.out or f"runs/{args.backend}-{args.preset or 'chapter'}")
+
+
 def cmd_train(args) -> int:
     from . import train
 
-    default_preset = args.preset is None
-    args.preset = args.preset or "chapter"
-    settings = dict(train.PRESETS[args.preset])
-    for key in ("arch", "epochs", "lr", "batch_size", "resize", "subset"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    if args.data_dir is not None and args.subset is None:
-        settings["subset"] = False  # a data folder means the full data set
+    preset = args.preset or "chapter"
+    settings = train.recipe(preset, data_dir=args.data_dir, arch=args.arch, epochs=args.epochs, lr=args.lr,
+                            batch_size=args.batch_size, resize=args.resize, subset=args.subset)
     resize = settings["resize"] or None  # --resize 0: keep 28x28
     backend = _backend(args.backend)
-    group = _process_group(args)  # a data-parallel run's rank; None in one process (or the launcher)
-    device = group.device if group else args.launch or _device(backend, args.device)
+    group, launch_device = _process_group(args)
+    device = group.device if group else launch_device or _device(backend, args.device)
     writes = group is None or group.writes  # rank 0 alone reads and writes the run directory, and prints
-    out = args.out = Path(args.out or f"runs/{args.backend}-{args.preset}")  # main() reports on it
-    state = train.read_checkpoint(out) if writes else None  # fit checks this too; here it fails early
-    if args.resume and state is None and writes:
-        raise train.RunError(f"nothing to resume: {out / train.CHECKPOINT} does not exist")
-    if not args.resume and state is not None:
-        raise train.RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
-                             f"to continue it or choose another --out")
-    if default_preset and writes and not args.launch:  # once the arguments are checked: the default is the long run
+    out = _run_directory(args)
+    if writes:
+        train.check_start(out, args.resume)  # fit checks this too; here it fails before any work
+    if args.preset is None and writes and not launch_device:  # the default is the long run: say so
         print(f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
               f"10 epochs: for a GPU; --preset quick is the short CPU run)", file=sys.stderr)
     spec = get_arch(settings["arch"], **_overrides(args))
@@ -201,7 +201,7 @@ def cmd_train(args) -> int:
     _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
     training = dict(precision=args.precision, channels_last=args.channels_last)
     model = None
-    if args.launch or group:
+    if launch_device or group:
         if args.precision != "float32" or args.channels_last:
             raise UsageError("--precision bf16 and --channels-last are for one process so far; "
                              "drop them with --nproc or torchrun")
@@ -211,28 +211,29 @@ def cmd_train(args) -> int:
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
     train.check_run(spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None,
                     backend=backend)
-    if args.launch or group:
+    if launch_device or group:
         from . import distributed
+
         distributed.check_shards(spec, len(dataset.train_images), settings["batch_size"], resize,
                                  group.world_size if group else args.nproc)
-    if args.launch:  # every check passed: start the processes, each runs this command
+    if launch_device:  # every check passed: start the processes, each runs this command
         try:
             return distributed.launch(args.nproc, args.argv)
         except distributed.WorkerFailed as e:
-            print(f"{PROG}: error: {e}; {_standing(out)}", file=sys.stderr)
+            print(f"{PROG}: error: {e}; {train.standing(out)}", file=sys.stderr)
             return e.exitcode
     if group:
         backend = group.backend()
         model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
     if writes:
-        print(f"training {model.spec.name} (preset {args.preset}) on {backend.name} "
-          f"{backend.framework_version()} ({device}): "
-          f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
-          f"{resize or 28}x{resize or 28}, {settings['epochs']} epochs, lr {settings['lr']}, "
-          f"batch {settings['batch_size']}, seed {args.seed}"
-          f"{'' if args.precision == 'float32' else ', precision ' + args.precision}; writing {out}"
-          + (f"; {group.describe(device)}" if group else ""), file=sys.stderr)
-    meta = {"preset": args.preset, "subset": settings["subset"],
+        print(f"training {model.spec.name} (preset {preset}) on {backend.name} "
+              f"{backend.framework_version()} ({device}): "
+              f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
+              f"{side}x{side}, {settings['epochs']} epochs, lr {settings['lr']}, "
+              f"batch {settings['batch_size']}, seed {args.seed}"
+              f"{'' if args.precision == 'float32' else ', precision ' + args.precision}; writing {out}"
+              + (f"; {group.describe(device)}" if group else ""), file=sys.stderr)
+    meta = {"preset": preset, "subset": settings["subset"],
             "data_dir": None if args.data_dir is None else str(args.data_dir), "limit": args.limit,
             "source": dataset.source, **({"parallel": group.meta()} if group else {})}
     history = train.fit(backend, model, dataset, epochs=settings["epochs"], lr=settings["lr"],
@@ -253,22 +254,21 @@ _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
 def _process_group(args):
-    """For a data-parallel run: this rank's place in it, joined (the process group is
-    initialised here). None in one process, and in the process that --nproc makes the
-    launcher, where ``args.launch`` is then rank 0's device (else None)."""
+    """(group, launch_device) for a data-parallel run. In a rank: the process group, joined
+    (initialised here), and None. In the process that --nproc makes the launcher: None and
+    rank 0's device. In one process: (None, None)."""
     launched = all(k in os.environ for k in _LAUNCH_ENV)
-    args.launch = None
     if args.nproc is None and not args.sync_bn and not launched:
-        return None
+        return None, None
     if args.backend != "torch":
         raise UsageError(f"data-parallel training (--nproc, --sync-bn, torchrun) runs on the torch backend "
                          f"only (DistributedDataParallel), not {args.backend}; use --backend torch")
     from . import distributed
+
     distributed.check_request(args.nproc)
     if not launched:
-        args.launch = distributed.choose_device(args.device, 0, args.nproc)  # before starting anything
-        return None
-    return distributed.ProcessGroup(device=args.device, sync_bn=args.sync_bn, timeout=args.dist_timeout)
+        return None, distributed.choose_device(args.device, 0, args.nproc)  # before starting anything
+    return distributed.ProcessGroup(device=args.device, sync_bn=args.sync_bn, timeout=args.dist_timeout), None
 
 
 def _run_beside(weights_path: Path) -> dict:
@@ -294,13 +294,7 @@ def cmd_evaluate(args) -> int:
     spec = recorded.arch
     run = _run_beside(Path(args.weights))
     meta = run.get("meta", {})
-    # The resolution the weights were trained at: from the file, else from its run directory.
-    if recorded.preprocess is not None:
-        known, trained = True, recorded.preprocess["resize"]
-    elif "recipe" in run:
-        known, trained = True, run["recipe"]["resize"]
-    else:
-        known, trained = False, None
+    known, trained = train.trained_resize(recorded.preprocess, run)
     if args.resize is not None:
         resize = args.resize or None
         if known and resize != trained:
@@ -416,50 +410,59 @@ def cmd_conventions(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="The Residual Networks chapter of Dive into Deep Learning "
-                                            "on six frameworks and a NumPy reference.")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, show the full traceback instead of one line")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _max_memory(p):
+    p.add_argument("--max-memory", type=_positive_float, metavar="GIB",
+                   help="refuse networks and inputs whose memory, estimated from the spec "
+                        "before anything is allocated, exceeds this (default: this machine's RAM)")
 
-    def max_memory(p):
-        p.add_argument("--max-memory", type=_positive_float, metavar="GIB",
-                       help="refuse networks and inputs whose memory, estimated from the spec "
-                            "before anything is allocated, exceeds this (default: this machine's RAM)")
 
+def _eager(p):
+    p.add_argument("--eager", action="store_true",
+                   help="run op by op, without the backend's compiled step (tf.function, "
+                        "hybridize, to_static, graph mode): slower, easier to step through")
+
+
+def _backend_option(p):
+    p.add_argument("--backend", required=True, choices=list(frameworks.NAMES), help="the framework to run")
+
+
+def _device_option(p):
+    p.add_argument("--device", help="e.g. cpu, cuda:0 (default: the first accelerator, else cpu)")
+
+
+def _model_options(p, arch_default=None):
+    _backend_option(p)
+    _device_option(p)
+    p.add_argument("--arch", choices=list(ARCHS), default=arch_default, help="architecture from the spec table")
+    p.add_argument("--width", type=_positive_int, help="stem channels (the chapter: 64)")
+
+
+def _add_backends(sub):
     p = sub.add_parser("backends", help="each backend: installed?, framework version, devices")
     p.set_defaults(func=cmd_backends)
 
-    def eager(p):
-        p.add_argument("--eager", action="store_true",
-                       help="run op by op, without the backend's compiled step (tf.function, "
-                            "hybridize, to_static, graph mode): slower, easier to step through")
 
-    def common(p, arch_default=None):
-        p.add_argument("--backend", required=True, choices=list(BACKENDS))
-        p.add_argument("--device", help="e.g. cpu, cuda:0 (default: the first accelerator, else cpu)")
-        p.add_argument("--arch", choices=list(ARCHS), default=arch_default)
-        p.add_argument("--width", type=_positive_int, help="stem channels (the chapter: 64)")
-
+def _add_summary(sub):
     p = sub.add_parser("summary", help="the chapter's per-layer shape table, parameters and MACs")
-    common(p, "d2l-resnet18")
+    _model_options(p, "d2l-resnet18")
     p.add_argument("--input", type=_input_shape, metavar="N,C,H,W",
                    help="input shape (default: 1,C,224,224 as in the chapter)")
-    max_memory(p)
+    _max_memory(p)
     p.set_defaults(func=cmd_summary)
 
+
+def _add_train(sub):
     from .train import PRESETS
+
     p = sub.add_parser("train", help="train and evaluate (d2l's train_ch6), with checkpoints and a plot")
-    common(p)
+    _model_options(p)
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="chapter (the default): the chapter's recipe, full data at 96x96, 10 epochs "
                         "(for a GPU: about two hours with torch on a 2-core CPU); quick: the bundled "
-                        "2,000/500 subset at 32x32, 12 epochs (about a minute with torch on a 2-core "
-                        "CPU, 2 to 4 minutes with tf, mxnet or paddle; see the README)")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--lr", type=_positive_float)
-    p.add_argument("--batch-size", type=_positive_int)
+                        "2,000/500 subset at 32x32, 12 epochs (minutes on a CPU)")
+    p.add_argument("--epochs", type=_positive_int, help="(default: the preset's)")
+    p.add_argument("--lr", type=_positive_float, help="SGD learning rate (default: the preset's)")
+    p.add_argument("--batch-size", type=_positive_int, help="(default: the preset's)")
     p.add_argument("--resize", type=_nonneg_int, help="image side (0: keep 28)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights and batch order")
     p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
@@ -485,27 +488,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: mixed precision (autocast to bfloat16, float32 weights), torch only")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format for the convolutions, torch only (default: on for CUDA)")
-    eager(p)
-    max_memory(p)
+    _eager(p)
+    _max_memory(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test accuracy of saved weights, from any backend, on any backend")
-    p.add_argument("--backend", required=True, choices=list(BACKENDS))
-    p.add_argument("--device")
+    _backend_option(p)
+    _device_option(p)
     p.add_argument("--weights", required=True, type=Path, help="a .safetensors file saved by resnet-multi")
     p.add_argument("--resize", type=_nonneg_int,
                    help="image side, 0 for 28 (default: the one recorded in the weights)")
-    p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--limit", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    eager(p)
-    max_memory(p)
+    p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
+                   help="the bundled 500 test images (default: the data the weights were trained on)")
+    p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
+    p.add_argument("--limit", type=_positive_int, help="only the first N test images")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
+    _eager(p)
+    _max_memory(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_bench(sub):
+    from .train import PRESETS
 
     p = sub.add_parser("bench", help="training and inference speed, next to the chapter's own code "
                                      "in the same framework")
-    common(p, "d2l-resnet18")
+    _model_options(p, "d2l-resnet18")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="take size and batch size from a train preset (default: quick on a CPU, "
                         "chapter on a GPU)")
@@ -513,17 +523,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="(default: the preset's)")
     p.add_argument("--steps", type=_positive_int, default=10, help="timed steps per model and phase")
     p.add_argument("--warmup", type=_nonneg_int, default=2, help="untimed steps after the first")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights and batches")
     p.add_argument("--no-textbook", action="store_true", help="only the package's model")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    eager(p)
-    max_memory(p)
+    _eager(p)
+    _max_memory(p)
     p.set_defaults(func=cmd_bench)
 
+
+def _add_trace(sub):
     p = sub.add_parser("trace", help="record loss, logits, stage outputs, gradient norms and BN statistics "
                                      "of the first training steps, for resnet-multi compare")
-    common(p)
+    _model_options(p)
     p.add_argument("--weights", type=Path, help="start from these canonical weights (default: the spec's "
                                                 "initial weights for --seed)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights (without --weights) and batch order")
@@ -547,10 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
                         "rounding-sized differences alone grow")
     p.add_argument("--out", type=Path, help="trace file (default traces/BACKEND.safetensors)")
-    eager(p)
-    max_memory(p)
+    _eager(p)
+    _max_memory(p)
     p.set_defaults(func=cmd_trace)
 
+
+def _add_compare(sub):
     p = sub.add_parser(
         "compare", help="compare traces from any backends step by step (imports no framework)",
         description="Per step, each trace's relative difference from the reference: max|a - r| / max|r| "
@@ -567,43 +581,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=_positive_float,
                    help="exit with status 1 if any relative difference exceeds this")
     p.add_argument("--plot", type=Path, help="plot file (default compare.png beside the first trace)")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-plot", action="store_true", help="write no plot")
     p.set_defaults(func=cmd_compare)
 
+
+def _add_conventions(sub):
     p = sub.add_parser("conventions", help="what each framework does differently from the spec, and how "
                                            "its module translates it")
     p.add_argument("frameworks", nargs="*", type=_convention_framework, metavar="FRAMEWORK",
-                   help=f"only these, next to the spec's (one of {', '.join(CONVENTION_FRAMEWORKS)}; default all)")
+                   help=f"only these, next to the spec's (one of {', '.join(frameworks.NAMES)}; default all)")
     p.add_argument("--markdown", action="store_true", help="a markdown table")
     p.set_defaults(func=cmd_conventions)
+
+
+COMMANDS = (_add_backends, _add_summary, _add_train, _add_evaluate, _add_bench, _add_trace, _add_compare,
+            _add_conventions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="The Residual Networks chapter of Dive into Deep Learning "
+                                            "on six frameworks and a NumPy reference.")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback instead of one line")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
     return parser
-
-
-def _standing(out: Path) -> str:
-    """Where a stopped run stands: the checkpoint to resume from, or none."""
-    from . import train
-
-    try:
-        state = train.read_checkpoint(out)
-    except train.RunError as e:
-        return str(e)
-    if state is None:
-        return f"no epoch had finished, so {out} holds no checkpoint; run the same command again, without --resume"
-    return f"{out} holds the checkpoint of epoch {state['epoch']}: the same command with --resume continues from there"
-
-
-def _interrupted(args) -> str:
-    """What Ctrl-C leaves behind, truthfully: the checkpoint to resume from, or nothing."""
-    out = getattr(args, "out", None)
-    if getattr(args, "command", None) != "train" or out is None:
-        return f"{PROG}: interrupted"
-    return f"{PROG}: interrupted; {_standing(out)}"
 
 
 def main(argv=None) -> int:
     from .data import DataError
     from .trace import TraceError
-    from .train import RunError
+    from .train import RunError, standing
     from .weights import WeightsError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -613,6 +622,7 @@ def main(argv=None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        args.debug = debug
         args.argv = (["--debug"] if debug else []) + argv  # what --nproc's processes run
         return args.func(args)
     except UsageError as e:
@@ -620,12 +630,12 @@ def main(argv=None) -> int:
             raise
         print(e if str(e).startswith(PROG) else f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, WeightsError, RunError, TraceError, OSError) as e:
+    except (DataError, WeightsError, RunError, TraceError, OSError) as e:  # a run that cannot go on
         if debug:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError) as e:  # the spec's and the seam's argument checks
+    except InputError as e:  # the spec's and the seam's checks of what was asked
         if debug:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -633,7 +643,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(_interrupted(args), file=sys.stderr)
+        where = f"; {standing(_run_directory(args))}" if getattr(args, "command", None) == "train" else ""
+        print(f"{PROG}: interrupted{where}", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: still one line, and the way to see more
         if debug:

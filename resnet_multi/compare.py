@@ -236,7 +236,7 @@ def save_plot(c: Comparison, path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .weights import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     fig = Figure(figsize=(9, 3.4), dpi=120)
     FigureCanvasAgg(fig)

@@ -22,6 +22,7 @@ import ast
 from pathlib import Path
 
 from . import frameworks
+from .errors import InputError
 
 FRAMEWORKS = frameworks.NAMES
 
@@ -74,7 +75,7 @@ def collect(frameworks=None) -> dict[str, dict]:
     chosen = list(FRAMEWORKS) if frameworks is None else list(frameworks)
     unknown = [f for f in chosen if f not in FRAMEWORKS]
     if unknown:
-        raise ValueError(f"no conventions for {unknown}: choose among {', '.join(FRAMEWORKS)}")
+        raise InputError(f"no conventions for {unknown}: choose among {', '.join(FRAMEWORKS)}")
     return {f: declared(f) for f in FRAMEWORKS if f == "numpy" or f in chosen}
 
 

@@ -37,6 +37,8 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from .errors import InputError
+
 __all__ = [
     "DataError",
     "FASHION_MNIST_CLASSES",
@@ -390,7 +392,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, subset: boo
     """
     if subset:
         if data_dir is not None:
-            raise ValueError("subset=True loads the bundled subset; do not pass data_dir with it")
+            raise InputError("subset=True loads the bundled subset; do not pass data_dir with it")
         return _load_folder(SUBSET_DIR, SUBSET_SHA256 if verify else None,
                             f"Fashion-MNIST subset (bundled, {SUBSET_DIR})")
     if data_dir is not None:
@@ -438,10 +440,10 @@ def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     """Resize (N, H, W) float32 images to (N, size, size), bilinear, align_corners=False."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+        raise InputError(f"size must be a positive integer, got {size!r}")
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3:
-        raise ValueError(f"images must have shape (N, H, W), got {images.shape}")
+        raise InputError(f"images must have shape (N, H, W), got {images.shape}")
     rows, cols = resize_matrices(*images.shape[1:], int(size))
     return np.ascontiguousarray(rows @ images @ cols.T, dtype=np.float32)
 
@@ -454,14 +456,14 @@ def resize_matrices(height: int, width: int, size: int) -> tuple[np.ndarray, np.
 
 def _check_batch_size(batch_size) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def num_batches(n: int, batch_size: int) -> int:
     """Batches per epoch when the last partial batch is kept."""
     _check_batch_size(batch_size)
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     return -(-n // batch_size)
 
 
@@ -479,12 +481,12 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, 
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be (N, H, W) uint8, got {images.shape} {images.dtype}")
+        raise InputError(f"images must be (N, H, W) uint8, got {images.shape} {images.dtype}")
     if labels.shape != (len(images),):
-        raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
+        raise InputError(f"labels must have shape ({len(images)},), got {labels.shape}")
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer))
                                or resize <= 0):
-        raise ValueError(f"resize must be None or a positive integer, got {resize!r}")
+        raise InputError(f"resize must be None or a positive integer, got {resize!r}")
     return _batches(images, labels, batch_order(len(images), shuffle=shuffle, seed=seed, epoch=epoch),
                     int(batch_size), resize)
 

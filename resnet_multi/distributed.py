@@ -41,6 +41,7 @@ import numpy as np
 from .backend import Backend
 from .torch import F, TorchBackend, nn, torch
 from .train import RunError
+from .errors import InputError
 
 dist = torch.distributed
 
@@ -71,10 +72,10 @@ def check_request(nproc: int | None) -> None:
     if launched():
         local = int(os.environ["LOCAL_WORLD_SIZE"])
         if nproc is not None and nproc != local:
-            raise ValueError(f"--nproc {nproc} under a launcher that started {local} process(es) on this "
+            raise InputError(f"--nproc {nproc} under a launcher that started {local} process(es) on this "
                              f"node; drop --nproc (torchrun's --nproc-per-node says how many)")
     elif nproc is None:
-        raise ValueError("--sync-bn synchronises BatchNorm across processes: add --nproc N, or start "
+        raise InputError("--sync-bn synchronises BatchNorm across processes: add --nproc N, or start "
                          "the command with torchrun")
 
 
@@ -87,12 +88,12 @@ def choose_device(device: str | None, local_rank: int, local_world: int) -> str:
     if device == "cpu":
         return "cpu"
     if device != "cuda":
-        raise ValueError(f"with several processes each one takes the GPU of its local rank, so --device "
+        raise InputError(f"with several processes each one takes the GPU of its local rank, so --device "
                          f"{device} cannot be shared; pass --device cuda (or cpu)")
     if gpus == 0:
-        raise ValueError("--device cuda: PyTorch sees no GPU here (a CPU build, or no driver); use --device cpu")
+        raise InputError("--device cuda: PyTorch sees no GPU here (a CPU build, or no driver); use --device cpu")
     if local_world > gpus:
-        raise ValueError(f"{local_world} processes on this machine need {local_world} GPUs, and it has "
+        raise InputError(f"{local_world} processes on this machine need {local_world} GPUs, and it has "
                          f"{gpus}; use --nproc {gpus}, or --device cpu")
     return f"cuda:{local_rank}"
 
@@ -260,7 +261,7 @@ def check_shards(spec, n_train: int, batch_size: int, resize: int | None, world_
         return
     better = need * world_size
     last = "" if smallest == min(batch_size, n_train) else f" (the last batch holds {smallest})"
-    raise ValueError(
+    raise InputError(
         f"a global batch of {smallest}{last} split over {world_size} processes leaves a shard of "
         f"{smallest // world_size} image(s), and each process's BatchNorm needs at least {need} "
         f"({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}); use fewer processes or a batch "
@@ -348,7 +349,7 @@ class DataParallelTorch(TorchBackend):
     # its batches and metrics on the device.
     def configure_training(self, model, *, precision="float32", channels_last=None, device_batches=None):
         if precision != "float32" or channels_last or device_batches:
-            raise ValueError("--precision bf16, --channels-last and device batches are for one process so "
+            raise InputError("--precision bf16, --channels-last and device batches are for one process so "
                              "far; a data-parallel run trains in float32 on NumPy batches")
         Backend.configure_training(self, model)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Framework:
@@ -43,5 +45,5 @@ NAMES = tuple(FRAMEWORKS)
 def get(name: str) -> Framework:
     """The framework called ``name``, or a ValueError listing the ones there are."""
     if name not in FRAMEWORKS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(FRAMEWORKS)}")
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(FRAMEWORKS)}")
     return FRAMEWORKS[name]

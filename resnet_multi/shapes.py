@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .spec import ArchSpec, BlockSpec
+from .errors import InputError, InputTypeError
 
 STEM_CONV = (7, 2, 3)  # kernel, stride, padding
 STEM_POOL = (3, 2, 1)
@@ -95,22 +96,22 @@ def check_input_shape(spec: ArchSpec, shape, *, training: bool = False) -> tuple
     """
     shape = tuple(int(d) for d in shape)
     if len(shape) != 4:
-        raise ValueError(
+        raise InputError(
             f"{spec.name} expects a 4-d NCHW batch (N, {spec.in_channels}, H, W), got shape {shape}; "
             f"add a batch axis with x[None] or a channel axis with x[:, None]"
         )
     n, c, h, w = shape
     if c != spec.in_channels:
-        raise ValueError(
+        raise InputError(
             f"{spec.name} expects {spec.in_channels} input channel(s), got {c} (input shape {shape}); "
             f"convert the images or build the net with in_channels={c}"
         )
     if min(n, h, w) < 1:
-        raise ValueError(f"{spec.name} got an empty batch or image, shape {shape}")
+        raise InputError(f"{spec.name} got an empty batch or image, shape {shape}")
     if training:
         gh, gw = final_grid(spec, h, w)
         if n < bn_min_batch(gh, gw):
-            raise ValueError(
+            raise InputError(
                 f"input {shape} is too small to train {spec.name}: its last stage sees a "
                 f"{gh}x{gw} grid, so with batch size {n} BatchNorm has a single value per channel "
                 f"and no variance; use a larger batch or larger images"
@@ -118,10 +119,10 @@ def check_input_shape(spec: ArchSpec, shape, *, training: bool = False) -> tuple
     return shape
 
 
-def float32_input_error(what: str, got: str, convert: str) -> TypeError:
+def float32_input_error(what: str, got: str, convert: str) -> InputTypeError:
     """The error a framework module raises for a batch that is not float32, ``convert``
     being the framework's own conversion (its messages name the operator, not the fix)."""
-    return TypeError(f"{what} expects float32 input, got {got}; convert with {convert} "
+    return InputTypeError(f"{what} expects float32 input, got {got}; convert with {convert} "
                      f"(integer images also need scaling, e.g. / 255)")
 
 
@@ -132,25 +133,25 @@ def check_block_input_shape(block: BlockSpec, shape, *, layout: str = "NCHW") ->
     shape = tuple(int(d) for d in shape)
     what = f"Residual({block.in_channels} -> {block.out_channels})"
     if len(shape) != 4:
-        raise ValueError(f"{what} expects a 4-d {layout} batch, got shape {shape}; "
+        raise InputError(f"{what} expects a 4-d {layout} batch, got shape {shape}; "
                          f"add a batch axis with x[None]")
     axis = layout.index("C")
     if shape[axis] != block.in_channels:
         other = "NHWC" if layout == "NCHW" else "NCHW"
-        raise ValueError(f"{what} expects {block.in_channels} channel(s) on axis {axis} ({layout}), got "
+        raise InputError(f"{what} expects {block.in_channels} channel(s) on axis {axis} ({layout}), got "
                          f"{shape[axis]} (shape {shape}); build the block with input_channels="
                          f"{shape[axis]}, or transpose the batch if it is {other}")
     if min(shape) < 1:
-        raise ValueError(f"{what} got an empty batch or image, shape {shape}")
+        raise InputError(f"{what} got an empty batch or image, shape {shape}")
     return shape
 
 
 def check_input_array(spec: ArchSpec, x, *, training: bool = False) -> np.ndarray:
     """Validate a NumPy NCHW batch handed to a backend: shape as above, dtype float32."""
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"expected a NumPy array, got {type(x).__name__}; wrap it with np.asarray(x)")
+        raise InputTypeError(f"expected a NumPy array, got {type(x).__name__}; wrap it with np.asarray(x)")
     if x.dtype != np.float32:
-        raise TypeError(
+        raise InputTypeError(
             f"expected float32 input, got {x.dtype}; convert with x.astype(np.float32) "
             f"(integer images also need scaling, e.g. x.astype(np.float32) / 255)"
         )

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import InputError
+
 BLOCK_KINDS = ("basic", "bottleneck")
 SHORTCUTS = ("conv", "conv_bn")  # 1x1 conv alone (the chapter) or 1x1 conv + BN (torchvision)
 STRIDE_PLACEMENTS = ("3x3", "1x1")  # bottleneck stride on its 3x3 conv (v1.5) or first 1x1 (v1)
@@ -29,12 +31,12 @@ MAX_BLOCKS_PER_STAGE = 1000
 
 def _positive_int(value, what: str, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}; {fix}")
+        raise InputError(f"{what} must be a positive integer, got {value!r}; {fix}")
 
 
 def _one_of(value, allowed: tuple, what: str) -> None:
     if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, allowed))}")
+        raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, allowed))}")
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,10 @@ class BatchNormSpec:
 
     def __post_init__(self):
         if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
-            raise ValueError(f"BatchNorm eps must be a positive number, got {self.eps!r}")
+            raise InputError(f"BatchNorm eps must be a positive number, got {self.eps!r}")
         if isinstance(self.momentum, bool) or not (isinstance(self.momentum, (int, float))
                                                    and 0 < self.momentum <= 1):
-            raise ValueError(
+            raise InputError(
                 f"BatchNorm momentum must be in (0, 1] in the convention "
                 f"running = (1 - m) * running + m * batch, got {self.momentum!r}; "
                 f"a framework default such as 0.9 or 0.99 is the other convention: use 1 - that"
@@ -95,17 +97,17 @@ class BlockSpec:
         _positive_int(self.in_channels, "input_channels", "pass the number of channels the block receives")
         _positive_int(self.out_channels, "num_channels", "pass the number of channels the block produces")
         if self.stride not in (1, 2) or isinstance(self.stride, bool):
-            raise ValueError(f"strides must be 1 or 2, got {self.stride!r}")
+            raise InputError(f"strides must be 1 or 2, got {self.stride!r}")
         _one_of(self.kind, BLOCK_KINDS, "block type")
         _one_of(self.shortcut, SHORTCUTS, "shortcut type")
         _one_of(self.stride_on, STRIDE_PLACEMENTS, "stride placement")
         if self.kind == "bottleneck" and self.out_channels % EXPANSION["bottleneck"]:
-            raise ValueError(
+            raise InputError(
                 f"a bottleneck block's num_channels must be a multiple of 4 (it narrows to "
                 f"num_channels // 4 inside), got {self.out_channels}"
             )
         if not self.projection and (self.stride != 1 or self.in_channels != self.out_channels):
-            raise ValueError(
+            raise InputError(
                 f"Residual({self.in_channels}, {self.out_channels}, strides={self.stride}) cannot add "
                 f"its input (shape N x {self.in_channels} x H x W) to its output (N x "
                 f"{self.out_channels} x H/{self.stride} x W/{self.stride}) without a projection; "
@@ -173,7 +175,7 @@ def block_spec(input_channels, num_channels: int | None = None, use_1x1conv: boo
         return input_channels
     unknown = set(options) - BLOCK_OPTIONS
     if unknown:
-        raise ValueError(f"unknown Residual option(s) {sorted(unknown)}; valid: {sorted(BLOCK_OPTIONS)}")
+        raise InputError(f"unknown Residual option(s) {sorted(unknown)}; valid: {sorted(BLOCK_OPTIONS)}")
     return BlockSpec(input_channels, num_channels, strides, bool(use_1x1conv), **options)
 
 
@@ -205,7 +207,7 @@ def block_spec_for(class_name: str, input_channels, num_channels=None, use_1x1co
         spec = block_spec(input_channels, num_channels, use_1x1conv, strides,
                           **{"kind": kind, "preact": preact, **options})
     if (spec.kind, spec.preact) != (kind, preact):
-        raise ValueError(f"{class_name} builds {'pre-activation ' if preact else ''}{kind} blocks, and this "
+        raise InputError(f"{class_name} builds {'pre-activation ' if preact else ''}{kind} blocks, and this "
                          f"one is a {'pre-activation ' if spec.preact else ''}{spec.kind} block: use "
                          f"{block_class(spec)}, or the module's block(spec), which picks the class")
     return spec
@@ -235,7 +237,7 @@ def stage_spec(input_channels, num_channels: int | None = None, num_residuals: i
         return input_channels
     _positive_int(num_residuals, "num_residuals", "a stage needs at least one block")
     if num_residuals > MAX_BLOCKS_PER_STAGE:
-        raise ValueError(f"num_residuals must be at most {MAX_BLOCKS_PER_STAGE}, got {num_residuals}")
+        raise InputError(f"num_residuals must be at most {MAX_BLOCKS_PER_STAGE}, got {num_residuals}")
     first = block_spec(input_channels, num_channels,
                        use_1x1conv=not first_block or input_channels != num_channels,
                        strides=1 if first_block else 2, **options)
@@ -273,20 +275,20 @@ class ArchSpec:
         _positive_int(self.num_classes, "num_classes", "pass the number of output classes")
         _positive_int(self.width, "width", "the stem's channel count; the chapter uses 64")
         if not isinstance(self.layers, tuple) or not self.layers:
-            raise ValueError(f"layers must be a non-empty tuple of blocks per stage, got {self.layers!r}")
+            raise InputError(f"layers must be a non-empty tuple of blocks per stage, got {self.layers!r}")
         for n in self.layers:
             _positive_int(n, "every entry of layers", "each stage needs at least one block")
             if n > MAX_BLOCKS_PER_STAGE:
-                raise ValueError(f"layers has a stage of {n} blocks, more than {MAX_BLOCKS_PER_STAGE}; "
+                raise InputError(f"layers has a stage of {n} blocks, more than {MAX_BLOCKS_PER_STAGE}; "
                                  f"pass fewer blocks per stage")
         _one_of(self.block, BLOCK_KINDS, "block type")
         _one_of(self.shortcut, SHORTCUTS, "shortcut type")
         _one_of(self.stride_on, STRIDE_PLACEMENTS, "stride placement")
         _one_of(self.init, INITS, "initialiser")
         if not isinstance(self.bn, BatchNormSpec):
-            raise ValueError(f"bn must be a BatchNormSpec, got {self.bn!r}")
+            raise InputError(f"bn must be a BatchNormSpec, got {self.bn!r}")
         if self.preact and self.zero_init_last_bn:
-            raise ValueError(
+            raise InputError(
                 "zero_init_last_bn applies to post-activation blocks, whose last layer is a BN; "
                 "a pre-activation block ends in a conv: pass zero_init_last_bn=False"
             )
@@ -356,10 +358,10 @@ def get_arch(arch: str | ArchSpec = "d2l-resnet18", **overrides) -> ArchSpec:
     elif arch in ARCHS:
         spec = ARCHS[arch]
     else:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     unknown = set(overrides) - ARCH_FIELDS
     if unknown:
-        raise ValueError(f"unknown override(s) {sorted(unknown)}; valid: {sorted(ARCH_FIELDS)}")
+        raise InputError(f"unknown override(s) {sorted(unknown)}; valid: {sorted(ARCH_FIELDS)}")
     if isinstance(overrides.get("layers"), list):  # anything else is left for ArchSpec to refuse
         overrides["layers"] = tuple(overrides["layers"])
     return dataclasses.replace(spec, **overrides) if overrides else spec

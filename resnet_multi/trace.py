@@ -62,7 +62,9 @@ from pathlib import Path
 import numpy as np
 
 from . import weights as canonical
+from .files import atomic_write_bytes
 from .data import Dataset, iterate_batches
+from .errors import InputError
 
 FORMAT = "resnet_multi.trace.v1"
 # Environment variables that set CPU thread counts in the frameworks' runtimes
@@ -106,7 +108,7 @@ def thread_info() -> dict:
 def training_batches(dataset: Dataset, *, steps: int, batch_size: int, seed: int, resize: int | None):
     """The first ``steps`` batches :func:`resnet_multi.train.fit` trains on, across epochs."""
     if len(dataset.train_images) == 0:
-        raise ValueError("the dataset has no training images")
+        raise InputError("the dataset has no training images")
     done, epoch = 0, 0
     while done < steps:
         for x, y in iterate_batches(dataset.train_images, dataset.train_labels, batch_size,
@@ -161,9 +163,9 @@ def record(backend, model, batches, *, lr: float, activation_images: int = 8,
     from .weights import tensor_specs
 
     if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+        raise InputError(f"learning rate must be a positive number, got {lr!r}")
     if activation_images < 0:
-        raise ValueError(f"activation_images must be >= 0, got {activation_images}")
+        raise InputError(f"activation_images must be >= 0, got {activation_images}")
     spec = model.spec
     specs = tensor_specs(spec)
     params = [t.name for t in specs if t.trainable]
@@ -171,7 +173,7 @@ def record(backend, model, batches, *, lr: float, activation_images: int = 8,
     layers = [n for n in spec.layer_names() if n not in SKIPPED_LAYERS]
     start = backend.get_weights(model)
     if perturb < 0:
-        raise ValueError(f"perturb must be >= 0, got {perturb}")
+        raise InputError(f"perturb must be >= 0, got {perturb}")
     if perturb:
         backend.set_weights(model, perturbed(start, set(params), perturb))
     twin = None if backend.name == "numpy" else backend.build(spec, device=model.device, eager=model.eager)
@@ -199,7 +201,7 @@ def record(backend, model, batches, *, lr: float, activation_images: int = 8,
         for name in stats:
             bn[name].append(after[name])
     if not losses:
-        raise ValueError("no batches to trace")
+        raise InputError("no batches to trace")
     tensors["loss"] = np.asarray(losses, np.float64)
     tensors["grad_norm"] = np.asarray(norms, np.float64)
     for name, values in bn.items():
@@ -234,7 +236,7 @@ def save(path, tensors: dict[str, np.ndarray], meta: dict) -> Path:
     from safetensors.numpy import save as save_bytes
 
     path = Path(path)
-    canonical.atomic_write_bytes(path, save_bytes(tensors, metadata={"trace": json.dumps(meta)}))
+    atomic_write_bytes(path, save_bytes(tensors, metadata={"trace": json.dumps(meta)}))
     return path
 
 

@@ -43,8 +43,10 @@ import numpy as np
 from tqdm import tqdm
 
 from . import shapes, validate, weights as canonical
+from .files import atomic_write_bytes, is_temporary
 from .backend import Backend, Model
 from .data import Dataset, iterate_batches, num_batches, preprocessing
+from .errors import InputError
 
 try:
     import fcntl  # POSIX: a lock on the run directory
@@ -62,11 +64,53 @@ FORMAT = "resnet_multi.run.v1"
 # (the d2l-resnet18 spec's own).
 PRESETS = {
     "chapter": dict(arch="d2l-resnet18", epochs=10, lr=0.05, batch_size=256, resize=96, subset=False),
-    # Same network and recipe on the bundled 2,000/500 subset at 32x32 (96 steps):
-    # with torch 2.13 on a 2-core CPU about a minute, test acc about 0.8 (chance 0.1);
-    # the figures move with the thread count (README: "The main job").
+    # Same network and recipe on the bundled 2,000/500 subset at 32x32 (96 steps): short
+    # enough for a CPU, long enough to land well above chance (0.1).
     "quick": dict(arch="d2l-resnet18", epochs=12, lr=0.05, batch_size=256, resize=32, subset=True),
 }
+
+
+def recipe(preset: str = "chapter", *, data_dir=None, **overrides) -> dict:
+    """A preset's settings with the user's overrides (None keeps the preset's value).
+    A data folder means the full data set, unless ``subset`` says otherwise."""
+    settings = dict(PRESETS[preset])
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    if data_dir is not None and overrides.get("subset") is None:
+        settings["subset"] = False
+    return settings
+
+
+def check_start(out: Path, resume: bool) -> None:
+    """Before any work: ``resume`` needs a checkpoint in ``out``, a new run needs none."""
+    state = read_checkpoint(out)
+    if resume and state is None:
+        raise RunError(f"nothing to resume: {out / CHECKPOINT} does not exist")
+    if not resume and state is not None:
+        raise RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
+                       f"to continue it or choose another --out")
+
+
+def trained_resize(preprocess: dict | None, run: dict) -> tuple[bool, int | None]:
+    """(known, resize) of weights: the resolution recorded in the file's preprocessing,
+    else in the checkpoint of the run that wrote them; (False, None) when neither says."""
+    if preprocess is not None:
+        return True, preprocess["resize"]
+    if "recipe" in run:
+        return True, run["recipe"]["resize"]
+    return False, None
+
+
+def standing(out: Path) -> str:
+    """Where a stopped run stands: the checkpoint to resume from, or none."""
+    try:
+        state = read_checkpoint(out)
+    except RunError as e:
+        return str(e)
+    if state is None:
+        return (f"no epoch had finished, so {out} holds no checkpoint; run the same command again, "
+                f"without --resume")
+    return (f"{out} holds the checkpoint of epoch {state['epoch']}: the same command with --resume "
+            f"continues from there")
 
 
 class RunError(ValueError):
@@ -138,7 +182,7 @@ def evaluate_accuracy(backend: Backend, model: Model, images: np.ndarray, labels
                       batch_size: int = 256, resize: int | None = None, normalize: dict | None = None) -> float:
     """Test accuracy, as the chapter's ``evaluate_accuracy_gpu``."""
     if len(images) == 0:
-        raise ValueError("cannot evaluate on an empty set of images")
+        raise InputError("cannot evaluate on an empty set of images")
     return float((predict(backend, model, images, batch_size=batch_size, resize=resize,
                           normalize=normalize) == labels).mean())
 
@@ -154,7 +198,7 @@ def _fingerprint(dataset: Dataset) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    canonical.atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def read_checkpoint(out) -> dict | None:
@@ -220,7 +264,7 @@ def save_plot(history: History, path, *, epochs: int | None = None, title: str =
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    canonical.atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print: dict, epochs: int):
@@ -322,16 +366,16 @@ def _check_batches(spec, n_train: int, batch_size: int, resize: int | None, *, m
                        if n_train % b == 0 or n_train % b >= need), None)
         reason = (f"BatchNorm cannot train on it ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}, "
                   f"so it would have one value per channel)" if last < need_bn else f"{why}")
-        raise ValueError(
+        raise InputError(
             f"batch size {batch_size} leaves a last batch of {last} of the {n_train:,} training images, and "
             f"{reason}; choose a batch size that leaves none or at least {need}"
             + (f", e.g. {better}" if better else ""))
     if min(batch_size, n_train) < need_bn:
-        raise ValueError(f"batch size {min(batch_size, n_train)} is too small to train {spec.name} at "
+        raise InputError(f"batch size {min(batch_size, n_train)} is too small to train {spec.name} at "
                          f"{side}x{side}: its last stage sees {gh}x{gw}, so BatchNorm needs batches of at "
                          f"least {need_bn}")
     if min(batch_size, n_train) < min_batch:
-        raise ValueError(f"batch size {min(batch_size, n_train)} is too small: {why}; use batches of at "
+        raise InputError(f"batch size {min(batch_size, n_train)} is too small: {why}; use batches of at "
                          f"least {min_batch}")
 
 
@@ -348,7 +392,7 @@ def _run_directory(out: Path):
             except OSError:
                 raise RunError(f"another run is writing to {out}; wait for it or choose another --out") from None
             for path in out.iterdir():
-                if any(canonical.is_temporary(path.name, target) for target in _OWN_FILES) \
+                if any(is_temporary(path.name, target) for target in _OWN_FILES) \
                         or _is_epoch_temp(path.name):
                     path.unlink(missing_ok=True)
         yield
@@ -386,7 +430,7 @@ def _link_final(out: Path, weights_file: str) -> None:
         os.replace(tmp, dst)
     except OSError:
         tmp.unlink(missing_ok=True)
-        canonical.atomic_write_bytes(dst, src.read_bytes())
+        atomic_write_bytes(dst, src.read_bytes())
 
 
 # ---- the loop ------------------------------------------------------------------------
@@ -421,11 +465,11 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
     """
     for what, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+            raise InputError(f"{what} must be a positive integer, got {value!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+        raise InputError(f"learning rate must be a positive number, got {lr!r}")
     if resume and out is None:
-        raise ValueError("resume needs the run directory (out) to resume from")
+        raise InputError("resume needs the run directory (out) to resume from")
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
     if precision != "float32":  # recorded (and so checked on resume) where it is not the default
         recipe["precision"] = precision

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import BACKEND_CASES, EagerBackend
+from cases import BACKEND_CASES, EagerBackend
 from resnet_multi import bench, textbook
 from resnet_multi.backend import BACKENDS
 from resnet_multi.cli import main

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKEND_CASES
+from cases import BACKEND_CASES
 from resnet_multi import train
 from resnet_multi.backend import BACKENDS, load_backend
 from resnet_multi.cli import main
@@ -45,7 +45,7 @@ def test_summary(backend, device, capsys):
     assert code == 0
     assert "stages.3      (1, 512, 3, 3)" in out and "head.fc       (1, 10)" in out
     assert "trainable parameters: 11,178,378; BN running statistics: 7,808" in out
-    assert "multiply-accumulates: 0.319 G per image" in out  # the figure in framework-facts.md
+    assert "multiply-accumulates: 0.319 G per image" in out
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)

@@ -24,7 +24,7 @@ except ImportError as e:
                       f"pip install -e '.[test]'") from e
 
 import resnet_multi
-from conftest import _selected
+from cases import selected_backends
 from resnet_multi.backend import BACKENDS, load_backend
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -104,7 +104,7 @@ def _framework_absent(backend: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("backend", _selected())
+@pytest.mark.parametrize("backend", selected_backends())
 def test_backend_notebook_runs(backend, tmp_path, monkeypatch):
     reason = _framework_absent(backend)
     if reason:
@@ -113,7 +113,7 @@ def test_backend_notebook_runs(backend, tmp_path, monkeypatch):
 
 
 def test_cross_framework_notebook_runs(tmp_path, monkeypatch):
-    wanted = ["numpy"] + [b for b in _selected() if b != "numpy" and not _framework_absent(b)]
+    wanted = ["numpy"] + [b for b in selected_backends() if b != "numpy" and not _framework_absent(b)]
     # Not stored in the notebook: it compares what imports; here it must compare these.
     check = (f"missing = sorted(set({wanted!r}) - set(compared))\n"
              f"assert not missing, f'cross_framework.ipynb compared {{compared}}, not {{missing}}'")

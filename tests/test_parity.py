@@ -2,7 +2,7 @@
 and the NumPy reference (float64), given the same canonical weights."""
 import numpy as np
 import pytest
-from conftest import BACKEND_CASES, arch_cases
+from cases import BACKEND_CASES, arch_cases
 from helpers import kink_free_batch, random_weights, rel_err
 
 from resnet_multi import ARCHS, shapes

@@ -12,14 +12,14 @@ import os
 
 import numpy as np
 import pytest
-from conftest import BACKEND_CASES
+from cases import BACKEND_CASES
 from helpers import random_weights, rel_err
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install '.[test]')")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from resnet_multi import shapes, validate  # noqa: E402
+from resnet_multi import memory, shapes, validate  # noqa: E402
 from resnet_multi.weights import count  # noqa: E402
 from resnet_multi.spec import (BLOCK_KINDS, INITS, SHORTCUTS, STRIDE_PLACEMENTS, ArchSpec,  # noqa: E402
                                BatchNormSpec, block_spec, get_arch, stage_spec)
@@ -158,7 +158,7 @@ def test_random_metadata_is_refused_with_a_schema_error(key, value, drop):
         assert isinstance(e, ValueError) and str(e).startswith("metadata.arch")
     else:
         assert isinstance(spec, ArchSpec) and all(1 <= n <= 1000 for n in spec.layers)
-        validate.memory_estimate(spec, (1, spec.in_channels, 32, 32), training=False)  # no exception
+        memory.memory_estimate(spec, (1, spec.in_channels, 32, 32), training=False)  # no exception
 
 
 @given(document=JSON)

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BACKEND_CASES
+from cases import BACKEND_CASES
 from helpers import random_weights, rel_err
 
 from resnet_multi import cli, compare, conventions, trace

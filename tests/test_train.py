@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import BACKEND_CASES
+from cases import BACKEND_CASES
 from helpers import first, kink_free_batch, random_weights
 from resnet_multi import data, train, weights as canonical
 
@@ -156,17 +156,11 @@ def test_training_parity_with_reference(backend, device, seed, oracle):
     Each step's batch is the first seeded Gaussian batch whose reference forward
     pass at the current weights stays clear of every ReLU and max-pool decision
     (tests/helpers.py, kink_free_batch), and the residual branches are damped.
-    Measured with PyTorch 2.13 on CPU, on real 32-image batches without those two
-    precautions, the float32/float64 gap grew about tenfold a step from 1e-7 to
-    1e-2..3e-1 by step 10 while PyTorch in float64 matched the reference to 1e-12:
-    rounding flipped a decision and the dynamics amplified it, so no tolerance
-    could pass a correct float32 backend and fail a wrong one (TensorFlow, damped
-    but on real batches, jumped from 1e-7 to 1e-3 after a flip at step 6).
-    Damped, flip-free, on batches of 16 the gap stayed at float32's rounding level
-    (<= 2e-7 over 3 seeds x 10 steps; on batches of 4, BN over 4 values at the 1x1
-    last stage amplified it to 5e-5 by step 10). A learning rate off by 1% moves
-    the loss by 3e-5 or more at step 2 (up to 7e-4 by step 10, 3 seeds). 1e-5 leaves 50x room for other
-    frameworks' conv algorithms and still catches a 1% error in the update.
+    Without those two precautions, float32 rounding flips a ReLU or max-pool decision
+    within a few steps and the dynamics amplify it, so no tolerance could pass a correct
+    float32 backend and fail a wrong one; with them, the gap stays at float32's rounding
+    level. PARITY_TOL sits well above that level and well below what a learning rate
+    off by 1% does to the loss within two steps, so it catches an error in the update.
     """
     model = backend.build("d2l-resnet18", device=device, **TINY)
     ref = oracle.build("d2l-resnet18", **TINY)
