@@ -8,6 +8,7 @@ Backends subclass :class:`Backend` and implement the underscored methods;
 the public ones validate input first, so every backend refuses bad input with
 the same message.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import data, frameworks, shapes, weights as canonical
-from .spec import ArchSpec, get_arch
+from . import data, frameworks, shapes
+from . import weights as canonical
 from .errors import InputError
+from .spec import ArchSpec, get_arch
 
 # backend name -> (module, pip extra that installs its framework), from the one registry
 BACKENDS = {f.name: (f.module, f.extra) for f in frameworks.FRAMEWORKS.values()}
@@ -80,7 +82,7 @@ class StepMetrics:
         self._loss_sum += float(loss) * len(y)
         self._correct += int((logits.argmax(axis=1) == y).sum())
 
-    def read(self) -> "MetricsReading":
+    def read(self) -> MetricsReading:
         return MetricsReading(self._loss_sum, self._correct, self.seen, self.steps, self._bad)
 
 
@@ -161,8 +163,9 @@ class Backend:
             raise InputError(f"device {device!r} is not available to {self.name}; available: {available}")
         return device
 
-    def build(self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, eager: bool = False,
-              **overrides) -> Model:
+    def build(
+        self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, eager: bool = False, **overrides
+    ) -> Model:
         """Build ``arch`` on ``device`` with the spec's initial weights for ``seed``;
         ``eager=True`` turns the backend's compiled steps off (for teaching and debugging)."""
         spec = get_arch(arch, **overrides)
@@ -199,8 +202,9 @@ class Backend:
         result = self._loss_and_grads(model, x, self._check_training_input(model, x, y))
         expected = {t.name for t in canonical.tensor_specs(model.spec) if t.trainable}
         if set(result.grads) != expected:
-            raise RuntimeError(f"{self.name} returned gradients for the wrong tensors: "
-                               f"{sorted(set(result.grads) ^ expected)[:5]}")
+            raise RuntimeError(
+                f"{self.name} returned gradients for the wrong tensors: {sorted(set(result.grads) ^ expected)[:5]}"
+            )
         return result
 
     def sgd_step(self, model: Model, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
@@ -211,29 +215,42 @@ class Backend:
         return self._sgd_step(model, x, y, float(lr))
 
     # -- the training loop's step (train.fit); defaults are sgd_step on host batches ---
-    def configure_training(self, model: Model, *, precision: str = "float32", channels_last: bool | None = None,
-                           device_batches: bool | None = None) -> None:
+    def configure_training(
+        self,
+        model: Model,
+        *,
+        precision: str = "float32",
+        channels_last: bool | None = None,
+        device_batches: bool | None = None,
+    ) -> None:
         """Options for :meth:`train_step` on ``model`` (train.fit sets them): ``precision``
         (one of :attr:`precisions`), ``channels_last`` and ``device_batches`` (None: the
         backend's choice for the device). Only the torch backend has the last two."""
         if precision not in self.precisions:
-            raise InputError(f"precision {precision!r} is not available with {self.name}, which trains in "
-                             f"{' or '.join(self.precisions)}; mixed precision (--precision bf16) is "
-                             f"available with --backend torch")
+            raise InputError(
+                f"precision {precision!r} is not available with {self.name}, which trains in "
+                f"{' or '.join(self.precisions)}; mixed precision (--precision bf16) is "
+                f"available with --backend torch"
+            )
         if channels_last:
-            raise InputError(f"--channels-last (a PyTorch memory format) is available only with --backend "
-                             f"torch; {self.name} lays its tensors out itself")
+            raise InputError(
+                f"--channels-last (a PyTorch memory format) is available only with --backend "
+                f"torch; {self.name} lays its tensors out itself"
+            )
         if device_batches:
-            raise InputError(f"batches built on the device are available only with --backend torch; "
-                             f"{self.name} takes NumPy batches")
+            raise InputError(
+                f"batches built on the device are available only with --backend torch; {self.name} takes NumPy batches"
+            )
         model.cache["training"] = {"precision": precision, "channels_last": False, "device_batches": False}
 
-    def training_batches(self, model: Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                         resize: int | None):
+    def training_batches(
+        self, model: Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int, resize: int | None
+    ):
         """A function (seed, epoch) -> that epoch's shuffled batches, in the form
         :meth:`train_step` takes; here NumPy (x, y) from :func:`resnet_multi.data.iterate_batches`."""
-        return lambda seed, epoch: data.iterate_batches(images, labels, batch_size, shuffle=True, seed=seed,
-                                                        epoch=epoch, resize=resize)
+        return lambda seed, epoch: data.iterate_batches(
+            images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, resize=resize
+        )
 
     def new_metrics(self, model: Model) -> StepMetrics:
         """An empty accumulator for one epoch of :meth:`train_step` calls."""
@@ -251,8 +268,10 @@ class Backend:
         batch of zeros, reported in the canonical NCHW layout."""
         shape = shapes.check_input_shape(model.spec, input_shape)
         native = self._native_shapes(model, np.zeros(shape, np.float32))
-        return [shapes.LayerShape(name, self.to_canonical_shape(s))
-                for name, s in zip(model.spec.layer_names(), native, strict=True)]
+        return [
+            shapes.LayerShape(name, self.to_canonical_shape(s))
+            for name, s in zip(model.spec.layer_names(), native, strict=True)
+        ]
 
     def native_layer_shapes(self, model: Model, input_shape) -> list[tuple[int, ...]]:
         shape = shapes.check_input_shape(model.spec, input_shape)
@@ -276,8 +295,7 @@ class Backend:
                 value = value.transpose(0, 3, 1, 2)
             out[name] = np.ascontiguousarray(value, dtype=np.float32)
         if list(out) != model.spec.layer_names():
-            raise RuntimeError(f"{self.name} named its layer outputs {list(out)}, "
-                               f"not {model.spec.layer_names()}")
+            raise RuntimeError(f"{self.name} named its layer outputs {list(out)}, not {model.spec.layer_names()}")
         return out
 
     def residual_output_shape(self, input_shape, *args, **options) -> tuple[int, ...]:
@@ -290,8 +308,10 @@ class Backend:
         """A NumPy training batch the backend can take, or a clear error; the labels as int64."""
         shapes.check_input_array(model.spec, x, training=True)
         if x.shape[0] < self.min_training_batch:
-            raise InputError(f"{self.name} cannot train on a batch of {x.shape[0]} image(s): "
-                             f"{self.min_training_batch_why}; use batches of at least {self.min_training_batch}")
+            raise InputError(
+                f"{self.name} cannot train on a batch of {x.shape[0]} image(s): "
+                f"{self.min_training_batch_why}; use batches of at least {self.min_training_batch}"
+            )
         return self._check_labels(model, x, y)
 
     @staticmethod

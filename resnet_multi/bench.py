@@ -25,6 +25,7 @@ the dense layer) per image; 1 MAC = 2 FLOP; a training step counts 3x the forwar
 pass (forward, gradient with respect to activations, gradient with respect to
 weights). BN, ReLU, pooling and the optimizer update are not counted.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,16 +41,21 @@ import numpy as np
 
 from . import shapes, textbook
 from .backend import Backend, load_backend
-from .spec import get_arch
-from .files import atomic_write_bytes
 from .errors import InputError
+from .files import atomic_write_bytes
+from .spec import get_arch
 
 FORMAT = "resnet_multi.bench.v1"
 FLOP_PER_MAC = 2
 TRAIN_FORWARD_MULTIPLE = 3
 PHASES = ("train", "inference")
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-              "TF_NUM_INTEROP_THREADS")
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
 
 
 def _stats(first: float, times: list[float], batch: int, flop_per_image: float) -> dict:
@@ -86,10 +92,22 @@ def textbook_reason(backend_name: str, arch: str, device: str) -> str | None:
     return None
 
 
-def run(backend: str | Backend, *, arch: str = "d2l-resnet18", size: int = 32, batch_size: int = 256,
-        steps: int = 10, warmup: int = 2, eager: bool = False, width: int | None = None,
-        device: str = "cpu", lr: float = 0.05, seed: int = 0, with_textbook: bool = True,
-        log=None) -> dict:
+def run(
+    backend: str | Backend,
+    *,
+    arch: str = "d2l-resnet18",
+    size: int = 32,
+    batch_size: int = 256,
+    steps: int = 10,
+    warmup: int = 2,
+    eager: bool = False,
+    width: int | None = None,
+    device: str = "cpu",
+    lr: float = 0.05,
+    seed: int = 0,
+    with_textbook: bool = True,
+    log=None,
+) -> dict:
     """Benchmark one backend; returns the figures as a JSON-ready dict (see ``FORMAT``).
 
     ``log`` (e.g. ``print``) receives a line as each phase starts.
@@ -113,19 +131,24 @@ def run(backend: str | Backend, *, arch: str = "d2l-resnet18", size: int = 32, b
     flop = {"train": TRAIN_FORWARD_MULTIPLE * FLOP_PER_MAC * macs, "inference": FLOP_PER_MAC * macs}
 
     model = backend.build(spec, device=backend.check_device(device), seed=seed, eager=eager)
-    runners = {"package": {
-        "idiom": _package_idiom(backend, eager),
-        "train": lambda: backend.sgd_step(model, x, y, lr),
-        "inference": lambda: backend.forward(model, x, training=False),
-    }}
+    runners = {
+        "package": {
+            "idiom": _package_idiom(backend, eager),
+            "train": lambda: backend.sgd_step(model, x, y, lr),
+            "inference": lambda: backend.forward(model, x, training=False),
+        }
+    }
     reason = textbook_reason(backend.name, spec.name, device) if with_textbook else "not requested"
     if reason is None:
         book = textbook.load(backend.name)
         net = book.net(width=spec.width, device=device, seed=seed)
         xb = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if book.LAYOUT == "NHWC" else x
         train_step, predict = book.trainer(net, lr, eager=eager), book.predictor(net, eager=eager)
-        runners["textbook"] = {"idiom": book.idiom(eager), "train": lambda: train_step(xb, y),
-                               "inference": lambda: predict(xb)}
+        runners["textbook"] = {
+            "idiom": book.idiom(eager),
+            "train": lambda: train_step(xb, y),
+            "inference": lambda: predict(xb),
+        }
 
     load_start = os.getloadavg()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -134,22 +157,27 @@ def run(backend: str | Backend, *, arch: str = "d2l-resnet18", size: int = 32, b
     for phase in PHASES:
         say(f"{phase}: first step of {' and '.join(names)}")
         first = {name: _timed(runners[name][phase]) for name in names}
-        say(f"{phase}: first step " + ", ".join(f"{name} {t:.2f} s" for name, t in first.items())
-            + f"; now {warmup} warm-up and {steps} timed steps each, interleaved")
+        say(
+            f"{phase}: first step "
+            + ", ".join(f"{name} {t:.2f} s" for name, t in first.items())
+            + f"; now {warmup} warm-up and {steps} timed steps each, interleaved"
+        )
         for _ in range(warmup):
             for name in names:
                 runners[name][phase]()
         times = {name: [] for name in names}
         for i in range(steps):
-            for name in (names if i % 2 == 0 else names[::-1]):
+            for name in names if i % 2 == 0 else names[::-1]:
                 times[name].append(_timed(runners[name][phase]))
         for name in names:
             results[name][phase] = _stats(first[name], times[name], batch_size, flop[phase])
 
     ratio = None
     if "textbook" in results:
-        ratio = {phase: results["package"][phase]["examples_per_s"] / results["textbook"][phase]["examples_per_s"]
-                 for phase in PHASES}
+        ratio = {
+            phase: results["package"][phase]["examples_per_s"] / results["textbook"][phase]["examples_per_s"]
+            for phase in PHASES
+        }
     return {
         "format": FORMAT,
         "started_utc": started,
@@ -167,12 +195,17 @@ def run(backend: str | Backend, *, arch: str = "d2l-resnet18", size: int = 32, b
         "macs_per_image": macs,
         "flop_per_image": flop,
         "flop_convention": f"1 MAC = {FLOP_PER_MAC} FLOP; a training step = {TRAIN_FORWARD_MULTIPLE}x "
-                           f"the forward FLOPs; convolutions and the dense layer only",
-        "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                    "processor": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    # thread settings change CPU figures several-fold on a loaded machine
-                    "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
-                    "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]}},
+        f"the forward FLOPs; convolutions and the dense layer only",
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "processor": _cpu_name(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # thread settings change CPU figures several-fold on a loaded machine
+            "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+            "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
+        },
         "models": results,
         "textbook_na": reason,
         "ratio": ratio,
@@ -197,9 +230,9 @@ def write_json(path, result: dict) -> Path:
 
 def check_result(result: dict) -> None:
     """Raise ValueError unless ``result`` has the fields and sane values of ``FORMAT``."""
+
     def positive(value, where):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise InputError(f"{where} must be a positive finite number, got {value!r}")
 
     if result.get("format") != FORMAT:
@@ -249,23 +282,45 @@ def format_table(result: dict) -> str:
         f"machine: {result['machine']['processor']}, {result['machine']['cpus']} CPUs, 1-min load "
         f"{result['machine']['load_average_1min']['start']:.2f} -> {result['machine']['load_average_1min']['end']:.2f}",
     ]
-    header = ("phase", "model", "training idiom", "first step s", "step s median", "min", "max", "examples/s", "GFLOP/s")
+    header = (
+        "phase",
+        "model",
+        "training idiom",
+        "first step s",
+        "step s median",
+        "min",
+        "max",
+        "examples/s",
+        "GFLOP/s",
+    )
     rows = []
     for phase in PHASES:
         for name, model in result["models"].items():
             s = model[phase]
             idiom = model["idiom"] if phase == "train" else ""
-            rows.append((phase, name, idiom, f"{s['first_step_s']:.3f}", f"{s['step_s']['median']:.4f}",
-                         f"{s['step_s']['min']:.4f}", f"{s['step_s']['max']:.4f}", f"{s['examples_per_s']:.1f}",
-                         f"{s['flop_per_s'] / 1e9:.3g}"))
+            rows.append(
+                (
+                    phase,
+                    name,
+                    idiom,
+                    f"{s['first_step_s']:.3f}",
+                    f"{s['step_s']['median']:.4f}",
+                    f"{s['step_s']['min']:.4f}",
+                    f"{s['step_s']['max']:.4f}",
+                    f"{s['examples_per_s']:.1f}",
+                    f"{s['flop_per_s'] / 1e9:.3g}",
+                )
+            )
         if result["ratio"]:
             rows.append((phase, "ratio", "package / textbook", "", "", "", "", f"{result['ratio'][phase]:.2f}", ""))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {3, 4, 5, 6, 7, 8}
     for row in [header, *rows]:
-        lines.append("  ".join(cell.rjust(wd) if i in right else cell.ljust(wd)
-                               for i, (cell, wd) in enumerate(zip(row, widths))).rstrip())
+        lines.append(
+            "  ".join(
+                cell.rjust(wd) if i in right else cell.ljust(wd) for i, (cell, wd) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
     if result["textbook_na"]:
         lines.append(f"textbook baseline n/a: {result['textbook_na']}")
     return "\n".join(lines)
-

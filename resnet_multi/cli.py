@@ -22,6 +22,7 @@ The commands only parse, call into the modules and print: what a command does li
 in :mod:`resnet_multi.train`, :mod:`resnet_multi.trace`, :mod:`resnet_multi.bench` and
 :mod:`resnet_multi.compare`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,6 +49,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_at_least(minimum: int, what: str):
     """An argparse type: an integer >= minimum, else a one-line error."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -56,6 +58,7 @@ def _int_at_least(minimum: int, what: str):
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"must be a {what} integer, got {text}")
         return value
+
     return parse
 
 
@@ -103,8 +106,7 @@ def _device(backend, device: str | None) -> str:
     if device is None:
         return next((d for d in available if d != "cpu"), "cpu")
     if device not in available:
-        raise UsageError(f"device {device!r} is not available to {backend.name}; available: "
-                         f"{', '.join(available)}")
+        raise UsageError(f"device {device!r} is not available to {backend.name}; available: {', '.join(available)}")
     return device
 
 
@@ -117,8 +119,13 @@ def _memory_limit(args) -> int | None:
 
 def _check_memory(backend, spec, input_shape, args, *, training: bool) -> None:
     # The NumPy reference computes in float64: twice the bytes of the frameworks' float32.
-    memory.check_memory(spec, input_shape, training=training, limit_bytes=_memory_limit(args),
-                          itemsize=8 if backend.name == "numpy" else 4)
+    memory.check_memory(
+        spec,
+        input_shape,
+        training=training,
+        limit_bytes=_memory_limit(args),
+        itemsize=8 if backend.name == "numpy" else 4,
+    )
 
 
 def _overrides(args) -> dict:
@@ -129,13 +136,18 @@ def _load_data(*, subset: bool, data_dir, limit: int | None):
     from .data import Dataset, load_fashion_mnist
 
     if subset and data_dir is not None:
-        raise UsageError("--data-dir reads the full dataset; drop --subset (or the quick preset's subset)"
-                         " with --no-subset")
+        raise UsageError(
+            "--data-dir reads the full dataset; drop --subset (or the quick preset's subset) with --no-subset"
+        )
     dataset = load_fashion_mnist(subset=True) if subset else load_fashion_mnist(data_dir)
     if limit is not None:  # the first images of each split, for smoke runs
-        dataset = Dataset(dataset.train_images[:limit], dataset.train_labels[:limit],
-                          dataset.test_images[:limit], dataset.test_labels[:limit],
-                          f"{dataset.source}, first {limit}")
+        dataset = Dataset(
+            dataset.train_images[:limit],
+            dataset.train_labels[:limit],
+            dataset.test_images[:limit],
+            dataset.test_labels[:limit],
+            f"{dataset.source}, first {limit}",
+        )
     return dataset
 
 
@@ -167,8 +179,10 @@ def cmd_summary(args) -> int:
     native = backend.native_layer_shapes(model, input_shape) if backend.native_layout != "NCHW" else None
     _, macs = shapes.analyse(spec, input_shape)
     params, buffers = backend.count_parameters(model)
-    print(f"{spec.name} on {backend.name} {backend.framework_version()} ({model.device}), "
-          f"input {tuple(input_shape)} (NCHW)")
+    print(
+        f"{spec.name} on {backend.name} {backend.framework_version()} ({model.device}), "
+        f"input {tuple(input_shape)} (NCHW)"
+    )
     print(shapes.format_table(rows, native=native, native_layout=backend.native_layout))
     print(f"trainable parameters: {params:,}; BN running statistics: {buffers:,}")
     print(f"multiply-accumulates: {macs / 1e9:.3f} G per image ({macs:,})")
@@ -183,8 +197,16 @@ def cmd_train(args) -> int:
     from . import train
 
     preset = args.preset or "chapter"
-    settings = train.recipe(preset, data_dir=args.data_dir, arch=args.arch, epochs=args.epochs, lr=args.lr,
-                            batch_size=args.batch_size, resize=args.resize, subset=args.subset)
+    settings = train.recipe(
+        preset,
+        data_dir=args.data_dir,
+        arch=args.arch,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        resize=args.resize,
+        subset=args.subset,
+    )
     resize = settings["resize"] or None  # --resize 0: keep 28x28
     backend = _backend(args.backend)
     group, launch_device = _process_group(args)
@@ -194,8 +216,11 @@ def cmd_train(args) -> int:
     if writes:
         train.check_start(out, args.resume)  # fit checks this too; here it fails before any work
     if args.preset is None and writes and not launch_device:  # the default is the long run: say so
-        print(f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
-              f"10 epochs: for a GPU; --preset quick is the short CPU run)", file=sys.stderr)
+        print(
+            f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
+            f"10 epochs: for a GPU; --preset quick is the short CPU run)",
+            file=sys.stderr,
+        )
     spec = get_arch(settings["arch"], **_overrides(args))
     side = resize or 28
     _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
@@ -203,19 +228,22 @@ def cmd_train(args) -> int:
     model = None
     if launch_device or group:
         if args.precision != "float32" or args.channels_last:
-            raise UsageError("--precision bf16 and --channels-last are for one process so far; "
-                             "drop them with --nproc or torchrun")
+            raise UsageError(
+                "--precision bf16 and --channels-last are for one process so far; drop them with --nproc or torchrun"
+            )
     else:  # built now so that the training options fail before any work (fit sets them again)
         model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
         backend.configure_training(model, **training)
     dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
-    train.check_run(spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None,
-                    backend=backend)
+    train.check_run(
+        spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None, backend=backend
+    )
     if launch_device or group:
         from . import distributed
 
-        distributed.check_shards(spec, len(dataset.train_images), settings["batch_size"], resize,
-                                 group.world_size if group else args.nproc)
+        distributed.check_shards(
+            spec, len(dataset.train_images), settings["batch_size"], resize, group.world_size if group else args.nproc
+        )
     if launch_device:  # every check passed: start the processes, each runs this command
         try:
             return distributed.launch(args.nproc, args.argv)
@@ -226,26 +254,48 @@ def cmd_train(args) -> int:
         backend = group.backend()
         model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
     if writes:
-        print(f"training {model.spec.name} (preset {preset}) on {backend.name} "
-              f"{backend.framework_version()} ({device}): "
-              f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
-              f"{side}x{side}, {settings['epochs']} epochs, lr {settings['lr']}, "
-              f"batch {settings['batch_size']}, seed {args.seed}"
-              f"{'' if args.precision == 'float32' else ', precision ' + args.precision}; writing {out}"
-              + (f"; {group.describe(device)}" if group else ""), file=sys.stderr)
-    meta = {"preset": preset, "subset": settings["subset"],
-            "data_dir": None if args.data_dir is None else str(args.data_dir), "limit": args.limit,
-            "source": dataset.source, **({"parallel": group.meta()} if group else {})}
-    history = train.fit(backend, model, dataset, epochs=settings["epochs"], lr=settings["lr"],
-                        batch_size=settings["batch_size"], resize=resize, seed=args.seed, out=out,
-                        resume=args.resume, progress=writes and not args.no_progress, meta=meta,
-                        **training, **({"processes": group} if group else {}))
+        print(
+            f"training {model.spec.name} (preset {preset}) on {backend.name} "
+            f"{backend.framework_version()} ({device}): "
+            f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
+            f"{side}x{side}, {settings['epochs']} epochs, lr {settings['lr']}, "
+            f"batch {settings['batch_size']}, seed {args.seed}"
+            f"{'' if args.precision == 'float32' else ', precision ' + args.precision}; writing {out}"
+            + (f"; {group.describe(device)}" if group else ""),
+            file=sys.stderr,
+        )
+    meta = {
+        "preset": preset,
+        "subset": settings["subset"],
+        "data_dir": None if args.data_dir is None else str(args.data_dir),
+        "limit": args.limit,
+        "source": dataset.source,
+        **({"parallel": group.meta()} if group else {}),
+    }
+    history = train.fit(
+        backend,
+        model,
+        dataset,
+        epochs=settings["epochs"],
+        lr=settings["lr"],
+        batch_size=settings["batch_size"],
+        resize=resize,
+        seed=args.seed,
+        out=out,
+        resume=args.resume,
+        progress=writes and not args.no_progress,
+        meta=meta,
+        **training,
+        **({"processes": group} if group else {}),
+    )
     if group:
         group.finish()
     if writes:
         print(history.summary(group.describe(device) if group else device))
-        print(f"history {out / train.HISTORY}, plot {out / train.PLOT}, weights {out / train.FINAL_WEIGHTS}",
-              file=sys.stderr)
+        print(
+            f"history {out / train.HISTORY}, plot {out / train.PLOT}, weights {out / train.FINAL_WEIGHTS}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -261,8 +311,10 @@ def _process_group(args):
     if args.nproc is None and not args.sync_bn and not launched:
         return None, None
     if args.backend != "torch":
-        raise UsageError(f"data-parallel training (--nproc, --sync-bn, torchrun) runs on the torch backend "
-                         f"only (DistributedDataParallel), not {args.backend}; use --backend torch")
+        raise UsageError(
+            f"data-parallel training (--nproc, --sync-bn, torchrun) runs on the torch backend "
+            f"only (DistributedDataParallel), not {args.backend}; use --backend torch"
+        )
     from . import distributed
 
     distributed.check_request(args.nproc)
@@ -279,8 +331,11 @@ def _run_beside(weights_path: Path) -> dict:
     try:
         return train.read_checkpoint(weights_path.parent) or {}
     except train.RunError:
-        print(f"{PROG}: note: ignoring {weights_path.parent / train.CHECKPOINT}: it is not a usable "
-              f"checkpoint; the weights file is read on its own", file=sys.stderr)
+        print(
+            f"{PROG}: note: ignoring {weights_path.parent / train.CHECKPOINT}: it is not a usable "
+            f"checkpoint; the weights file is read on its own",
+            file=sys.stderr,
+        )
         return {}
 
 
@@ -298,14 +353,20 @@ def cmd_evaluate(args) -> int:
     if args.resize is not None:
         resize = args.resize or None
         if known and resize != trained:
-            print(f"{PROG}: note: evaluating at {resize or 28}x{resize or 28} as asked; these weights "
-                  f"were trained at {trained or 28}x{trained or 28}", file=sys.stderr)
+            print(
+                f"{PROG}: note: evaluating at {resize or 28}x{resize or 28} as asked; these weights "
+                f"were trained at {trained or 28}x{trained or 28}",
+                file=sys.stderr,
+            )
     elif known:
         resize = trained
     else:
         resize = 96
-        print(f"{PROG}: note: {args.weights} records no training resolution (saved by an older "
-              f"version); evaluating at the chapter's 96x96: pass --resize to choose", file=sys.stderr)
+        print(
+            f"{PROG}: note: {args.weights} records no training resolution (saved by an older "
+            f"version); evaluating at the chapter's 96x96: pass --resize to choose",
+            file=sys.stderr,
+        )
     subset = args.subset if args.subset is not None else (meta.get("subset", False) and args.data_dir is None)
     data_dir = args.data_dir if args.data_dir is not None else (None if subset else meta.get("data_dir"))
     limit = args.limit if args.limit is not None else meta.get("limit")
@@ -315,10 +376,19 @@ def cmd_evaluate(args) -> int:
     backend.load_weights(model, args.weights)
     dataset = _load_data(subset=subset, data_dir=data_dir, limit=limit)
     normalize = recorded.preprocess or data.preprocessing(resize)
-    acc = train.evaluate_accuracy(backend, model, dataset.test_images, dataset.test_labels,
-                                  batch_size=args.batch_size, resize=resize, normalize=normalize)
-    print(f"test acc {acc:.3f} on {len(dataset.test_images):,} images ({dataset.source}, "
-          f"{side}x{side}), {spec.name} on {backend.name} ({device})")
+    acc = train.evaluate_accuracy(
+        backend,
+        model,
+        dataset.test_images,
+        dataset.test_labels,
+        batch_size=args.batch_size,
+        resize=resize,
+        normalize=normalize,
+    )
+    print(
+        f"test acc {acc:.3f} on {len(dataset.test_images):,} images ({dataset.source}, "
+        f"{side}x{side}), {spec.name} on {backend.name} ({device})"
+    )
     return 0
 
 
@@ -333,10 +403,21 @@ def cmd_bench(args) -> int:
     size, batch_size = args.size or preset["resize"], args.batch_size or preset["batch_size"]
     spec = get_arch(args.arch, **_overrides(args))
     _check_memory(backend, spec, (batch_size, spec.in_channels, size, size), args, training=True)
-    result = bench.run(backend, arch=args.arch, size=size, batch_size=batch_size, steps=args.steps,
-                       warmup=args.warmup, eager=args.eager, width=args.width, device=device,
-                       lr=preset["lr"], seed=args.seed, with_textbook=not args.no_textbook,
-                       log=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
+    result = bench.run(
+        backend,
+        arch=args.arch,
+        size=size,
+        batch_size=batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        eager=args.eager,
+        width=args.width,
+        device=device,
+        lr=preset["lr"],
+        seed=args.seed,
+        with_textbook=not args.no_textbook,
+        log=None if args.quiet else (lambda line: print(line, file=sys.stderr)),
+    )
     print(bench.format_table(result))
     if args.json is not None:
         print(f"figures written to {bench.write_json(args.json, result)}", file=sys.stderr)
@@ -374,17 +455,25 @@ def cmd_trace(args) -> int:
     dataset = _load_data(subset=subset, data_dir=args.data_dir, limit=args.limit)
     lr = args.lr or quick["lr"]
     recipe = {"batch_size": batch_size, "resize": resize, "seed": args.seed, "data": dataset.source, **start}
-    batches = trace.training_batches(dataset, steps=args.steps, batch_size=batch_size, seed=args.seed,
-                                     resize=resize)
-    print(f"tracing {args.steps} steps of {model.spec.name} on {backend.name} {backend.framework_version()} "
-          f"({device}), batch {batch_size} at {resize or 28}x{resize or 28}, lr {lr}, seed {args.seed}",
-          file=sys.stderr)
-    tensors, meta = trace.record(backend, model, batches, lr=lr, activation_images=args.activation_images,
-                                 full_grads=args.full_grads, recipe=recipe, perturb=args.perturb or 0.0)
+    batches = trace.training_batches(dataset, steps=args.steps, batch_size=batch_size, seed=args.seed, resize=resize)
+    print(
+        f"tracing {args.steps} steps of {model.spec.name} on {backend.name} {backend.framework_version()} "
+        f"({device}), batch {batch_size} at {resize or 28}x{resize or 28}, lr {lr}, seed {args.seed}",
+        file=sys.stderr,
+    )
+    tensors, meta = trace.record(
+        backend,
+        model,
+        batches,
+        lr=lr,
+        activation_images=args.activation_images,
+        full_grads=args.full_grads,
+        recipe=recipe,
+        perturb=args.perturb or 0.0,
+    )
     default = f"traces/{backend.name}{'-perturbed' if args.perturb else ''}.safetensors"
     out = trace.save(args.out or Path(default), tensors, meta)
-    print(f"loss {tensors['loss'][0]:.4f} -> {tensors['loss'][-1]:.4f} over {len(tensors['loss'])} "
-          f"steps; trace {out}")
+    print(f"loss {tensors['loss'][0]:.4f} -> {tensors['loss'][-1]:.4f} over {len(tensors['loss'])} steps; trace {out}")
     return 0
 
 
@@ -397,8 +486,7 @@ def cmd_compare(args) -> int:
         plot = args.plot or Path(args.traces[0]).parent / "compare.png"
         print(f"plot {compare.save_plot(result, plot)}", file=sys.stderr)
     if args.tolerance is not None and result.worst() > args.tolerance:
-        print(f"{PROG}: a difference of {result.worst():.2e} exceeds --tolerance {args.tolerance:g}",
-              file=sys.stderr)
+        print(f"{PROG}: a difference of {result.worst():.2e} exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
         return 1
     return 0
 
@@ -411,15 +499,22 @@ def cmd_conventions(args) -> int:
 
 
 def _max_memory(p):
-    p.add_argument("--max-memory", type=_positive_float, metavar="GIB",
-                   help="refuse networks and inputs whose memory, estimated from the spec "
-                        "before anything is allocated, exceeds this (default: this machine's RAM)")
+    p.add_argument(
+        "--max-memory",
+        type=_positive_float,
+        metavar="GIB",
+        help="refuse networks and inputs whose memory, estimated from the spec "
+        "before anything is allocated, exceeds this (default: this machine's RAM)",
+    )
 
 
 def _eager(p):
-    p.add_argument("--eager", action="store_true",
-                   help="run op by op, without the backend's compiled step (tf.function, "
-                        "hybridize, to_static, graph mode): slower, easier to step through")
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="run op by op, without the backend's compiled step (tf.function, "
+        "hybridize, to_static, graph mode): slower, easier to step through",
+    )
 
 
 def _backend_option(p):
@@ -445,8 +540,9 @@ def _add_backends(sub):
 def _add_summary(sub):
     p = sub.add_parser("summary", help="the chapter's per-layer shape table, parameters and MACs")
     _model_options(p, "d2l-resnet18")
-    p.add_argument("--input", type=_input_shape, metavar="N,C,H,W",
-                   help="input shape (default: 1,C,224,224 as in the chapter)")
+    p.add_argument(
+        "--input", type=_input_shape, metavar="N,C,H,W", help="input shape (default: 1,C,224,224 as in the chapter)"
+    )
     _max_memory(p)
     p.set_defaults(func=cmd_summary)
 
@@ -456,38 +552,65 @@ def _add_train(sub):
 
     p = sub.add_parser("train", help="train and evaluate (d2l's train_ch6), with checkpoints and a plot")
     _model_options(p)
-    p.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="chapter (the default): the chapter's recipe, full data at 96x96, 10 epochs "
-                        "(for a GPU: about two hours with torch on a 2-core CPU); quick: the bundled "
-                        "2,000/500 subset at 32x32, 12 epochs (minutes on a CPU)")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="chapter (the default): the chapter's recipe, full data at 96x96, 10 epochs "
+        "(for a GPU: about two hours with torch on a 2-core CPU); quick: the bundled "
+        "2,000/500 subset at 32x32, 12 epochs (minutes on a CPU)",
+    )
     p.add_argument("--epochs", type=_positive_int, help="(default: the preset's)")
     p.add_argument("--lr", type=_positive_float, help="SGD learning rate (default: the preset's)")
     p.add_argument("--batch-size", type=_positive_int, help="(default: the preset's)")
     p.add_argument("--resize", type=_nonneg_int, help="image side (0: keep 28)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights and batch order")
-    p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
-                   help="the bundled 2,000/500 subset instead of the full data")
+    p.add_argument(
+        "--subset",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the bundled 2,000/500 subset instead of the full data",
+    )
     p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
     p.add_argument("--limit", type=_positive_int, help="only the first N train and N test images")
     p.add_argument("--out", type=Path, help="run directory (default runs/BACKEND-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--nproc", type=_positive_int, metavar="N",
-                   help="data-parallel training (torch): start N local processes, one per GPU (NCCL) or "
-                        "on the CPU (Gloo), each training on its shard of every global batch; --batch-size "
-                        "and --lr keep their one-process meaning. For several machines, start the command "
-                        "with torchrun instead (see the README)")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="with several processes: BatchNorm statistics over the global batch "
-                        "(SyncBatchNorm), so the run is the one-process run; without it each process "
-                        "normalises over its own shard, as the textbook's multi-GPU code does")
-    p.add_argument("--dist-timeout", type=_positive_float, default=300, metavar="SECONDS",
-                   help="with several processes: how long one waits for the others before it gives up "
-                        "with an error (default 300)")
-    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
-                   help="bf16: mixed precision (autocast to bfloat16, float32 weights), torch only")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory format for the convolutions, torch only (default: on for CUDA)")
+    p.add_argument(
+        "--nproc",
+        type=_positive_int,
+        metavar="N",
+        help="data-parallel training (torch): start N local processes, one per GPU (NCCL) or "
+        "on the CPU (Gloo), each training on its shard of every global batch; --batch-size "
+        "and --lr keep their one-process meaning. For several machines, start the command "
+        "with torchrun instead (see the README)",
+    )
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="with several processes: BatchNorm statistics over the global batch "
+        "(SyncBatchNorm), so the run is the one-process run; without it each process "
+        "normalises over its own shard, as the textbook's multi-GPU code does",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=_positive_float,
+        default=300,
+        metavar="SECONDS",
+        help="with several processes: how long one waits for the others before it gives up with an error (default 300)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bf16"],
+        default="float32",
+        help="bf16: mixed precision (autocast to bfloat16, float32 weights), torch only",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory format for the convolutions, torch only (default: on for CUDA)",
+    )
     _eager(p)
     _max_memory(p)
     p.set_defaults(func=cmd_train)
@@ -498,10 +621,13 @@ def _add_evaluate(sub):
     _backend_option(p)
     _device_option(p)
     p.add_argument("--weights", required=True, type=Path, help="a .safetensors file saved by resnet-multi")
-    p.add_argument("--resize", type=_nonneg_int,
-                   help="image side, 0 for 28 (default: the one recorded in the weights)")
-    p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
-                   help="the bundled 500 test images (default: the data the weights were trained on)")
+    p.add_argument("--resize", type=_nonneg_int, help="image side, 0 for 28 (default: the one recorded in the weights)")
+    p.add_argument(
+        "--subset",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the bundled 500 test images (default: the data the weights were trained on)",
+    )
     p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
@@ -513,12 +639,15 @@ def _add_evaluate(sub):
 def _add_bench(sub):
     from .train import PRESETS
 
-    p = sub.add_parser("bench", help="training and inference speed, next to the chapter's own code "
-                                     "in the same framework")
+    p = sub.add_parser(
+        "bench", help="training and inference speed, next to the chapter's own code in the same framework"
+    )
     _model_options(p, "d2l-resnet18")
-    p.add_argument("--preset", choices=list(PRESETS),
-                   help="take size and batch size from a train preset (default: quick on a CPU, "
-                        "chapter on a GPU)")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="take size and batch size from a train preset (default: quick on a CPU, chapter on a GPU)",
+    )
     p.add_argument("--size", type=_positive_int, help="image side (default: the preset's resize)")
     p.add_argument("--batch-size", type=_positive_int, help="(default: the preset's)")
     p.add_argument("--steps", type=_positive_int, default=10, help="timed steps per model and phase")
@@ -533,31 +662,51 @@ def _add_bench(sub):
 
 
 def _add_trace(sub):
-    p = sub.add_parser("trace", help="record loss, logits, stage outputs, gradient norms and BN statistics "
-                                     "of the first training steps, for resnet-multi compare")
+    p = sub.add_parser(
+        "trace",
+        help="record loss, logits, stage outputs, gradient norms and BN statistics "
+        "of the first training steps, for resnet-multi compare",
+    )
     _model_options(p)
-    p.add_argument("--weights", type=Path, help="start from these canonical weights (default: the spec's "
-                                                "initial weights for --seed)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="start from these canonical weights (default: the spec's initial weights for --seed)",
+    )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights (without --weights) and batch order")
     p.add_argument("--steps", type=_positive_int, default=10, help="training steps to trace (default 10)")
     p.add_argument("--lr", type=_positive_float, help="(default: the quick preset's, 0.05)")
     p.add_argument("--batch-size", type=_positive_int, help="(default: the quick preset's, 256)")
     p.add_argument("--resize", type=_nonneg_int, help="image side, 0: keep 28 (default: the quick preset's, 32)")
-    p.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
-                   help="the bundled 2,000/500 subset (the default unless --data-dir)")
+    p.add_argument(
+        "--subset",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the bundled 2,000/500 subset (the default unless --data-dir)",
+    )
     p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
     p.add_argument("--limit", type=_positive_int, help="only the first N train images")
-    p.add_argument("--activation-images", type=_nonneg_int, default=8,
-                   help="record each stage's output for the batch's first N images (default 8; 0: none)")
+    p.add_argument(
+        "--activation-images",
+        type=_nonneg_int,
+        default=8,
+        help="record each stage's output for the batch's first N images (default 8; 0: none)",
+    )
     p.add_argument("--full-grads", action="store_true", help="also record step 0's full gradients")
-    p.add_argument("--threads", type=_positive_int,
-                   help="CPU threads for the framework: sets OMP_NUM_THREADS and the like before it "
-                        "starts (NumPy's BLAS has started already: for it, set them in the environment). "
-                        "Results can depend on the count; the trace records it")
-    p.add_argument("--perturb", type=_positive_float,
-                   help="control run: multiply the starting weights by 1 + X * N(0, 1) first; with the "
-                        "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
-                        "rounding-sized differences alone grow")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads for the framework: sets OMP_NUM_THREADS and the like before it "
+        "starts (NumPy's BLAS has started already: for it, set them in the environment). "
+        "Results can depend on the count; the trace records it",
+    )
+    p.add_argument(
+        "--perturb",
+        type=_positive_float,
+        help="control run: multiply the starting weights by 1 + X * N(0, 1) first; with the "
+        "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
+        "rounding-sized differences alone grow",
+    )
     p.add_argument("--out", type=Path, help="trace file (default traces/BACKEND.safetensors)")
     _eager(p)
     _max_memory(p)
@@ -566,43 +715,65 @@ def _add_trace(sub):
 
 def _add_compare(sub):
     p = sub.add_parser(
-        "compare", help="compare traces from any backends step by step (imports no framework)",
+        "compare",
+        help="compare traces from any backends step by step (imports no framework)",
         description="Per step, each trace's relative difference from the reference: max|a - r| / max|r| "
-                    "for logits, stage outputs (the batch's first images, training mode) and BN "
-                    "statistics after the step; |a - r| / |r| for the loss and each gradient norm (the "
-                    "worst tensor shown; gradients that are zero in exact arithmetic, conv biases "
-                    "feeding a BN, on the largest gradient's scale). Then where each trace, and each "
-                    "pair, first differs by more than --threshold.")
+        "for logits, stage outputs (the batch's first images, training mode) and BN "
+        "statistics after the step; |a - r| / |r| for the loss and each gradient norm (the "
+        "worst tensor shown; gradients that are zero in exact arithmetic, conv biases "
+        "feeding a BN, on the largest gradient's scale). Then where each trace, and each "
+        "pair, first differs by more than --threshold.",
+    )
     p.add_argument("traces", nargs="+", type=Path, help="trace files written by resnet-multi trace")
     p.add_argument("--reference", help="backend to compare against (default numpy if traced, else the first)")
     p.add_argument("--steps", type=_positive_int, help="compare only the first N steps")
-    p.add_argument("--threshold", type=_positive_float, default=1e-3,
-                   help="report the first step and quantity above this relative difference (default 1e-3)")
-    p.add_argument("--tolerance", type=_positive_float,
-                   help="exit with status 1 if any relative difference exceeds this")
+    p.add_argument(
+        "--threshold",
+        type=_positive_float,
+        default=1e-3,
+        help="report the first step and quantity above this relative difference (default 1e-3)",
+    )
+    p.add_argument(
+        "--tolerance", type=_positive_float, help="exit with status 1 if any relative difference exceeds this"
+    )
     p.add_argument("--plot", type=Path, help="plot file (default compare.png beside the first trace)")
     p.add_argument("--no-plot", action="store_true", help="write no plot")
     p.set_defaults(func=cmd_compare)
 
 
 def _add_conventions(sub):
-    p = sub.add_parser("conventions", help="what each framework does differently from the spec, and how "
-                                           "its module translates it")
-    p.add_argument("frameworks", nargs="*", type=_convention_framework, metavar="FRAMEWORK",
-                   help=f"only these, next to the spec's (one of {', '.join(frameworks.NAMES)}; default all)")
+    p = sub.add_parser(
+        "conventions", help="what each framework does differently from the spec, and how its module translates it"
+    )
+    p.add_argument(
+        "frameworks",
+        nargs="*",
+        type=_convention_framework,
+        metavar="FRAMEWORK",
+        help=f"only these, next to the spec's (one of {', '.join(frameworks.NAMES)}; default all)",
+    )
     p.add_argument("--markdown", action="store_true", help="a markdown table")
     p.set_defaults(func=cmd_conventions)
 
 
-COMMANDS = (_add_backends, _add_summary, _add_train, _add_evaluate, _add_bench, _add_trace, _add_compare,
-            _add_conventions)
+COMMANDS = (
+    _add_backends,
+    _add_summary,
+    _add_train,
+    _add_evaluate,
+    _add_bench,
+    _add_trace,
+    _add_compare,
+    _add_conventions,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="The Residual Networks chapter of Dive into Deep Learning "
-                                            "on six frameworks and a NumPy reference.")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, show the full traceback instead of one line")
+    parser = _Parser(
+        prog=PROG,
+        description="The Residual Networks chapter of Dive into Deep Learning on six frameworks and a NumPy reference.",
+    )
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
@@ -649,8 +820,11 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug: still one line, and the way to see more
         if debug:
             raise
-        print(f"{PROG}: internal error: {type(e).__name__}: {e} (run again with --debug for the "
-              f"traceback, and please report it)", file=sys.stderr)
+        print(
+            f"{PROG}: internal error: {type(e).__name__}: {e} (run again with --debug for the "
+            f"traceback, and please report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -19,6 +19,7 @@ stage outputs, logits, loss, gradients, BN statistics. The plot overlays the los
 curves and shows each trace's divergence per step on a log scale: the picture of
 float32 rounding, not a bug, making two frameworks' training part ways.
 """
+
 from __future__ import annotations
 
 import io
@@ -73,8 +74,9 @@ def zero_gradients(spec: dict) -> set[str]:
     from .spec import BatchNormSpec, get_arch
     from .weights import tensor_specs
 
-    arch = get_arch(spec["name"], **{**{k: v for k, v in spec.items() if k != "name"},
-                                     "bn": BatchNormSpec(**spec["bn"])})
+    arch = get_arch(
+        spec["name"], **{**{k: v for k, v in spec.items() if k != "name"}, "bn": BatchNormSpec(**spec["bn"])}
+    )
     if arch.preact:
         # every path from a conv bias reaches a training-mode BN (the next one inside its
         # block, the next block's first, or the head's) with nothing but additions between
@@ -104,8 +106,10 @@ def check_same_run(traces: list[Trace]) -> None:
         if t.meta["batches_sha256"][:steps] != ref.meta["batches_sha256"][:steps]:
             problems.append("different batches")
         if problems:
-            raise TraceError(f"{t.path} and {ref.path} do not trace the same run ({'; '.join(problems)}): "
-                             f"trace both with the same --weights or --seed, data and recipe")
+            raise TraceError(
+                f"{t.path} and {ref.path} do not trace the same run ({'; '.join(problems)}): "
+                f"trace both with the same --weights or --seed, data and recipe"
+            )
 
 
 def diff_step(trace: Trace, ref: Trace, k: int) -> StepDiff:
@@ -149,7 +153,7 @@ class Comparison:
         everyone = [self.reference, *self.traces]
         out = {}
         for i, a in enumerate(everyone):
-            for b in everyone[i + 1:]:
+            for b in everyone[i + 1 :]:
                 out[a.name, b.name] = None
                 for k in range(self.steps):
                     hit = diff_step(b, a, k).first_above(threshold)
@@ -202,28 +206,38 @@ def _header(t: Trace, width: int = 12) -> str:
         counts.append(f"torch threads {threads['torch_num_threads']}")
     counts.append(f"{threads.get('affinity', threads.get('cpu_count'))} CPUs")
     mode = "eager" if t.meta.get("eager") else "default mode"
-    return (f"{t.name:<{width}} {t.meta['framework_version']} on {t.meta['device']}, {mode}, "
-            f"{', '.join(counts)}  ({t.path})")
+    return (
+        f"{t.name:<{width}} {t.meta['framework_version']} on {t.meta['device']}, {mode}, "
+        f"{', '.join(counts)}  ({t.path})"
+    )
 
 
 def format_report(c: Comparison, *, threshold: float) -> str:
     width = max(len(t.name) for t in (c.reference, *c.traces))
-    lines = [f"reference: {c.reference.name}; {c.steps} steps; relative differences (see resnet-multi "
-             f"compare --help)", *(_header(t, width) for t in (c.reference, *c.traces)), ""]
+    lines = [
+        f"reference: {c.reference.name}; {c.steps} steps; relative differences (see resnet-multi compare --help)",
+        *(_header(t, width) for t in (c.reference, *c.traces)),
+        "",
+    ]
     for t in c.traces:
         diffs = c.diffs[t.name]
         columns = list(diffs[0].values) if diffs else []
         lines.append(f"{t.name} vs {c.reference.name}")
         lines.append("step  " + "  ".join(f"{col:>10}" for col in columns) + "  worst gradient")
         for d in diffs:
-            lines.append(f"{d.step:>4}  " + "  ".join(f"{d.values[col]:>10.2e}" for col in columns)
-                         + f"  {d.worst_grad}")
+            lines.append(
+                f"{d.step:>4}  " + "  ".join(f"{d.values[col]:>10.2e}" for col in columns) + f"  {d.worst_grad}"
+            )
         hit = c.first_divergence(t.name, threshold)
-        lines.append(f"first difference above {threshold:g}: "
-                     + (f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps"))
+        lines.append(
+            f"first difference above {threshold:g}: "
+            + (f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps")
+        )
         lines.append("")
     if len(c.traces) > 1:
-        lines.append(f"first step where each pair differs by more than {threshold:g} (relative to the first of the pair)")
+        lines.append(
+            f"first step where each pair differs by more than {threshold:g} (relative to the first of the pair)"
+        )
         for (a, b), hit in c.pairwise_first_divergence(threshold).items():
             where = f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps"
             lines.append(f"  {a:>{width}} / {b:<{width}} {where}")
@@ -244,7 +258,7 @@ def save_plot(c: Comparison, path) -> Path:
     steps = np.arange(c.steps)
     colour = {t.name: f"C{i}" for i, t in enumerate((c.reference, *c.traces))}  # one per trace, both panels
     for t in (c.reference, *c.traces):
-        losses.plot(steps, t.tensors["loss"][:c.steps], color=colour[t.name], label=t.name)
+        losses.plot(steps, t.tensors["loss"][: c.steps], color=colour[t.name], label=t.name)
     losses.set_xlabel("step")
     losses.set_ylabel("training loss")
     losses.legend(fontsize=7)

@@ -2,8 +2,8 @@
 
 Each backend module declares its framework's defaults next to the code that
 translates them, as a literal ``CONVENTIONS = {...}`` at the end of
-``resnet_multi/<framework>.py`` (the NumPy reference declares the spec's own): per topic, ``default`` (what the framework does
-unless told otherwise) and ``here`` (what the module does about it), plus a few
+``resnet_multi/<framework>.py`` (the NumPy reference declares the spec's own): per topic,
+``default`` (what the framework does unless told otherwise) and ``here`` (what the module does about it), plus a few
 machine-checked fields (``eps``, ``momentum``, ``keeps``, ``pads``, ``shape``...) that
 the tests compare with the installed framework's real defaults, so the table
 cannot drift from the frameworks or the code.
@@ -16,6 +16,7 @@ must therefore be a plain literal (``literal_eval`` refuses anything else, loudl
 a test checks, for every installed backend, that the parsed value equals the
 imported module's ``CONVENTIONS``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,6 +41,7 @@ TOPICS = {
     "mode_switch": "train / inference switch",
 }
 
+
 class ConventionsError(ValueError):
     """A backend module whose CONVENTIONS declaration is missing or not a literal."""
 
@@ -53,14 +55,17 @@ def declared(framework: str) -> dict:
     path = module_path(framework)
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "CONVENTIONS"
-                                                for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "CONVENTIONS" for t in node.targets
+        ):
             try:
                 value = ast.literal_eval(node.value)
             except ValueError as e:
-                raise ConventionsError(f"{path}:{node.lineno}: CONVENTIONS must be a plain literal "
-                                       f"(dicts, lists, strings, numbers), so that it can be read "
-                                       f"without importing the framework: {e}") from e
+                raise ConventionsError(
+                    f"{path}:{node.lineno}: CONVENTIONS must be a plain literal "
+                    f"(dicts, lists, strings, numbers), so that it can be read "
+                    f"without importing the framework: {e}"
+                ) from e
             missing = [t for t in TOPICS if t not in value]
             if missing:
                 raise ConventionsError(f"{path}: CONVENTIONS lacks the topic(s) {missing}")

@@ -18,6 +18,7 @@ Every file is structurally validated; the official files (and the bundled
 subset) are also checked against SHA-256 digests of their decompressed bytes,
 so Debian's recompressed ``.gz`` files verify the same as the originals.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,9 +31,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -58,8 +59,16 @@ __all__ = [
 ]
 
 FASHION_MNIST_CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 )
 
 ENV_VAR = "RESNET_MULTI_DATA"
@@ -132,13 +141,13 @@ class Dataset:
     source: str
 
     def __repr__(self) -> str:
-        return (f"Dataset(train={self.train_images.shape}, test={self.test_images.shape}, "
-                f"source={self.source!r})")
+        return f"Dataset(train={self.train_images.shape}, test={self.test_images.shape}, source={self.source!r})"
 
 
 # --------------------------------------------------------------------------
 # Locating the files
 # --------------------------------------------------------------------------
+
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/resnet-multi/fashion-mnist`` (``~/.cache`` by default)."""
@@ -169,7 +178,8 @@ def _require_complete(folder: Path, origin: str) -> Path:
     if missing:
         raise DataError(
             f"{origin} {folder} lacks {', '.join(missing)} "
-            f"(each may also be stored uncompressed, without .gz).\n{_HOW_TO_GET_DATA}")
+            f"(each may also be stored uncompressed, without .gz).\n{_HOW_TO_GET_DATA}"
+        )
     return folder
 
 
@@ -186,9 +196,11 @@ def _search() -> Path | None:
 
 
 def _not_found_message() -> str:
-    return (f"Fashion-MNIST not found: {ENV_VAR} is not set, and neither "
-            f"{default_cache_dir()} nor {SYSTEM_DATA_DIR} holds the four files.\n"
-            f"{_HOW_TO_GET_DATA}")
+    return (
+        f"Fashion-MNIST not found: {ENV_VAR} is not set, and neither "
+        f"{default_cache_dir()} nor {SYSTEM_DATA_DIR} holds the four files.\n"
+        f"{_HOW_TO_GET_DATA}"
+    )
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -204,6 +216,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------
 # Downloading
 # --------------------------------------------------------------------------
+
 
 def download_fashion_mnist(dest_dir: str | os.PathLike) -> Path:
     """Download the four ``.gz`` files into ``dest_dir``, verifying their MD5s.
@@ -234,7 +247,8 @@ def _download_one(url: str, target: Path, expected_md5: str) -> None:
             raise DataError(
                 f"downloaded {url} has MD5 {actual_md5}, expected {expected_md5}: the download "
                 f"is corrupt or the mirror changed; nothing was saved to {target.parent}. "
-                f"Try again later.\n{_HOW_TO_GET_DATA}")
+                f"Try again later.\n{_HOW_TO_GET_DATA}"
+            )
         os.replace(tmp, target)
         moved = True
     except (urllib.error.URLError, OSError) as exc:  # URLError/timeouts are OSErrors
@@ -262,6 +276,7 @@ def _stream_to(url: str, out, label: str) -> str:
 # Reading and validating IDX files
 # --------------------------------------------------------------------------
 
+
 def _fix_hint(path: Path) -> str:
     """How to repair a bad file, depending on where it lives."""
     resolved = path.resolve()
@@ -270,10 +285,14 @@ def _fix_hint(path: Path) -> str:
     if resolved.is_relative_to(default_cache_dir().resolve()):
         return f"Delete {path}; it is downloaded again on the next load."
     if resolved.is_relative_to(SYSTEM_DATA_DIR.resolve()):
-        return (f"Reinstall it (sudo apt install --reinstall dataset-fashion-mnist) or set "
-                f"{ENV_VAR} to a folder with good copies.")
-    return (f"Delete or replace it with the official file from {MIRROR_URL}, or pass "
-            f"data_dir / set {ENV_VAR} to a folder with good copies.")
+        return (
+            f"Reinstall it (sudo apt install --reinstall dataset-fashion-mnist) or set "
+            f"{ENV_VAR} to a folder with good copies."
+        )
+    return (
+        f"Delete or replace it with the official file from {MIRROR_URL}, or pass "
+        f"data_dir / set {ENV_VAR} to a folder with good copies."
+    )
 
 
 def _error(path: Path, problem: str) -> DataError:
@@ -297,11 +316,14 @@ def _read_bytes(path: Path) -> bytes:
 def _check_length(path: Path, data: bytes, header: int, count: int, item: int, what: str) -> None:
     expected = header + count * item
     if len(data) < expected:
-        raise _error(path, f"truncated: header declares {count} {what} ({expected} bytes) "
-                           f"but the file holds only {len(data)} bytes")
+        raise _error(
+            path,
+            f"truncated: header declares {count} {what} ({expected} bytes) but the file holds only {len(data)} bytes",
+        )
     if len(data) > expected:
-        raise _error(path, f"too long: header declares {count} {what} ({expected} bytes) "
-                           f"but the file holds {len(data)} bytes")
+        raise _error(
+            path, f"too long: header declares {count} {what} ({expected} bytes) but the file holds {len(data)} bytes"
+        )
 
 
 def _parse_images(data: bytes, path: Path) -> np.ndarray:
@@ -309,8 +331,11 @@ def _parse_images(data: bytes, path: Path) -> np.ndarray:
         raise _error(path, f"truncated: {len(data)} bytes is shorter than the 16-byte IDX image header")
     magic, count, rows, cols = struct.unpack(">IIII", data[:16])
     if magic != IMAGE_MAGIC:
-        raise _error(path, f"bad magic number 0x{magic:08x}, expected 0x{IMAGE_MAGIC:08x} "
-                           f"(IDX unsigned-byte images); is this an images file?")
+        raise _error(
+            path,
+            f"bad magic number 0x{magic:08x}, expected 0x{IMAGE_MAGIC:08x} "
+            f"(IDX unsigned-byte images); is this an images file?",
+        )
     if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE):
         raise _error(path, f"images are {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}")
     _check_length(path, data, 16, count, rows * cols, "images")
@@ -322,23 +347,31 @@ def _parse_labels(data: bytes, path: Path) -> np.ndarray:
         raise _error(path, f"truncated: {len(data)} bytes is shorter than the 8-byte IDX label header")
     magic, count = struct.unpack(">II", data[:8])
     if magic != LABEL_MAGIC:
-        raise _error(path, f"bad magic number 0x{magic:08x}, expected 0x{LABEL_MAGIC:08x} "
-                           f"(IDX unsigned-byte labels); is this a labels file?")
+        raise _error(
+            path,
+            f"bad magic number 0x{magic:08x}, expected 0x{LABEL_MAGIC:08x} "
+            f"(IDX unsigned-byte labels); is this a labels file?",
+        )
     _check_length(path, data, 8, count, 1, "labels")
     labels = np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
     bad = np.flatnonzero(labels >= NUM_CLASSES)
     if bad.size:
-        raise _error(path, f"label {labels[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1} "
-                           f"({bad.size} bad labels in all)")
+        raise _error(
+            path,
+            f"label {labels[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1} ({bad.size} bad labels in all)",
+        )
     return labels
 
 
 def _check_digest(data: bytes, path: Path, expected: str) -> None:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise _error(path, f"decompressed contents have SHA-256 {actual}, expected {expected}: "
-                           f"the file is corrupt or not the official data (for your own IDX "
-                           f"files pass verify=False)")
+        raise _error(
+            path,
+            f"decompressed contents have SHA-256 {actual}, expected {expected}: "
+            f"the file is corrupt or not the official data (for your own IDX "
+            f"files pass verify=False)",
+        )
 
 
 def read_idx_images(path: str | os.PathLike, expected_sha256: str | None = None) -> np.ndarray:
@@ -361,8 +394,9 @@ def read_idx_labels(path: str | os.PathLike, expected_sha256: str | None = None)
     return labels
 
 
-def _read_split(folder: Path, images_stem: str, labels_stem: str,
-                digests: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(
+    folder: Path, images_stem: str, labels_stem: str, digests: dict[str, str] | None
+) -> tuple[np.ndarray, np.ndarray]:
     images_path = _file_in(folder, images_stem)
     labels_path = _file_in(folder, labels_stem)
     if images_path is None or labels_path is None:
@@ -373,7 +407,8 @@ def _read_split(folder: Path, images_stem: str, labels_stem: str,
         raise DataError(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
             f"labels: the pair does not belong together. Replace both files with matching "
-            f"official copies (from {MIRROR_URL}, or pass data_dir / set {ENV_VAR}).")
+            f"official copies (from {MIRROR_URL}, or pass data_dir / set {ENV_VAR})."
+        )
     return images, labels
 
 
@@ -383,8 +418,9 @@ def _load_folder(folder: Path, digests: dict[str, str] | None, source: str) -> D
     return Dataset(train_images, train_labels, test_images, test_labels, source)
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, subset: bool = False,
-                       download: bool = True, verify: bool = True) -> Dataset:
+def load_fashion_mnist(
+    data_dir: str | os.PathLike | None = None, *, subset: bool = False, download: bool = True, verify: bool = True
+) -> Dataset:
     """Load Fashion-MNIST (or, with ``subset=True``, the bundled 2,000/500 subset).
 
     ``verify=False`` skips only the SHA-256 check against the official data (for
@@ -393,8 +429,9 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, subset: boo
     if subset:
         if data_dir is not None:
             raise InputError("subset=True loads the bundled subset; do not pass data_dir with it")
-        return _load_folder(SUBSET_DIR, SUBSET_SHA256 if verify else None,
-                            f"Fashion-MNIST subset (bundled, {SUBSET_DIR})")
+        return _load_folder(
+            SUBSET_DIR, SUBSET_SHA256 if verify else None, f"Fashion-MNIST subset (bundled, {SUBSET_DIR})"
+        )
     if data_dir is not None:
         folder = find_data_dir(data_dir)
     else:
@@ -416,6 +453,7 @@ def _download_or_explain(download: bool) -> Path:
 # --------------------------------------------------------------------------
 # Resizing and batching
 # --------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=32)
 def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -467,9 +505,16 @@ def num_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool,
-                    seed: int | None = None, epoch: int = 0,
-                    resize: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iterate_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int | None = None,
+    epoch: int = 0,
+    resize: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(x, y)``: x float32 (B, 1, S, S) in [0, 1], y int64 (B,).
 
     With ``shuffle=True`` the order comes from ``default_rng([seed, epoch])``, so
@@ -484,11 +529,11 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, 
         raise InputError(f"images must be (N, H, W) uint8, got {images.shape} {images.dtype}")
     if labels.shape != (len(images),):
         raise InputError(f"labels must have shape ({len(images)},), got {labels.shape}")
-    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer))
-                               or resize <= 0):
+    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize <= 0):
         raise InputError(f"resize must be None or a positive integer, got {resize!r}")
-    return _batches(images, labels, batch_order(len(images), shuffle=shuffle, seed=seed, epoch=epoch),
-                    int(batch_size), resize)
+    return _batches(
+        images, labels, batch_order(len(images), shuffle=shuffle, seed=seed, epoch=epoch), int(batch_size), resize
+    )
 
 
 def batch_order(n: int, *, shuffle: bool, seed: int | None = None, epoch: int = 0) -> np.ndarray:
@@ -513,7 +558,7 @@ def preprocessing(resize: int | None) -> dict:
 
 def _batches(images, labels, order, batch_size, resize):
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         x = images[idx].astype(np.float32) / np.float32(1 / SCALE)
         if resize is not None:
             x = resize_bilinear(x, resize)

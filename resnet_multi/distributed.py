@@ -30,6 +30,7 @@ turns into a :class:`PeerLost` error in the others. The last complete checkpoint
 
 The command line imports this module only for a data-parallel run of the torch backend.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,9 @@ from datetime import timedelta
 import numpy as np
 
 from .backend import Backend
+from .errors import InputError
 from .torch import F, TorchBackend, nn, torch
 from .train import RunError
-from .errors import InputError
 
 dist = torch.distributed
 
@@ -72,11 +73,14 @@ def check_request(nproc: int | None) -> None:
     if launched():
         local = int(os.environ["LOCAL_WORLD_SIZE"])
         if nproc is not None and nproc != local:
-            raise InputError(f"--nproc {nproc} under a launcher that started {local} process(es) on this "
-                             f"node; drop --nproc (torchrun's --nproc-per-node says how many)")
+            raise InputError(
+                f"--nproc {nproc} under a launcher that started {local} process(es) on this "
+                f"node; drop --nproc (torchrun's --nproc-per-node says how many)"
+            )
     elif nproc is None:
-        raise InputError("--sync-bn synchronises BatchNorm across processes: add --nproc N, or start "
-                         "the command with torchrun")
+        raise InputError(
+            "--sync-bn synchronises BatchNorm across processes: add --nproc N, or start the command with torchrun"
+        )
 
 
 def choose_device(device: str | None, local_rank: int, local_world: int) -> str:
@@ -88,13 +92,17 @@ def choose_device(device: str | None, local_rank: int, local_world: int) -> str:
     if device == "cpu":
         return "cpu"
     if device != "cuda":
-        raise InputError(f"with several processes each one takes the GPU of its local rank, so --device "
-                         f"{device} cannot be shared; pass --device cuda (or cpu)")
+        raise InputError(
+            f"with several processes each one takes the GPU of its local rank, so --device "
+            f"{device} cannot be shared; pass --device cuda (or cpu)"
+        )
     if gpus == 0:
         raise InputError("--device cuda: PyTorch sees no GPU here (a CPU build, or no driver); use --device cpu")
     if local_world > gpus:
-        raise InputError(f"{local_world} processes on this machine need {local_world} GPUs, and it has "
-                         f"{gpus}; use --nproc {gpus}, or --device cpu")
+        raise InputError(
+            f"{local_world} processes on this machine need {local_world} GPUs, and it has "
+            f"{gpus}; use --nproc {gpus}, or --device cpu"
+        )
     return f"cuda:{local_rank}"
 
 
@@ -111,19 +119,32 @@ def launch(nproc: int, argv: list[str]) -> int:
     # Split the CPU's cores between the processes (torchrun would give each one thread).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # torchrun --standalone: a rendezvous on a free local port (what torch.distributed.run.run sets)
-    args = get_args_parser().parse_args([f"--nproc-per-node={nproc}", "--max-restarts=0", "--rdzv-backend=c10d",
-                                         "--rdzv-endpoint=localhost:0", f"--rdzv-id={uuid.uuid4()}",
-                                         "-m", "resnet_multi.cli"])
+    args = get_args_parser().parse_args(
+        [
+            f"--nproc-per-node={nproc}",
+            "--max-restarts=0",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=localhost:0",
+            f"--rdzv-id={uuid.uuid4()}",
+            "-m",
+            "resnet_multi.cli",
+        ]
+    )
     args.training_script_args = list(argv)  # not through torchrun's parser: --nproc abbreviates its own
     config, cmd, cmd_args = config_from_args(args)
     try:
         elastic_launch(config, cmd)(*cmd_args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        how = (f"was killed by signal {failure.signal_name()}" if failure.exitcode < 0
-               else f"exited with status {failure.exitcode}")
-        raise WorkerFailed(f"process {rank} of {nproc} {how} (its own error is above); the others "
-                           f"were stopped", failure.exitcode if failure.exitcode > 0 else 1) from None
+        how = (
+            f"was killed by signal {failure.signal_name()}"
+            if failure.exitcode < 0
+            else f"exited with status {failure.exitcode}"
+        )
+        raise WorkerFailed(
+            f"process {rank} of {nproc} {how} (its own error is above); the others were stopped",
+            failure.exitcode if failure.exitcode > 0 else 1,
+        ) from None
     except SignalException:  # Ctrl-C (or a kill) reached the agent, which stopped the processes
         raise KeyboardInterrupt from None
     return 0
@@ -148,9 +169,11 @@ class ProcessGroup:
         try:
             dist.init_process_group(self.comm, timeout=timedelta(seconds=timeout), **kwargs)
         except (RuntimeError, dist.DistError) as e:
-            raise PeerLost(f"rank {self.rank} could not join the other {self.world_size - 1} process(es) "
-                           f"within {timeout:g} s ({_first_line(e)}); check that every node was started "
-                           f"with the same --rdzv-endpoint and --nnodes") from None
+            raise PeerLost(
+                f"rank {self.rank} could not join the other {self.world_size - 1} process(es) "
+                f"within {timeout:g} s ({_first_line(e)}); check that every node was started "
+                f"with the same --rdzv-endpoint and --nnodes"
+            ) from None
 
     @property
     def writes(self) -> bool:
@@ -164,7 +187,7 @@ class ProcessGroup:
     def meta(self) -> dict:
         return {"processes": self.world_size, "comm": self.comm, "sync_bn": self.sync_bn}
 
-    def backend(self) -> "DataParallelTorch":
+    def backend(self) -> DataParallelTorch:
         return DataParallelTorch(self)
 
     # -- sharding ------------------------------------------------------------------------
@@ -175,7 +198,7 @@ class ProcessGroup:
 
     def shard(self, n: int) -> slice:
         sizes = self.sizes(n)
-        start = sum(sizes[:self.rank])
+        start = sum(sizes[: self.rank])
         return slice(start, start + sizes[self.rank])
 
     # -- collectives -----------------------------------------------------------------------
@@ -183,7 +206,7 @@ class ProcessGroup:
         """Every rank's ``rows`` (its shard's, first dimension) in rank order: ``n`` rows."""
         sizes = self.sizes(n)
         padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
-        padded[:len(rows)] = rows
+        padded[: len(rows)] = rows
         parts = [torch.empty_like(padded) for _ in sizes]
         with self.collective("gathering the step's outputs"):
             dist.all_gather(parts, padded)
@@ -226,10 +249,12 @@ class _Collective:
     def __exit__(self, kind, error, tb):
         if kind is not None and issubclass(kind, (dist.DistError, RuntimeError)) and _is_peer_failure(error):
             g = self.group
-            raise PeerLost(f"rank {g.rank} of {g.world_size} lost the others while {self.what} "
-                           f"({_first_line(error)}): another process failed (see its error) or did not "
-                           f"answer within {g.timeout:g} s; the last complete checkpoint in the run "
-                           f"directory is kept, and --resume continues from it") from None
+            raise PeerLost(
+                f"rank {g.rank} of {g.world_size} lost the others while {self.what} "
+                f"({_first_line(error)}): another process failed (see its error) or did not "
+                f"answer within {g.timeout:g} s; the last complete checkpoint in the run "
+                f"directory is kept, and --resume continues from it"
+            ) from None
         return False
 
 
@@ -266,7 +291,8 @@ def check_shards(spec, n_train: int, batch_size: int, resize: int | None, world_
         f"{smallest // world_size} image(s), and each process's BatchNorm needs at least {need} "
         f"({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}); use fewer processes or a batch "
         f"size that leaves every shard {need} or more (at least {better}, and a last batch of at least "
-        f"{better} or none)")
+        f"{better} or none)"
+    )
 
 
 # ---- BatchNorm over the global batch ---------------------------------------------------------
@@ -349,8 +375,10 @@ class DataParallelTorch(TorchBackend):
     # its batches and metrics on the device.
     def configure_training(self, model, *, precision="float32", channels_last=None, device_batches=None):
         if precision != "float32" or channels_last or device_batches:
-            raise InputError("--precision bf16, --channels-last and device batches are for one process so "
-                             "far; a data-parallel run trains in float32 on NumPy batches")
+            raise InputError(
+                "--precision bf16, --channels-last and device batches are for one process so "
+                "far; a data-parallel run trains in float32 on NumPy batches"
+            )
         Backend.configure_training(self, model)
 
     training_batches = Backend.training_batches
@@ -369,8 +397,7 @@ class DataParallelTorch(TorchBackend):
         if ddp is None:
             index = [torch.device(model.device).index] if model.device.startswith("cuda") else None
             with self.group.collective("replicating the model"):
-                ddp = model.cache["ddp"] = nn.parallel.DistributedDataParallel(
-                    model.module, device_ids=index)
+                ddp = model.cache["ddp"] = nn.parallel.DistributedDataParallel(model.module, device_ids=index)
         return ddp
 
     def _sgd_step(self, model, x, y, lr):

@@ -58,8 +58,15 @@ class MemoryLimitError(InputError):
     """A network and input whose estimated memory is above the limit."""
 
 
-def check_memory(spec: ArchSpec, input_shape, *, training: bool, limit_bytes: int | None,
-                 itemsize: int = 4, flag: str = "--max-memory") -> int:
+def check_memory(
+    spec: ArchSpec,
+    input_shape,
+    *,
+    training: bool,
+    limit_bytes: int | None,
+    itemsize: int = 4,
+    flag: str = "--max-memory",
+) -> int:
     """Refuse, before anything is allocated, a run whose memory floor is above the limit."""
     need = memory_estimate(spec, input_shape, training=training, itemsize=itemsize)
     if limit_bytes is not None and need > limit_bytes:
@@ -67,5 +74,6 @@ def check_memory(spec: ArchSpec, input_shape, *, training: bool, limit_bytes: in
             f"{spec.name} ({'training' if training else 'inference'}, input {tuple(input_shape)}) needs at "
             f"least {need / 2**30:.1f} GiB by its spec's estimate, above the limit of "
             f"{limit_bytes / 2**30:.1f} GiB; use a smaller batch, image or network, or raise the "
-            f"limit with {flag} GIB")
+            f"limit with {flag} GIB"
+        )
     return need

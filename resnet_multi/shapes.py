@@ -4,14 +4,15 @@ Every conv and pool pads explicitly and symmetrically (3 for the 7x7 stem, 1
 for 3x3 convs and the max pool, 0 for 1x1 convs), so a layer's output size is
 ``floor((size + 2 * padding - kernel) / stride) + 1`` on every backend.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import ArchSpec, BlockSpec
 from .errors import InputError, InputTypeError
+from .spec import ArchSpec, BlockSpec
 
 STEM_CONV = (7, 2, 3)  # kernel, stride, padding
 STEM_POOL = (3, 2, 1)
@@ -62,8 +63,11 @@ def analyse(spec: ArchSpec, input_shape: tuple[int, int, int, int]) -> tuple[lis
     f = spec.features
     if spec.preact:
         rows += [LayerShape("head.bn", (n, f, h, w)), LayerShape("head.relu", (n, f, h, w))]
-    rows += [LayerShape("head.pool", (n, f, 1, 1)), LayerShape("head.flatten", (n, f)),
-             LayerShape("head.fc", (n, spec.num_classes))]
+    rows += [
+        LayerShape("head.pool", (n, f, 1, 1)),
+        LayerShape("head.flatten", (n, f)),
+        LayerShape("head.fc", (n, spec.num_classes)),
+    ]
     macs += f * spec.num_classes
     return rows, macs
 
@@ -122,8 +126,10 @@ def check_input_shape(spec: ArchSpec, shape, *, training: bool = False) -> tuple
 def float32_input_error(what: str, got: str, convert: str) -> InputTypeError:
     """The error a framework module raises for a batch that is not float32, ``convert``
     being the framework's own conversion (its messages name the operator, not the fix)."""
-    return InputTypeError(f"{what} expects float32 input, got {got}; convert with {convert} "
-                     f"(integer images also need scaling, e.g. / 255)")
+    return InputTypeError(
+        f"{what} expects float32 input, got {got}; convert with {convert} "
+        f"(integer images also need scaling, e.g. / 255)"
+    )
 
 
 def check_block_input_shape(block: BlockSpec, shape, *, layout: str = "NCHW") -> tuple[int, ...]:
@@ -133,14 +139,15 @@ def check_block_input_shape(block: BlockSpec, shape, *, layout: str = "NCHW") ->
     shape = tuple(int(d) for d in shape)
     what = f"Residual({block.in_channels} -> {block.out_channels})"
     if len(shape) != 4:
-        raise InputError(f"{what} expects a 4-d {layout} batch, got shape {shape}; "
-                         f"add a batch axis with x[None]")
+        raise InputError(f"{what} expects a 4-d {layout} batch, got shape {shape}; add a batch axis with x[None]")
     axis = layout.index("C")
     if shape[axis] != block.in_channels:
         other = "NHWC" if layout == "NCHW" else "NCHW"
-        raise InputError(f"{what} expects {block.in_channels} channel(s) on axis {axis} ({layout}), got "
-                         f"{shape[axis]} (shape {shape}); build the block with input_channels="
-                         f"{shape[axis]}, or transpose the batch if it is {other}")
+        raise InputError(
+            f"{what} expects {block.in_channels} channel(s) on axis {axis} ({layout}), got "
+            f"{shape[axis]} (shape {shape}); build the block with input_channels="
+            f"{shape[axis]}, or transpose the batch if it is {other}"
+        )
     if min(shape) < 1:
         raise InputError(f"{what} got an empty batch or image, shape {shape}")
     return shape
@@ -159,8 +166,9 @@ def check_input_array(spec: ArchSpec, x, *, training: bool = False) -> np.ndarra
     return x
 
 
-def format_table(rows: list[LayerShape], *, native: list[tuple[int, ...]] | None = None,
-                 native_layout: str = "NCHW") -> str:
+def format_table(
+    rows: list[LayerShape], *, native: list[tuple[int, ...]] | None = None, native_layout: str = "NCHW"
+) -> str:
     """The chapter's per-layer table: ``name  output shape`` (plus the backend's
     own layout beside the canonical one when they differ)."""
     width = max(len(r.name) for r in rows) + 2

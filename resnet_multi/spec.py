@@ -12,6 +12,7 @@ dataclasses, from the bottom up:
 overrides. Every constructor validates its arguments and raises ``ValueError``
 saying what is wrong and how to fix it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,7 @@ class BatchNormSpec:
     def __post_init__(self):
         if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
             raise InputError(f"BatchNorm eps must be a positive number, got {self.eps!r}")
-        if isinstance(self.momentum, bool) or not (isinstance(self.momentum, (int, float))
-                                                   and 0 < self.momentum <= 1):
+        if isinstance(self.momentum, bool) or not (isinstance(self.momentum, (int, float)) and 0 < self.momentum <= 1):
             raise InputError(
                 f"BatchNorm momentum must be in (0, 1] in the convention "
                 f"running = (1 - m) * running + m * batch, got {self.momentum!r}; "
@@ -166,8 +166,9 @@ def bn_for(conv_name: str) -> str:
     return "bn" + conv_name.removeprefix("conv")
 
 
-def block_spec(input_channels, num_channels: int | None = None, use_1x1conv: bool = False, strides: int = 1,
-               **options) -> BlockSpec:
+def block_spec(
+    input_channels, num_channels: int | None = None, use_1x1conv: bool = False, strides: int = 1, **options
+) -> BlockSpec:
     """The chapter's ``Residual(input_channels, num_channels, use_1x1conv, strides)`` arguments
     as a :class:`BlockSpec`; ``options`` are BlockSpec's other fields. A BlockSpec
     passes through, so every backend's ``Residual`` also takes one."""
@@ -195,21 +196,25 @@ def block_class(spec: BlockSpec) -> str:
     return BLOCK_CLASSES[spec.kind, spec.preact]
 
 
-def block_spec_for(class_name: str, input_channels, num_channels=None, use_1x1conv=False, strides=1,
-                   **options) -> BlockSpec:
+def block_spec_for(
+    class_name: str, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options
+) -> BlockSpec:
     """:func:`block_spec` for one of :data:`BLOCK_CLASSES`: the class fixes the block's kind
     (``Bottleneck(8, 16, True, 2)`` is a bottleneck), and a spec of another kind is refused
     with the class that builds it."""
-    (kind, preact), = (key for key, name in BLOCK_CLASSES.items() if name == class_name)
+    ((kind, preact),) = (key for key, name in BLOCK_CLASSES.items() if name == class_name)
     if isinstance(input_channels, BlockSpec):
         spec = input_channels
     else:
-        spec = block_spec(input_channels, num_channels, use_1x1conv, strides,
-                          **{"kind": kind, "preact": preact, **options})
+        spec = block_spec(
+            input_channels, num_channels, use_1x1conv, strides, **{"kind": kind, "preact": preact, **options}
+        )
     if (spec.kind, spec.preact) != (kind, preact):
-        raise InputError(f"{class_name} builds {'pre-activation ' if preact else ''}{kind} blocks, and this "
-                         f"one is a {'pre-activation ' if spec.preact else ''}{spec.kind} block: use "
-                         f"{block_class(spec)}, or the module's block(spec), which picks the class")
+        raise InputError(
+            f"{class_name} builds {'pre-activation ' if preact else ''}{kind} blocks, and this "
+            f"one is a {'pre-activation ' if spec.preact else ''}{spec.kind} block: use "
+            f"{block_class(spec)}, or the module's block(spec), which picks the class"
+        )
     return spec
 
 
@@ -224,8 +229,13 @@ class StageSpec:
         return self.blocks[-1].out_channels
 
 
-def stage_spec(input_channels, num_channels: int | None = None, num_residuals: int | None = None,
-               first_block: bool = False, **options) -> StageSpec:
+def stage_spec(
+    input_channels,
+    num_channels: int | None = None,
+    num_residuals: int | None = None,
+    first_block: bool = False,
+    **options,
+) -> StageSpec:
     """The chapter's ``resnet_block``: the first block halves the resolution with a
     projection unless it is the network's first stage; the rest keep the shape.
 
@@ -238,9 +248,13 @@ def stage_spec(input_channels, num_channels: int | None = None, num_residuals: i
     _positive_int(num_residuals, "num_residuals", "a stage needs at least one block")
     if num_residuals > MAX_BLOCKS_PER_STAGE:
         raise InputError(f"num_residuals must be at most {MAX_BLOCKS_PER_STAGE}, got {num_residuals}")
-    first = block_spec(input_channels, num_channels,
-                       use_1x1conv=not first_block or input_channels != num_channels,
-                       strides=1 if first_block else 2, **options)
+    first = block_spec(
+        input_channels,
+        num_channels,
+        use_1x1conv=not first_block or input_channels != num_channels,
+        strides=1 if first_block else 2,
+        **options,
+    )
     rest = [block_spec(num_channels, num_channels, **options) for _ in range(num_residuals - 1)]
     return StageSpec((first, *rest))
 
@@ -279,8 +293,9 @@ class ArchSpec:
         for n in self.layers:
             _positive_int(n, "every entry of layers", "each stage needs at least one block")
             if n > MAX_BLOCKS_PER_STAGE:
-                raise InputError(f"layers has a stage of {n} blocks, more than {MAX_BLOCKS_PER_STAGE}; "
-                                 f"pass fewer blocks per stage")
+                raise InputError(
+                    f"layers has a stage of {n} blocks, more than {MAX_BLOCKS_PER_STAGE}; pass fewer blocks per stage"
+                )
         _one_of(self.block, BLOCK_KINDS, "block type")
         _one_of(self.shortcut, SHORTCUTS, "shortcut type")
         _one_of(self.stride_on, STRIDE_PLACEMENTS, "stride placement")
@@ -292,7 +307,7 @@ class ArchSpec:
                 "zero_init_last_bn applies to post-activation blocks, whose last layer is a BN; "
                 "a pre-activation block ends in a conv: pass zero_init_last_bn=False"
             )
-        self.stages  # builds every block, so a bad combination fails here, at construction
+        _ = self.stages  # builds every block, so a bad combination fails here, at construction
 
     @property
     def expansion(self) -> int:
@@ -300,8 +315,14 @@ class ArchSpec:
 
     @property
     def block_options(self) -> dict:
-        return dict(kind=self.block, preact=self.preact, conv_bias=self.conv_bias,
-                    shortcut=self.shortcut, stride_on=self.stride_on, bn=self.bn)
+        return dict(
+            kind=self.block,
+            preact=self.preact,
+            conv_bias=self.conv_bias,
+            shortcut=self.shortcut,
+            stride_on=self.stride_on,
+            bn=self.bn,
+        )
 
     @property
     def stages(self) -> tuple[StageSpec, ...]:
@@ -320,22 +341,35 @@ class ArchSpec:
     def layer_names(self) -> list[str]:
         """Names of the layers whose outputs the per-layer shape table lists."""
         head = ["head.bn", "head.relu"] if self.preact else []
-        return ["stem", *(f"stages.{i}" for i in range(len(self.layers))),
-                *head, "head.pool", "head.flatten", "head.fc"]
+        return [
+            "stem",
+            *(f"stages.{i}" for i in range(len(self.layers))),
+            *head,
+            "head.pool",
+            "head.flatten",
+            "head.fc",
+        ]
 
 
 ARCH_FIELDS = {f.name for f in dataclasses.fields(ArchSpec)} - {"name"}
 
-_TORCHVISION = dict(in_channels=3, num_classes=1000, conv_bias=False, shortcut="conv_bn",
-                    init="kaiming_normal")
+_TORCHVISION = dict(in_channels=3, num_classes=1000, conv_bias=False, shortcut="conv_bn", init="kaiming_normal")
 
 ARCHS: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
         # The chapter's network: biases on every conv, a bare 1x1 conv as projection,
         # Xavier-uniform init, Fashion-MNIST's 1 channel and 10 classes.
-        ArchSpec("d2l-resnet18", (2, 2, 2, 2), "basic", in_channels=1, num_classes=10,
-                 conv_bias=True, shortcut="conv", init="xavier_uniform"),
+        ArchSpec(
+            "d2l-resnet18",
+            (2, 2, 2, 2),
+            "basic",
+            in_channels=1,
+            num_classes=10,
+            conv_bias=True,
+            shortcut="conv",
+            init="xavier_uniform",
+        ),
         # The ResNet paper's Table 1, as torchvision builds it.
         ArchSpec("resnet18", (2, 2, 2, 2), "basic", **_TORCHVISION),
         ArchSpec("resnet34", (3, 4, 6, 3), "basic", **_TORCHVISION),
@@ -344,8 +378,7 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec("resnet152", (3, 8, 36, 3), "bottleneck", **_TORCHVISION),
         # "Identity Mappings in Deep Residual Networks": projection is a bare 1x1 conv.
         ArchSpec("preact-resnet18", (2, 2, 2, 2), "basic", preact=True, **{**_TORCHVISION, "shortcut": "conv"}),
-        ArchSpec("preact-resnet50", (3, 4, 6, 3), "bottleneck", preact=True,
-                 **{**_TORCHVISION, "shortcut": "conv"}),
+        ArchSpec("preact-resnet50", (3, 4, 6, 3), "bottleneck", preact=True, **{**_TORCHVISION, "shortcut": "conv"}),
     )
 }
 

@@ -29,9 +29,9 @@ affinity, the thread variables such as ``OMP_NUM_THREADS``, and the framework's 
 count where it has one), ``python``, ``numpy``, ``platform``, ``spec`` (the
 architecture, as in weights files), ``recipe`` (``steps``, ``lr``, ``batch_size``,
 ``resize``, ``seed`` (the batch order), ``data`` (where the images came from), and
-``weights`` (the file the weights came from) or ``init_seed``), ``initial_weights_sha256``, ``batches_sha256`` (one per step, over the
-batch's images and labels), ``layers`` (the stage outputs recorded), ``params``
-(trainable tensors, canonical order), ``bn_stats`` (BN statistic tensors),
+``weights`` (the file the weights came from) or ``init_seed``), ``initial_weights_sha256``,
+``batches_sha256`` (one per step, over the batch's images and labels), ``layers`` (the stage
+outputs recorded), ``params`` (trainable tensors, canonical order), ``bn_stats`` (BN statistic tensors),
 ``activation_images``, ``full_grads``, ``twin_loss_gap`` and ``perturb`` (see :func:`record`).
 
 Tensors (S steps):
@@ -47,6 +47,7 @@ Tensors (S steps):
   first K = ``activation_images`` images;
 * ``grad.<param>`` float32: step 0's full gradients, with ``full_grads``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,16 +62,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import weights as canonical
-from .files import atomic_write_bytes
 from .data import Dataset, iterate_batches
 from .errors import InputError
+from .files import atomic_write_bytes
 
 FORMAT = "resnet_multi.trace.v1"
 # Environment variables that set CPU thread counts in the frameworks' runtimes
 # (OpenMP: torch, MXNet, Paddle, MindSpore; MKL/OpenBLAS: NumPy and others; TensorFlow's own).
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
 # Layers whose outputs are recorded: the flattened features repeat the pooled ones and
 # the dense layer's output is the logits, recorded in full.
 SKIPPED_LAYERS = ("head.flatten", "head.fc")
@@ -111,8 +116,9 @@ def training_batches(dataset: Dataset, *, steps: int, batch_size: int, seed: int
         raise InputError("the dataset has no training images")
     done, epoch = 0, 0
     while done < steps:
-        for x, y in iterate_batches(dataset.train_images, dataset.train_labels, batch_size,
-                                    shuffle=True, seed=seed, epoch=epoch, resize=resize):
+        for x, y in iterate_batches(
+            dataset.train_images, dataset.train_labels, batch_size, shuffle=True, seed=seed, epoch=epoch, resize=resize
+        ):
             yield x, y
             done += 1
             if done == steps:
@@ -145,13 +151,23 @@ def perturbed(weights: dict[str, np.ndarray], names, scale: float, seed: int = 0
     """``weights`` with each tensor in ``names`` multiplied by ``1 + scale * N(0, 1)``
     elementwise (float32 rounds at about 6e-8 relative)."""
     rng = np.random.default_rng([seed, 1])
-    return {k: (v * (1 + scale * rng.standard_normal(v.shape))).astype(np.float32) if k in names else v
-            for k, v in weights.items()}
+    return {
+        k: (v * (1 + scale * rng.standard_normal(v.shape))).astype(np.float32) if k in names else v
+        for k, v in weights.items()
+    }
 
 
-def record(backend, model, batches, *, lr: float, activation_images: int = 8,
-           full_grads: bool = False, recipe: dict | None = None,
-           perturb: float = 0.0) -> tuple[dict[str, np.ndarray], dict]:
+def record(
+    backend,
+    model,
+    batches,
+    *,
+    lr: float,
+    activation_images: int = 8,
+    full_grads: bool = False,
+    recipe: dict | None = None,
+    perturb: float = 0.0,
+) -> tuple[dict[str, np.ndarray], dict]:
     """Run ``backend.sgd_step`` on each batch and record the trace (see the module
     docstring); returns (tensors, metadata) as :func:`save` writes them.
 
@@ -284,8 +300,10 @@ def load(path) -> Trace:
     except Exception as e:  # safetensors raises its own error types
         raise TraceError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
     if meta_text is None:
-        raise TraceError(f"{path} is a safetensors file but not a trace (no 'trace' metadata); "
-                         f"is it a weights file? Write traces with resnet-multi trace")
+        raise TraceError(
+            f"{path} is a safetensors file but not a trace (no 'trace' metadata); "
+            f"is it a weights file? Write traces with resnet-multi trace"
+        )
     meta = json.loads(meta_text)
     if meta.get("format") != FORMAT:
         raise TraceError(f"{path} has trace format {meta.get('format')!r}, not {FORMAT!r}")

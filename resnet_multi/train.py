@@ -25,6 +25,7 @@ spec, data fingerprint, history; the commit point), the weights it names
 (``epoch-NNN.safetensors``, canonical), ``history.json``, ``plot.png`` and, once the
 run is complete, ``weights.safetensors``. Every file is written atomically.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,11 +43,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import shapes, validate, weights as canonical
-from .files import atomic_write_bytes, is_temporary
+from . import shapes, validate
+from . import weights as canonical
 from .backend import Backend, Model
 from .data import Dataset, iterate_batches, num_batches, preprocessing
 from .errors import InputError
+from .files import atomic_write_bytes, is_temporary
 
 try:
     import fcntl  # POSIX: a lock on the run directory
@@ -86,8 +88,10 @@ def check_start(out: Path, resume: bool) -> None:
     if resume and state is None:
         raise RunError(f"nothing to resume: {out / CHECKPOINT} does not exist")
     if not resume and state is not None:
-        raise RunError(f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
-                       f"to continue it or choose another --out")
+        raise RunError(
+            f"{out} already holds a run (at epoch {state['epoch']}); pass --resume "
+            f"to continue it or choose another --out"
+        )
 
 
 def trained_resize(preprocess: dict | None, run: dict) -> tuple[bool, int | None]:
@@ -107,10 +111,8 @@ def standing(out: Path) -> str:
     except RunError as e:
         return str(e)
     if state is None:
-        return (f"no epoch had finished, so {out} holds no checkpoint; run the same command again, "
-                f"without --resume")
-    return (f"{out} holds the checkpoint of epoch {state['epoch']}: the same command with --resume "
-            f"continues from there")
+        return f"no epoch had finished, so {out} holds no checkpoint; run the same command again, without --resume"
+    return f"{out} holds the checkpoint of epoch {state['epoch']}: the same command with --resume continues from there"
 
 
 class RunError(ValueError):
@@ -141,21 +143,30 @@ class History:
 
     def summary(self, device: str) -> str:
         """The chapter's two closing lines."""
-        return (f"loss {self.train_loss[-1]:.3f}, train acc {self.train_acc[-1]:.3f}, "
-                f"test acc {self.test_acc[-1]:.3f}\n"
-                f"{self.examples_per_sec:.1f} examples/sec on {device}")
+        return (
+            f"loss {self.train_loss[-1]:.3f}, train acc {self.train_acc[-1]:.3f}, "
+            f"test acc {self.test_acc[-1]:.3f}\n"
+            f"{self.examples_per_sec:.1f} examples/sec on {device}"
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "History":
+    def from_dict(cls, d: dict) -> History:
         return cls(**{f.name: list(d[f.name]) for f in dataclasses.fields(cls)})
 
 
 # ---- evaluation ----------------------------------------------------------------------
-def predict(backend: Backend, model: Model, images: np.ndarray, *, batch_size: int = 256,
-            resize: int | None = None, normalize: dict | None = None) -> np.ndarray:
+def predict(
+    backend: Backend,
+    model: Model,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    resize: int | None = None,
+    normalize: dict | None = None,
+) -> np.ndarray:
     """Predicted classes for uint8 images (N, 28, 28), in inference mode.
 
     ``normalize`` (a weights file's recorded ``preprocess``: scale, mean, std) maps
@@ -163,8 +174,10 @@ def predict(backend: Backend, model: Model, images: np.ndarray, *, batch_size: i
     does (:func:`resnet_multi.data.preprocessing`)."""
     labels = np.zeros(len(images), np.int64)  # iterate_batches wants labels; unused
     transform = _normalizer(normalize)
-    out = [backend.forward(model, transform(x), training=False).argmax(axis=1)
-           for x, _ in iterate_batches(images, labels, batch_size, shuffle=False, resize=resize)]
+    out = [
+        backend.forward(model, transform(x), training=False).argmax(axis=1)
+        for x, _ in iterate_batches(images, labels, batch_size, shuffle=False, resize=resize)
+    ]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -178,13 +191,22 @@ def _normalizer(normalize: dict | None):
     return lambda x: x * gain - shift
 
 
-def evaluate_accuracy(backend: Backend, model: Model, images: np.ndarray, labels: np.ndarray, *,
-                      batch_size: int = 256, resize: int | None = None, normalize: dict | None = None) -> float:
+def evaluate_accuracy(
+    backend: Backend,
+    model: Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int = 256,
+    resize: int | None = None,
+    normalize: dict | None = None,
+) -> float:
     """Test accuracy, as the chapter's ``evaluate_accuracy_gpu``."""
     if len(images) == 0:
         raise InputError("cannot evaluate on an empty set of images")
-    return float((predict(backend, model, images, batch_size=batch_size, resize=resize,
-                          normalize=normalize) == labels).mean())
+    return float(
+        (predict(backend, model, images, batch_size=batch_size, resize=resize, normalize=normalize) == labels).mean()
+    )
 
 
 # ---- run directory -------------------------------------------------------------------
@@ -193,8 +215,7 @@ def _fingerprint(dataset: Dataset) -> dict:
     h = hashlib.sha256()
     for a in (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels):
         h.update(np.ascontiguousarray(a).tobytes())
-    return {"train": int(len(dataset.train_images)), "test": int(len(dataset.test_images)),
-            "sha256": h.hexdigest()}
+    return {"train": int(len(dataset.train_images)), "test": int(len(dataset.test_images)), "sha256": h.hexdigest()}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -213,8 +234,9 @@ def read_checkpoint(out) -> dict | None:
             raise validate.SchemaError("format", f"is not {FORMAT!r}")
         validate.check_checkpoint(state)
     except (validate.SchemaError, OSError) as e:
-        raise RunError(f"{path} is not a usable checkpoint ({e}), so the run cannot be resumed; "
-                       f"{_still_usable(Path(out))}") from None
+        raise RunError(
+            f"{path} is not a usable checkpoint ({e}), so the run cannot be resumed; {_still_usable(Path(out))}"
+        ) from None
     return state
 
 
@@ -225,8 +247,9 @@ def read_history(path) -> History:
     try:
         obj = validate.check_history_file(validate.parse_json(path.read_bytes(), "the file"))
     except (validate.SchemaError, OSError) as e:
-        raise RunError(f"{path} is not a usable history ({e}); the run's checkpoint.json holds the same "
-                       f"history") from None
+        raise RunError(
+            f"{path} is not a usable history ({e}); the run's checkpoint.json holds the same history"
+        ) from None
     return History.from_dict(obj)
 
 
@@ -235,8 +258,10 @@ def _still_usable(out: Path) -> str:
     files = sorted(p.name for p in out.glob("*.safetensors") if canonical.readable(p))
     if not files:
         return "no readable weights file remains in it: start again with another --out"
-    return (f"its weights ({', '.join(files)}) do not depend on it and can still be evaluated "
-            f"(resnet-multi evaluate --weights {out / files[-1]}); to train again, choose another --out")
+    return (
+        f"its weights ({', '.join(files)}) do not depend on it and can still be evaluated "
+        f"(resnet-multi evaluate --weights {out / files[-1]}); to train again, choose another --out"
+    )
 
 
 def save_plot(history: History, path, *, epochs: int | None = None, title: str = "") -> None:
@@ -272,42 +297,74 @@ def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print
     if state is None:
         raise RunError(f"nothing to resume: {out / CHECKPOINT} does not exist")
     if state["backend"] != backend.name:
-        raise RunError(f"cannot resume {out} on {backend.name}: it was trained on {state['backend']} "
-                       f"({state['device']}), and one history would then mix two frameworks' numbers; "
-                       f"resume with --backend {state['backend']}, or train on {backend.name} in another --out")
+        raise RunError(
+            f"cannot resume {out} on {backend.name}: it was trained on {state['backend']} "
+            f"({state['device']}), and one history would then mix two frameworks' numbers; "
+            f"resume with --backend {state['backend']}, or train on {backend.name} in another --out"
+        )
     recorded = {**state["recipe"], "spec": state["spec"], "data": state["data"]}
     wanted = {**recipe, "spec": spec_dict, "data": data_print}
-    diff = [f"{k}: checkpoint has {recorded.get(k)!r}, this run {wanted.get(k)!r}"
-            for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k)]
+    diff = [
+        f"{k}: checkpoint has {recorded.get(k)!r}, this run {wanted.get(k)!r}"
+        for k in {**recorded, **wanted}
+        if recorded.get(k) != wanted.get(k)
+    ]
     if diff:
-        raise RunError(f"cannot resume {out}: it was started with different settings ("
-                       + "; ".join(diff) + "); pass the same settings or choose another --out")
+        raise RunError(
+            f"cannot resume {out}: it was started with different settings ("
+            + "; ".join(diff)
+            + "); pass the same settings or choose another --out"
+        )
     if state["epoch"] > epochs:
         raise RunError(f"{out} is already at epoch {state['epoch']}, past the {epochs} asked for")
     path = out / state["weights"]
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != state["weights_sha256"]:
-        raise RunError(f"{path}, named by {out / CHECKPOINT}, is missing or does not match its "
-                       f"recorded SHA-256; the run cannot be resumed")
+        raise RunError(
+            f"{path}, named by {out / CHECKPOINT}, is missing or does not match its "
+            f"recorded SHA-256; the run cannot be resumed"
+        )
     backend.load_weights(model, path)
     return state["epoch"], state["steps"], History.from_dict(state["history"])
 
 
-def _checkpoint(backend, model, out: Path, *, epoch, steps, recipe, spec_dict, data_print,
-                history: History, previous: str | None, meta: dict) -> str:
+def _checkpoint(
+    backend,
+    model,
+    out: Path,
+    *,
+    epoch,
+    steps,
+    recipe,
+    spec_dict,
+    data_print,
+    history: History,
+    previous: str | None,
+    meta: dict,
+) -> str:
     """Weights first, then the JSON that names them (the commit point), then drop the
     previous epoch's weights: a crash at any moment leaves one complete checkpoint."""
     name = f"epoch-{epoch:03d}.safetensors"
     weights = backend.get_weights(model)
     bad = validate.bad_tensors(weights)
     if bad:
-        raise TrainingDiverged(f"training diverged: after epoch {epoch} the weights hold "
-                               f"{validate.describe(bad)}; {_kept(out, previous)}")
+        raise TrainingDiverged(
+            f"training diverged: after epoch {epoch} the weights hold {validate.describe(bad)}; {_kept(out, previous)}"
+        )
     path = canonical.save_weights(out / name, weights, model.spec, preprocess=preprocessing(recipe["resize"]))
     state = {
-        "format": FORMAT, "epoch": epoch, "steps": steps, "seed": recipe["seed"], "lr": recipe["lr"],
-        "recipe": recipe, "arch": model.spec.name, "spec": spec_dict, "data": data_print,
-        "backend": backend.name, "device": model.device,
-        "weights": name, "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "format": FORMAT,
+        "epoch": epoch,
+        "steps": steps,
+        "seed": recipe["seed"],
+        "lr": recipe["lr"],
+        "recipe": recipe,
+        "arch": model.spec.name,
+        "spec": spec_dict,
+        "data": data_print,
+        "backend": backend.name,
+        "device": model.device,
+        "weights": name,
+        "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         # Batch order is default_rng([seed, epoch]) (data.iterate_batches): no RNG state to carry.
         "rng": {"batch_order": "numpy default_rng([seed, epoch])", "state": None},
         # Plain SGD keeps no state (no momentum, no weight decay, constant lr).
@@ -330,26 +387,37 @@ def _kept(out, weights_file: str | None) -> str:
     if out is None:
         return "nothing was saved (no run directory); train again with a lower learning rate"
     if weights_file is None:
-        return (f"no epoch had finished, so {out} holds no checkpoint; train again with a lower --lr "
-                f"(the chapter's is 0.05)")
-    return (f"the last good checkpoint ({Path(out) / weights_file}) is kept; train again with a lower "
-            f"--lr (the chapter's is 0.05) in another --out")
+        return (
+            f"no epoch had finished, so {out} holds no checkpoint; train again with a lower --lr "
+            f"(the chapter's is 0.05)"
+        )
+    return (
+        f"the last good checkpoint ({Path(out) / weights_file}) is kept; train again with a lower "
+        f"--lr (the chapter's is 0.05) in another --out"
+    )
 
 
-def check_run(spec, n_train: int, batch_size: int, resize: int | None, out=None, *,
-              backend: Backend | None = None) -> None:
+def check_run(
+    spec, n_train: int, batch_size: int, resize: int | None, out=None, *, backend: Backend | None = None
+) -> None:
     """What can be known before any training: every batch fits the network, BatchNorm and
     the backend, and the run directory can be written. :func:`fit` calls it; the CLI calls
     it before it prints anything."""
-    _check_batches(spec, n_train, batch_size, resize,
-                   min_batch=backend.min_training_batch if backend else 1,
-                   why=backend.min_training_batch_why if backend else "")
+    _check_batches(
+        spec,
+        n_train,
+        batch_size,
+        resize,
+        min_batch=backend.min_training_batch if backend else 1,
+        why=backend.min_training_batch_why if backend else "",
+    )
     if out is not None:
         os.close(_open_lock_file(Path(out)))
 
 
-def _check_batches(spec, n_train: int, batch_size: int, resize: int | None, *, min_batch: int = 1,
-                   why: str = "") -> None:
+def _check_batches(
+    spec, n_train: int, batch_size: int, resize: int | None, *, min_batch: int = 1, why: str = ""
+) -> None:
     """Before any training: every batch of the epoch, the last partial one included,
     must give BatchNorm more than one value per channel, and hold at least the
     backend's ``min_batch`` images (``why`` says what fails below that)."""
@@ -362,21 +430,28 @@ def _check_batches(spec, n_train: int, batch_size: int, resize: int | None, *, m
     need = max(need_bn, min_batch)
     last = n_train % batch_size
     if 0 < last < need:
-        better = next((b for b in range(batch_size - 1, need - 1, -1)
-                       if n_train % b == 0 or n_train % b >= need), None)
-        reason = (f"BatchNorm cannot train on it ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}, "
-                  f"so it would have one value per channel)" if last < need_bn else f"{why}")
+        better = next((b for b in range(batch_size - 1, need - 1, -1) if n_train % b == 0 or n_train % b >= need), None)
+        reason = (
+            f"BatchNorm cannot train on it ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}, "
+            f"so it would have one value per channel)"
+            if last < need_bn
+            else f"{why}"
+        )
         raise InputError(
             f"batch size {batch_size} leaves a last batch of {last} of the {n_train:,} training images, and "
             f"{reason}; choose a batch size that leaves none or at least {need}"
-            + (f", e.g. {better}" if better else ""))
+            + (f", e.g. {better}" if better else "")
+        )
     if min(batch_size, n_train) < need_bn:
-        raise InputError(f"batch size {min(batch_size, n_train)} is too small to train {spec.name} at "
-                         f"{side}x{side}: its last stage sees {gh}x{gw}, so BatchNorm needs batches of at "
-                         f"least {need_bn}")
+        raise InputError(
+            f"batch size {min(batch_size, n_train)} is too small to train {spec.name} at "
+            f"{side}x{side}: its last stage sees {gh}x{gw}, so BatchNorm needs batches of at "
+            f"least {need_bn}"
+        )
     if min(batch_size, n_train) < min_batch:
-        raise InputError(f"batch size {min(batch_size, n_train)} is too small: {why}; use batches of at "
-                         f"least {min_batch}")
+        raise InputError(
+            f"batch size {min(batch_size, n_train)} is too small: {why}; use batches of at least {min_batch}"
+        )
 
 
 @contextlib.contextmanager
@@ -392,8 +467,7 @@ def _run_directory(out: Path):
             except OSError:
                 raise RunError(f"another run is writing to {out}; wait for it or choose another --out") from None
             for path in out.iterdir():
-                if any(is_temporary(path.name, target) for target in _OWN_FILES) \
-                        or _is_epoch_temp(path.name):
+                if any(is_temporary(path.name, target) for target in _OWN_FILES) or _is_epoch_temp(path.name):
                     path.unlink(missing_ok=True)
         yield
     finally:
@@ -407,8 +481,9 @@ def _open_lock_file(out: Path) -> int:
         out.mkdir(parents=True, exist_ok=True)
         return os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise RunError(f"cannot write the run directory {out}: {e.strerror or e}; choose another --out "
-                       f"or make it writable") from None
+        raise RunError(
+            f"cannot write the run directory {out}: {e.strerror or e}; choose another --out or make it writable"
+        ) from None
 
 
 _OWN_FILES = (CHECKPOINT, HISTORY, PLOT, FINAL_WEIGHTS)
@@ -447,11 +522,26 @@ class OneProcess:
         return make()
 
 
-def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: float = 0.05,
-        batch_size: int = 256, resize: int | None = None, seed: int = 0, out=None,
-        resume: bool = False, progress: bool = False, plot: bool = True, meta: dict | None = None,
-        precision: str = "float32", channels_last: bool | None = None,
-        device_batches: bool | None = None, processes=OneProcess) -> History:
+def fit(
+    backend: Backend,
+    model: Model,
+    dataset: Dataset,
+    *,
+    epochs: int,
+    lr: float = 0.05,
+    batch_size: int = 256,
+    resize: int | None = None,
+    seed: int = 0,
+    out=None,
+    resume: bool = False,
+    progress: bool = False,
+    plot: bool = True,
+    meta: dict | None = None,
+    precision: str = "float32",
+    channels_last: bool | None = None,
+    device_batches: bool | None = None,
+    processes=OneProcess,
+) -> History:
     """Train ``model`` for ``epochs`` epochs (d2l's ``train_ch6``), evaluating after each.
 
     With ``out``, a checkpoint is written after every epoch and ``resume=True``
@@ -473,16 +563,37 @@ def fit(backend: Backend, model: Model, dataset: Dataset, *, epochs: int, lr: fl
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
     if precision != "float32":  # recorded (and so checked on resume) where it is not the default
         recipe["precision"] = precision
-    backend.configure_training(model, precision=precision, channels_last=channels_last,
-                               device_batches=device_batches)
+    backend.configure_training(model, precision=precision, channels_last=channels_last, device_batches=device_batches)
     check_run(model.spec, len(dataset.train_images), int(batch_size), resize, backend=backend)
     if out is None or not processes.writes:  # only the writer locks the run directory
-        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=None if out is None else Path(out),
-                    resume=resume, progress=progress, plot=plot, meta=meta, processes=processes)
+        return _fit(
+            backend,
+            model,
+            dataset,
+            epochs=epochs,
+            recipe=recipe,
+            out=None if out is None else Path(out),
+            resume=resume,
+            progress=progress,
+            plot=plot,
+            meta=meta,
+            processes=processes,
+        )
     out = Path(out)
     with _run_directory(out):
-        return _fit(backend, model, dataset, epochs=epochs, recipe=recipe, out=out, resume=resume,
-                    progress=progress, plot=plot, meta=meta, processes=processes)
+        return _fit(
+            backend,
+            model,
+            dataset,
+            epochs=epochs,
+            recipe=recipe,
+            out=out,
+            resume=resume,
+            progress=progress,
+            plot=plot,
+            meta=meta,
+            processes=processes,
+        )
 
 
 # A diverging run is reported once (TrainingDiverged), not as NumPy warnings from every op.
@@ -493,24 +604,36 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
     data_print = _fingerprint(dataset)
     history, start, steps, weights_file = History(), 0, 0, None
     if out is not None:
+
         def opening():
             if resume:
                 return _resume(backend, model, out, recipe, spec_dict, data_print, epochs)
             if (out / CHECKPOINT).exists():
-                raise RunError(f"{out} already holds a run (at epoch {read_checkpoint(out)['epoch']}); "
-                               f"resume it or choose another output directory")
+                raise RunError(
+                    f"{out} already holds a run (at epoch {read_checkpoint(out)['epoch']}); "
+                    f"resume it or choose another output directory"
+                )
             return start, steps, history
+
         start, steps, history = processes.share(opening)
         if resume:
             weights_file = f"epoch-{start:03d}.safetensors"
     per_epoch = num_batches(len(dataset.train_images), batch_size)
     # (seed, epoch) -> the epoch's batches, in the form the backend's train_step takes
-    epoch_batches = backend.training_batches(model, dataset.train_images, dataset.train_labels,
-                                             batch_size=batch_size, resize=resize)
+    epoch_batches = backend.training_batches(
+        model, dataset.train_images, dataset.train_labels, batch_size=batch_size, resize=resize
+    )
     # d2l's Animator adds a point five times an epoch and at its end.
     mark = {per_epoch - 1} | {i for i in range(per_epoch) if (i + 1) % max(per_epoch // 5, 1) == 0}
-    bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, disable=not progress,
-               desc=f"{backend.name} {model.device}", unit="batch", file=sys.stderr, leave=False)
+    bar = tqdm(
+        total=epochs * per_epoch,
+        initial=start * per_epoch,
+        disable=not progress,
+        desc=f"{backend.name} {model.device}",
+        unit="batch",
+        file=sys.stderr,
+        leave=False,
+    )
     try:
         for epoch in range(start, epochs):
             seconds = 0.0
@@ -527,33 +650,64 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
                     if reading.diverged:
                         bad_step, bad_loss = reading.diverged
                         late = f"; seen at the read after step {i + 1}" if bad_step != i + 1 else ""
-                        raise TrainingDiverged(f"training diverged: the loss became {bad_loss} at epoch "
-                                               f"{epoch + 1}, step {bad_step} (lr {lr}{late}); "
-                                               f"{_kept(out, weights_file)}")
+                        raise TrainingDiverged(
+                            f"training diverged: the loss became {bad_loss} at epoch "
+                            f"{epoch + 1}, step {bad_step} (lr {lr}{late}); "
+                            f"{_kept(out, weights_file)}"
+                        )
                     loss_sum, correct, seen = reading.loss_sum, reading.correct, reading.seen
                     if i in mark:
                         history.curve.append([epoch + (i + 1) / per_epoch, loss_sum / seen, correct / seen])
                 bar.update()
-            test_acc = evaluate_accuracy(backend, model, dataset.test_images, dataset.test_labels,
-                                         batch_size=batch_size, resize=resize)
-            for key, value in (("epoch", epoch + 1), ("train_loss", loss_sum / seen),
-                               ("train_acc", correct / seen), ("test_acc", test_acc),
-                               ("examples", seen), ("train_seconds", seconds)):
+            test_acc = evaluate_accuracy(
+                backend, model, dataset.test_images, dataset.test_labels, batch_size=batch_size, resize=resize
+            )
+            for key, value in (
+                ("epoch", epoch + 1),
+                ("train_loss", loss_sum / seen),
+                ("train_acc", correct / seen),
+                ("test_acc", test_acc),
+                ("examples", seen),
+                ("train_seconds", seconds),
+            ):
                 getattr(history, key).append(value)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", train_acc=f"{correct / seen:.3f}",
-                            test_acc=f"{test_acc:.3f}")
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.3f}", train_acc=f"{correct / seen:.3f}", test_acc=f"{test_acc:.3f}"
+            )
             if out is not None and not processes.writes:
                 weights_file = f"epoch-{epoch + 1:03d}.safetensors"  # as the writer names it
             elif out is not None:
-                weights_file = _checkpoint(backend, model, out, epoch=epoch + 1, steps=steps, recipe=recipe,
-                                           spec_dict=spec_dict, data_print=data_print, history=history,
-                                           previous=weights_file, meta=meta or {})
-                _write_json(out / HISTORY, {**history.to_dict(), "backend": backend.name,
-                                            "device": model.device, "arch": model.spec.name,
-                                            "examples_per_sec": history.examples_per_sec, **recipe})
+                weights_file = _checkpoint(
+                    backend,
+                    model,
+                    out,
+                    epoch=epoch + 1,
+                    steps=steps,
+                    recipe=recipe,
+                    spec_dict=spec_dict,
+                    data_print=data_print,
+                    history=history,
+                    previous=weights_file,
+                    meta=meta or {},
+                )
+                _write_json(
+                    out / HISTORY,
+                    {
+                        **history.to_dict(),
+                        "backend": backend.name,
+                        "device": model.device,
+                        "arch": model.spec.name,
+                        "examples_per_sec": history.examples_per_sec,
+                        **recipe,
+                    },
+                )
                 if plot:
-                    save_plot(history, out / PLOT, epochs=epochs,
-                              title=f"{model.spec.name} on {backend.name} ({model.device})")
+                    save_plot(
+                        history,
+                        out / PLOT,
+                        epochs=epochs,
+                        title=f"{model.spec.name} on {backend.name} ({model.device})",
+                    )
     finally:
         bar.close()
     if out is not None and weights_file is not None and processes.writes:

@@ -10,22 +10,27 @@ file gives one line naming the file, the offending key and the fix, never a
 Also here: the checks on numbers that a schema cannot see (NaN/Inf in tensors,
 negative BN variances).
 """
+
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import shapes
 from .spec import BLOCK_KINDS, INITS, MAX_BLOCKS_PER_STAGE, SHORTCUTS, STRIDE_PLACEMENTS, ArchSpec
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-               list: "a list", dict: "an object"}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    dict: "an object",
+}
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,10 @@ class Field:
     max: float | None = None
     choices: tuple | None = None
     pattern: str | None = None
-    items: "Field | None" = None  # each element of a list
+    items: Field | None = None  # each element of a list
     min_len: int | None = None  # of a list
     max_len: int | None = None
-    schema: "Schema | None" = None  # the keys of a dict
+    schema: Schema | None = None  # the keys of a dict
 
 
 @dataclass(frozen=True)
@@ -139,98 +144,116 @@ MAX_IMAGE_SIDE = 1 << 14
 
 BN = Schema({"eps": Field(float, min=1e-12, max=1.0), "momentum": Field(float, min=1e-12, max=1.0)})
 
-ARCH = Schema({
-    "name": Field(str, pattern=r"[^\n]{1,200}"),  # one line, as it is printed in messages
-    "layers": Field(list, min_len=1, max_len=MAX_STAGES, items=Field(int, min=1, max=MAX_BLOCKS_PER_STAGE)),
-    "block": Field(str, choices=BLOCK_KINDS),
-    "in_channels": Field(int, min=1, max=MAX_CHANNELS),
-    "num_classes": Field(int, min=1, max=MAX_CLASSES),
-    "width": Field(int, min=1, max=MAX_CHANNELS),
-    "conv_bias": Field(bool),
-    "shortcut": Field(str, choices=SHORTCUTS),
-    "stride_on": Field(str, choices=STRIDE_PLACEMENTS),
-    "preact": Field(bool),
-    "zero_init_last_bn": Field(bool),
-    "init": Field(str, choices=INITS),
-    "bn": Field(dict, schema=BN),
-})
+ARCH = Schema(
+    {
+        "name": Field(str, pattern=r"[^\n]{1,200}"),  # one line, as it is printed in messages
+        "layers": Field(list, min_len=1, max_len=MAX_STAGES, items=Field(int, min=1, max=MAX_BLOCKS_PER_STAGE)),
+        "block": Field(str, choices=BLOCK_KINDS),
+        "in_channels": Field(int, min=1, max=MAX_CHANNELS),
+        "num_classes": Field(int, min=1, max=MAX_CLASSES),
+        "width": Field(int, min=1, max=MAX_CHANNELS),
+        "conv_bias": Field(bool),
+        "shortcut": Field(str, choices=SHORTCUTS),
+        "stride_on": Field(str, choices=STRIDE_PLACEMENTS),
+        "preact": Field(bool),
+        "zero_init_last_bn": Field(bool),
+        "init": Field(str, choices=INITS),
+        "bn": Field(dict, schema=BN),
+    }
+)
 
 # How images become the network's input: resized to ``resize`` (None: 28, as stored),
 # then x = (pixel * scale - mean) / std. Recorded in every weights file saved by training.
-PREPROCESS = Schema({
-    "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
-    "scale": Field(float, min=0),
-    "mean": Field(float),
-    "std": Field(float, min=1e-12),
-})
+PREPROCESS = Schema(
+    {
+        "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
+        "scale": Field(float, min=0),
+        "mean": Field(float),
+        "std": Field(float, min=1e-12),
+    }
+)
 
 # A weights file's metadata: strings (safetensors' rule), two of them JSON.
 # Extra keys are allowed: other tools add their own (e.g. a license).
-WEIGHTS_METADATA = Schema({
-    "format": Field(str),
-    "arch": Field(str),
-    "preprocess": Field(str, required=False),  # absent in files from before it was recorded
-}, extra=True)
+WEIGHTS_METADATA = Schema(
+    {
+        "format": Field(str),
+        "arch": Field(str),
+        "preprocess": Field(str, required=False),  # absent in files from before it was recorded
+    },
+    extra=True,
+)
 
 _EPOCH_LISTS = ("epoch", "train_loss", "train_acc", "test_acc", "examples", "train_seconds")
 
-HISTORY = Schema({
-    "epoch": Field(list, items=Field(int, min=1)),
-    "train_loss": Field(list, items=Field(float, min=0)),
-    "train_acc": Field(list, items=Field(float, min=0, max=1)),
-    "test_acc": Field(list, items=Field(float, min=0, max=1)),
-    "examples": Field(list, items=Field(int, min=0)),
-    "train_seconds": Field(list, items=Field(float, min=0)),
-    "curve": Field(list, items=Field(list, min_len=3, max_len=3, items=Field(float))),
-})
+HISTORY = Schema(
+    {
+        "epoch": Field(list, items=Field(int, min=1)),
+        "train_loss": Field(list, items=Field(float, min=0)),
+        "train_acc": Field(list, items=Field(float, min=0, max=1)),
+        "test_acc": Field(list, items=Field(float, min=0, max=1)),
+        "examples": Field(list, items=Field(int, min=0)),
+        "train_seconds": Field(list, items=Field(float, min=0)),
+        "curve": Field(list, items=Field(list, min_len=3, max_len=3, items=Field(float))),
+    }
+)
 
 # history.json: the history plus what ran it (and the recipe's keys, listed or not).
-HISTORY_FILE = Schema({**HISTORY.fields, "backend": Field(str), "device": Field(str), "arch": Field(str)},
-                      extra=True)
+HISTORY_FILE = Schema({**HISTORY.fields, "backend": Field(str), "device": Field(str), "arch": Field(str)}, extra=True)
 
-RECIPE = Schema({
-    "lr": Field(float, min=0),
-    "batch_size": Field(int, min=1),
-    "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
-    "seed": Field(int, min=0),
-    "precision": Field(str, required=False, choices=("bf16",)),  # only where not float32 (torch)
-})
+RECIPE = Schema(
+    {
+        "lr": Field(float, min=0),
+        "batch_size": Field(int, min=1),
+        "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
+        "seed": Field(int, min=0),
+        "precision": Field(str, required=False, choices=("bf16",)),  # only where not float32 (torch)
+    }
+)
 
 # What the command line records about the data (fit records any ``meta`` as is; these
 # keys, where present, are read back by ``evaluate``).
-RUN_META = Schema({
-    "preset": Field(str, required=False, nullable=True),
-    "subset": Field(bool, required=False),
-    "data_dir": Field(str, required=False, nullable=True),
-    "limit": Field(int, required=False, nullable=True, min=1),
-    "source": Field(str, required=False),
-}, extra=True)
+RUN_META = Schema(
+    {
+        "preset": Field(str, required=False, nullable=True),
+        "subset": Field(bool, required=False),
+        "data_dir": Field(str, required=False, nullable=True),
+        "limit": Field(int, required=False, nullable=True, min=1),
+        "source": Field(str, required=False),
+    },
+    extra=True,
+)
 
-CHECKPOINT = Schema({
-    "format": Field(str),
-    "epoch": Field(int, min=0),
-    "steps": Field(int, min=0),
-    "seed": Field(int, min=0),
-    "lr": Field(float, min=0),
-    "recipe": Field(dict, schema=RECIPE),
-    "arch": Field(str),
-    "spec": Field(dict, schema=ARCH),
-    "data": Field(dict, schema=Schema({"train": Field(int, min=0), "test": Field(int, min=0),
-                                       "sha256": Field(str, pattern=r"[0-9a-f]{64}")})),
-    "backend": Field(str),
-    "device": Field(str),
-    # a bare file name in the run directory: never a path that leads out of it
-    "weights": Field(str, pattern=r"epoch-[0-9]{3,}\.safetensors"),
-    "weights_sha256": Field(str, pattern=r"[0-9a-f]{64}"),
-    "rng": Field(dict),
-    "optimizer": Field(dict),
-    "history": Field(dict, schema=HISTORY),
-    "meta": Field(dict, schema=RUN_META),
-})
+CHECKPOINT = Schema(
+    {
+        "format": Field(str),
+        "epoch": Field(int, min=0),
+        "steps": Field(int, min=0),
+        "seed": Field(int, min=0),
+        "lr": Field(float, min=0),
+        "recipe": Field(dict, schema=RECIPE),
+        "arch": Field(str),
+        "spec": Field(dict, schema=ARCH),
+        "data": Field(
+            dict,
+            schema=Schema(
+                {"train": Field(int, min=0), "test": Field(int, min=0), "sha256": Field(str, pattern=r"[0-9a-f]{64}")}
+            ),
+        ),
+        "backend": Field(str),
+        "device": Field(str),
+        # a bare file name in the run directory: never a path that leads out of it
+        "weights": Field(str, pattern=r"epoch-[0-9]{3,}\.safetensors"),
+        "weights_sha256": Field(str, pattern=r"[0-9a-f]{64}"),
+        "rng": Field(dict),
+        "optimizer": Field(dict),
+        "history": Field(dict, schema=HISTORY),
+        "meta": Field(dict, schema=RUN_META),
+    }
+)
 
 
-def check_history(history: dict, path: str = "history", epochs: int | None = None, *,
-                  schema: Schema = HISTORY) -> dict:
+def check_history(history: dict, path: str = "history", epochs: int | None = None, *, schema: Schema = HISTORY) -> dict:
     """A history: the schema, plus one entry per epoch in every per-epoch list."""
     check_schema(history, schema, path)
     lengths = {k: len(history[k]) for k in _EPOCH_LISTS}
@@ -276,8 +299,11 @@ def nonfinite_tensors(weights: dict) -> list[str]:
 def bad_tensors(weights: dict) -> list[str]:
     """Tensors no trained network has: NaN/Inf anywhere, a negative BN running variance."""
     bad = [f"{name} (NaN/Inf)" for name in nonfinite_tensors(weights)]
-    bad += [f"{name} (negative variance)" for name, value in weights.items()
-            if name.endswith(".running_var") and np.isfinite(value).all() and (value < 0).any()]
+    bad += [
+        f"{name} (negative variance)"
+        for name, value in weights.items()
+        if name.endswith(".running_var") and np.isfinite(value).all() and (value < 0).any()
+    ]
     return bad
 
 

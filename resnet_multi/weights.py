@@ -15,6 +15,7 @@ Initial weights are drawn here, in NumPy, from a seed, so every backend
 starts from bit-identical weights whatever its framework's own defaults are.
 Files are safetensors (never pickle), written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,10 +47,12 @@ def _conv(prefix, cin, cout, k, bias):
 
 
 def _bn(prefix, c):
-    return [TensorSpec(f"{prefix}.weight", (c,), True, "bn_gamma"),
-            TensorSpec(f"{prefix}.bias", (c,), True, "bn_beta"),
-            TensorSpec(f"{prefix}.running_mean", (c,), False, "bn_mean"),
-            TensorSpec(f"{prefix}.running_var", (c,), False, "bn_var")]
+    return [
+        TensorSpec(f"{prefix}.weight", (c,), True, "bn_gamma"),
+        TensorSpec(f"{prefix}.bias", (c,), True, "bn_beta"),
+        TensorSpec(f"{prefix}.running_mean", (c,), False, "bn_mean"),
+        TensorSpec(f"{prefix}.running_var", (c,), False, "bn_var"),
+    ]
 
 
 def tensor_specs(spec: ArchSpec) -> list[TensorSpec]:
@@ -69,14 +72,15 @@ def tensor_specs(spec: ArchSpec) -> list[TensorSpec]:
                 if not block.preact:
                     out += _bn(f"{prefix}.{bn_name}", bns[bn_name])
             if block.projection:
-                out += _conv(f"{prefix}.shortcut.conv", block.in_channels, block.out_channels, 1,
-                             block.conv_bias)
+                out += _conv(f"{prefix}.shortcut.conv", block.in_channels, block.out_channels, 1, block.conv_bias)
                 if block.shortcut == "conv_bn":
                     out += _bn(f"{prefix}.shortcut.bn", block.out_channels)
     if spec.preact:
         out += _bn("head.bn", spec.features)
-    out += [TensorSpec("head.fc.weight", (spec.num_classes, spec.features), True, "fc"),
-            TensorSpec("head.fc.bias", (spec.num_classes,), True, "fc_bias")]
+    out += [
+        TensorSpec("head.fc.weight", (spec.num_classes, spec.features), True, "fc"),
+        TensorSpec("head.fc.bias", (spec.num_classes,), True, "fc_bias"),
+    ]
     return out
 
 
@@ -173,19 +177,30 @@ def check_weights(spec: ArchSpec, weights: dict, *, source: str = "weights") -> 
     expected = {t.name: t.shape for t in tensor_specs(spec)}
     missing = [n for n in expected if n not in weights]
     unexpected = [n for n in weights if n not in expected]
-    misshaped = [f"{n}: expected {expected[n]}, got {tuple(np.shape(weights[n]))}"
-                 for n in expected if n in weights and tuple(np.shape(weights[n])) != expected[n]]
-    wrong_dtype = [f"{n}: {np.asarray(weights[n]).dtype}" for n in expected
-                   if n in weights and np.asarray(weights[n]).dtype != np.float32]
+    misshaped = [
+        f"{n}: expected {expected[n]}, got {tuple(np.shape(weights[n]))}"
+        for n in expected
+        if n in weights and tuple(np.shape(weights[n])) != expected[n]
+    ]
+    wrong_dtype = [
+        f"{n}: {np.asarray(weights[n]).dtype}"
+        for n in expected
+        if n in weights and np.asarray(weights[n]).dtype != np.float32
+    ]
     problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected),
-                         ("mis-shaped", misshaped), ("not float32", wrong_dtype)):
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("mis-shaped", misshaped),
+        ("not float32", wrong_dtype),
+    ):
         if items:
             shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
             problems.append(f"{label}: {shown}")
     if problems:
         raise WeightsError(
-            f"{source} do not fit {spec.name} ({len(expected)} tensors expected): " + "; ".join(problems)
+            f"{source} do not fit {spec.name} ({len(expected)} tensors expected): "
+            + "; ".join(problems)
             + ". Load weights saved from the same architecture and overrides."
         )
 
@@ -194,8 +209,7 @@ def _json(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec, *,
-                 preprocess: dict | None = None) -> Path:
+def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec, *, preprocess: dict | None = None) -> Path:
     """Write canonical weights to a safetensors file atomically (temp file + rename).
 
     The metadata records the architecture and, when given, ``preprocess``: how images
@@ -227,12 +241,12 @@ def _sorted_header(data: bytes) -> tuple[bytes, memoryview]:
     space-padded to 8 bytes) makes identical content give identical files.
     """
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text, memoryview(data)[8 + n:]  # the tensors: not copied
+    return len(text).to_bytes(8, "little") + text, memoryview(data)[8 + n :]  # the tensors: not copied
 
 
 @dataclass(frozen=True)
@@ -244,9 +258,11 @@ class Metadata:
 
 
 def _damaged(path, problem: str) -> WeightsError:
-    return WeightsError(f"{path}: {problem}; the file was not saved by resnet-multi or has been edited: "
-                        f"use the original file, or load the tensors yourself and save them with "
-                        f"resnet_multi.weights.save_weights")
+    return WeightsError(
+        f"{path}: {problem}; the file was not saved by resnet-multi or has been edited: "
+        f"use the original file, or load the tensors yourself and save them with "
+        f"resnet_multi.weights.save_weights"
+    )
 
 
 def read_metadata(path) -> Metadata:
@@ -268,8 +284,11 @@ def read_metadata(path) -> Metadata:
         spec = validate.arch_from_dict(validate.parse_json(meta["arch"], "metadata.arch"), "metadata.arch")
         preprocess = None
         if "preprocess" in meta:
-            preprocess = validate.check_schema(validate.parse_json(meta["preprocess"], "metadata.preprocess"),
-                                               validate.PREPROCESS, "metadata.preprocess")
+            preprocess = validate.check_schema(
+                validate.parse_json(meta["preprocess"], "metadata.preprocess"),
+                validate.PREPROCESS,
+                "metadata.preprocess",
+            )
     except validate.SchemaError as e:
         raise _damaged(path, str(e)) from None
     return Metadata(spec, preprocess)
@@ -298,8 +317,10 @@ def _existing(path) -> Path:
 
 
 def _unreadable(path, e) -> WeightsError:
-    return WeightsError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); "
-                        f"it may be truncated or corrupt: save it again")
+    return WeightsError(
+        f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); "
+        f"it may be truncated or corrupt: save it again"
+    )
 
 
 def _read(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -327,5 +348,6 @@ def load_weights(path, spec: ArchSpec) -> dict[str, np.ndarray]:
         raise WeightsError(
             f"{path} holds values no trained network has, in {len(bad)} tensor(s): {validate.describe(bad)}; "
             f"the file is damaged or comes from a run that diverged: use an earlier checkpoint, "
-            f"or train again with a lower learning rate")
+            f"or train again with a lower learning rate"
+        )
     return weights

@@ -12,6 +12,7 @@ median over rounds of the ratio to the first backend in the same round. Argument
 ``--`` go to every ``resnet-multi bench`` (default: its own, the quick preset's 32x32,
 batch 256). The repository's ``resnet_multi`` comes first on each python's path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,19 @@ def bench_once(env_dir: Path, backend: str, bench_args: list[str], out: Path) ->
     python = env_dir / backend / "bin" / "python"
     if not python.is_file():
         raise SystemExit(f"no environment for {backend} at {python.parent.parent} (tox -e {backend} builds it)")
-    command = [str(python), "-m", "resnet_multi.cli", "bench", "--backend", backend, "--no-textbook",
-               "--quiet", "--json", str(out), *bench_args]
+    command = [
+        str(python),
+        "-m",
+        "resnet_multi.cli",
+        "bench",
+        "--backend",
+        backend,
+        "--no-textbook",
+        "--quiet",
+        "--json",
+        str(out),
+        *bench_args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"}
     print(" ".join(command), file=sys.stderr)
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
@@ -57,21 +69,27 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             rounds.append({b: bench_once(args.env_dir, b, bench_args, Path(tmp) / f"{b}-{r}.json") for b in backends})
     first = rounds[0][backends[0]]
-    loads = [load for rnd in rounds for run in rnd.values()
-             for load in run["machine"]["load_average_1min"].values()]
-    print(f"{first['arch']} (width {first['width']}), input {'x'.join(map(str, first['input_shape']))}, "
-          f"{first['steps']} timed steps after {first['warmup']} warm-up per run, {args.rounds} alternating "
-          f"rounds; {first['machine']['processor']}, {first['machine']['cpus']} CPUs, "
-          f"1-min load {min(loads):.2f}-{max(loads):.2f}")
-    print(f"{'backend':10s} {'version':22s} {'device':8s} " +
-          " ".join(f"{p + ' ex/s':>16s} {p + ' / ' + backends[0]:>18s}" for p in PHASES))
+    loads = [load for rnd in rounds for run in rnd.values() for load in run["machine"]["load_average_1min"].values()]
+    print(
+        f"{first['arch']} (width {first['width']}), input {'x'.join(map(str, first['input_shape']))}, "
+        f"{first['steps']} timed steps after {first['warmup']} warm-up per run, {args.rounds} alternating "
+        f"rounds; {first['machine']['processor']}, {first['machine']['cpus']} CPUs, "
+        f"1-min load {min(loads):.2f}-{max(loads):.2f}"
+    )
+    print(
+        f"{'backend':10s} {'version':22s} {'device':8s} "
+        + " ".join(f"{p + ' ex/s':>16s} {p + ' / ' + backends[0]:>18s}" for p in PHASES)
+    )
     for b in backends:
         run = rounds[0][b]
         cells = []
         for phase in PHASES:
             speeds = [rnd[b]["models"]["package"][phase]["examples_per_s"] for rnd in rounds]
-            ratios = [rnd[b]["models"]["package"][phase]["examples_per_s"]
-                      / rnd[backends[0]]["models"]["package"][phase]["examples_per_s"] for rnd in rounds]
+            ratios = [
+                rnd[b]["models"]["package"][phase]["examples_per_s"]
+                / rnd[backends[0]]["models"]["package"][phase]["examples_per_s"]
+                for rnd in rounds
+            ]
             cells.append(f"{statistics.median(speeds):16.1f} {statistics.median(ratios):18.2f}")
         print(f"{b:10s} {run['framework_version'].split()[0]:22s} {run['device']:8s} " + " ".join(cells))
     if args.json:

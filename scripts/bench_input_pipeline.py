@@ -13,6 +13,7 @@ The issue's bar: a pipeline that feeds at least 100,000 images/s at 96x96.
 
     python scripts/bench_input_pipeline.py [--images 20000] [--sizes 96,32] [--batch-size 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,11 @@ def main(argv=None) -> int:
 
     rows = []
     for size in sizes:
-        seconds = _best(lambda: data.iterate_batches(images, labels, args.batch_size, shuffle=True, seed=0,
-                                                     resize=size), lambda: None, args.repeat)
+        seconds = _best(
+            lambda: data.iterate_batches(images, labels, args.batch_size, shuffle=True, seed=0, resize=size),
+            lambda: None,
+            args.repeat,
+        )
         rows.append(("host (NumPy)", "cpu", size, args.images / seconds))
     try:
         import torch
@@ -72,9 +76,11 @@ def main(argv=None) -> int:
 
     threads = {k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"{args.images:,} images, batch {args.batch_size}, best of {args.repeat} epochs; "
-          f"{', '.join(f'{k}={v}' for k, v in threads.items())}; cores {os.cpu_count()}"
-          + (f"; load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""))
+    print(
+        f"{args.images:,} images, batch {args.batch_size}, best of {args.repeat} epochs; "
+        f"{', '.join(f'{k}={v}' for k, v in threads.items())}; cores {os.cpu_count()}"
+        + (f"; load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else "")
+    )
     print(f"{'pipeline':<22}{'device':<9}{'size':>6}{'images/s':>14}")
     for name, device, size, rate in rows:
         print(f"{name:<22}{device:<9}{size:>6}{rate:>14,.0f}")

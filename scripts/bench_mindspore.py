@@ -21,6 +21,7 @@ since wall time on a shared machine mostly measures the other processes.
     python scripts/bench_mindspore.py                 # d2l-resnet18, 32x32, batch 256
     python scripts/bench_mindspore.py --no-isa-cap    # MindSpore's oneDNN uncapped
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,21 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=32, help="training image size (default 32)")
     p.add_argument("--batch", type=int, default=256, help="training batch size (default 256)")
-    p.add_argument("--last-batch", type=int, default=208,
-                   help="the epoch's last, smaller batch (the quick preset's: 2000 = 7 x 256 + 208)")
+    p.add_argument(
+        "--last-batch",
+        type=int,
+        default=208,
+        help="the epoch's last, smaller batch (the quick preset's: 2000 = 7 x 256 + 208)",
+    )
     p.add_argument("--infer-size", type=int, default=96)
     p.add_argument("--infer-batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (default 3)")
     p.add_argument("--only", choices=["package", "textbook"], help="time only one model's two variants")
-    p.add_argument("--no-isa-cap", action="store_true",
-                   help="leave MindSpore's oneDNN at the CPU's full ISA (sets ONEDNN_MAX_CPU_ISA=ALL)")
+    p.add_argument(
+        "--no-isa-cap",
+        action="store_true",
+        help="leave MindSpore's oneDNN at the CPU's full ISA (sets ONEDNN_MAX_CPU_ISA=ALL)",
+    )
     return p.parse_args()
 
 
@@ -99,34 +107,43 @@ def main():
         first[name] = timed(train, x, y)
         first_last[name] = timed(train, x_last, y_last)
         first_inf[name] = timed(predict, x_inf)
-        print(f"warm-up {name}: first step {first[name][0]:.1f} s, first last-batch step "
-              f"{first_last[name][0]:.1f} s, first inference {first_inf[name][0]:.1f} s", flush=True)
+        print(
+            f"warm-up {name}: first step {first[name][0]:.1f} s, first last-batch step "
+            f"{first_last[name][0]:.1f} s, first inference {first_inf[name][0]:.1f} s",
+            flush=True,
+        )
     steps = {name: [] for name in variants}
     infers = {name: [] for name in variants}
     for r in range(ARGS.rounds):
         for name, (train, predict) in variants.items():
             steps[name].append(timed(train, x, y))
             infers[name].append(timed(predict, x_inf))
-        print(f"round {r + 1}/{ARGS.rounds}: " + ", ".join(
-            f"{n} {steps[n][-1][0]:.2f} s" for n in variants), flush=True)
+        print(
+            f"round {r + 1}/{ARGS.rounds}: " + ", ".join(f"{n} {steps[n][-1][0]:.2f} s" for n in variants), flush=True
+        )
 
     def med(pairs, i):
         return statistics.median(p[i] for p in pairs)
 
-    cap = "off (ONEDNN_MAX_CPU_ISA=ALL)" if ARGS.no_isa_cap else (
-        "AVX2" if rn.ONEDNN_ISA_CAPPED else "not applied")
-    print(f"\nMindSpore {ms.__version__}, d2l-resnet18, train {ARGS.size}x{ARGS.size} batch {ARGS.batch}, "
-          f"inference {ARGS.infer_size}x{ARGS.infer_size} batch {ARGS.infer_batch}; oneDNN ISA cap: {cap}; "
-          f"{os.cpu_count()} CPUs; medians of {ARGS.rounds} interleaved rounds")
+    cap = "off (ONEDNN_MAX_CPU_ISA=ALL)" if ARGS.no_isa_cap else ("AVX2" if rn.ONEDNN_ISA_CAPPED else "not applied")
+    print(
+        f"\nMindSpore {ms.__version__}, d2l-resnet18, train {ARGS.size}x{ARGS.size} batch {ARGS.batch}, "
+        f"inference {ARGS.infer_size}x{ARGS.infer_size} batch {ARGS.infer_batch}; oneDNN ISA cap: {cap}; "
+        f"{os.cpu_count()} CPUs; medians of {ARGS.rounds} interleaved rounds"
+    )
     base = next(n for n in variants if n.endswith("PyNative") and (ARGS.only or n.startswith("textbook")))
-    print(f"| variant | train ex/s | train CPU-s/step | vs {base} | first step s | first last-batch "
-          f"step s | inference ex/s | inference CPU-s/batch |")
+    print(
+        f"| variant | train ex/s | train CPU-s/step | vs {base} | first step s | first last-batch "
+        f"step s | inference ex/s | inference CPU-s/batch |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in variants:
         wall = med(steps[name], 0)
-        print(f"| {name} | {ARGS.batch / wall:.1f} | {med(steps[name], 1):.2f} | "
-              f"{med(steps[base], 0) / wall:.2f} | {first[name][0]:.1f} | {first_last[name][0]:.1f} | "
-              f"{ARGS.infer_batch / med(infers[name], 0):.1f} | {med(infers[name], 1):.2f} |")
+        print(
+            f"| {name} | {ARGS.batch / wall:.1f} | {med(steps[name], 1):.2f} | "
+            f"{med(steps[base], 0) / wall:.2f} | {first[name][0]:.1f} | {first_last[name][0]:.1f} | "
+            f"{ARGS.infer_batch / med(infers[name], 0):.1f} | {med(infers[name], 1):.2f} |"
+        )
 
 
 if __name__ == "__main__":

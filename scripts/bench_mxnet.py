@@ -18,6 +18,7 @@ Every contender takes the same NumPy batch each step. Training at 32x32, batch 2
 inference at 96x96, batch 64 (``Backend.forward`` against the textbook module's
 ``predictor``, ``net(X)`` read back to NumPy). Figures are examples per second.
 """
+
 from __future__ import annotations
 
 from resnet_multi.mxnet import BACKEND
@@ -29,13 +30,18 @@ from .side_by_side import LR, against_textbook, parse_args
 def main():
     args = parse_args(__doc__.splitlines()[0])
     compiled, eager = BACKEND.build("d2l-resnet18"), BACKEND.build("d2l-resnet18", eager=True)
-    against_textbook(book, args, {
-        "sgd_step compiled": lambda x, y: BACKEND.sgd_step(compiled, x, y, LR),
-        "sgd_step eager": lambda x, y: BACKEND.sgd_step(eager, x, y, LR),
-    }, {
-        "forward compiled": lambda x: BACKEND.forward(compiled, x),
-        "forward eager": lambda x: BACKEND.forward(eager, x),
-    })
+    against_textbook(
+        book,
+        args,
+        {
+            "sgd_step compiled": lambda x, y: BACKEND.sgd_step(compiled, x, y, LR),
+            "sgd_step eager": lambda x, y: BACKEND.sgd_step(eager, x, y, LR),
+        },
+        {
+            "forward compiled": lambda x: BACKEND.forward(compiled, x),
+            "forward eager": lambda x: BACKEND.forward(eager, x),
+        },
+    )
 
 
 if __name__ == "__main__":

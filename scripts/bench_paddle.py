@@ -21,6 +21,7 @@ inference at 96x96, batch 64 (``Backend.forward`` against the textbook module's
 ``predictor``, the net's forward in eval mode read back to NumPy). Figures are
 examples per second.
 """
+
 from __future__ import annotations
 
 import paddle
@@ -36,13 +37,18 @@ def main():
     paddle.set_device("cpu")
     model, static = BACKEND.build("d2l-resnet18"), BACKEND.build("d2l-resnet18")
     static.module = paddle.jit.to_static(static.module, full_graph=True)
-    against_textbook(book, args, {
-        "sgd_step": lambda x, y: BACKEND.sgd_step(model, x, y, LR),
-        "sgd_step to_static": lambda x, y: BACKEND.sgd_step(static, x, y, LR),
-    }, {
-        "forward": lambda x: BACKEND.forward(model, x),
-        "forward to_static": lambda x: BACKEND.forward(static, x),
-    })
+    against_textbook(
+        book,
+        args,
+        {
+            "sgd_step": lambda x, y: BACKEND.sgd_step(model, x, y, LR),
+            "sgd_step to_static": lambda x, y: BACKEND.sgd_step(static, x, y, LR),
+        },
+        {
+            "forward": lambda x: BACKEND.forward(model, x),
+            "forward to_static": lambda x: BACKEND.forward(static, x),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Rounds are interleaved (each round times every contender in turn) and the table
 reports each contender's median examples/s and its ratio to the first row of its
 section, so that load from other processes on a shared machine hits all alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,13 @@ import numpy as np
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from resnet_multi.backend import load_backend  # noqa: E402
 from resnet_multi.spec import get_arch  # noqa: E402
 from resnet_multi.textbook import tf as book  # noqa: E402
-
 
 # ---- the textbook's model: resnet_multi.textbook.tf (d2l's Keras code, tf.keras layers) ---------
 # WIDTH is the chapter's 64 (the spec's width, so both models are the same size).
@@ -57,8 +57,11 @@ LR = 0.05
 
 def textbook_fit(size, batch, steps):
     net = textbook_net()
-    net.compile(optimizer=keras.optimizers.SGD(learning_rate=LR),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    net.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=LR),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch * steps, size, size, 1)).astype(np.float32)
     y = rng.integers(0, 10, batch * steps)
@@ -68,6 +71,7 @@ def textbook_fit(size, batch, steps):
     def run():
         net.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
         return clock.seconds
+
     return run, f"jit_compile={net.jit_compile}"
 
 
@@ -92,6 +96,7 @@ def textbook_tape(size, batch, steps):
     def run():
         for x, y in batches:
             step(x, y)
+
     return run, ""
 
 
@@ -109,13 +114,16 @@ def textbook_infer(size, batch, steps, how):
     def run():
         for _ in range(steps):
             call()
+
     return run, ""
 
 
 def _nhwc_batches(size, batch, steps):
     rng = np.random.default_rng(0)
-    return [(rng.standard_normal((batch, size, size, 1)).astype(np.float32), rng.integers(0, 10, batch))
-            for _ in range(steps)]
+    return [
+        (rng.standard_normal((batch, size, size, 1)).astype(np.float32), rng.integers(0, 10, batch))
+        for _ in range(steps)
+    ]
 
 
 # ---- resnet_multi through the seam ---------------------------------------------------------------
@@ -127,6 +135,7 @@ def ours_train(size, batch, steps, eager):
     def run():
         for x, y in batches:
             backend.sgd_step(model, x, y, LR)
+
     return run, ""
 
 
@@ -138,6 +147,7 @@ def ours_infer(size, batch, steps, eager):
     def run():
         for _ in range(steps):
             backend.forward(model, x, training=False)
+
     return run, ""
 
 
@@ -155,8 +165,10 @@ def measure(contenders, batch, steps, rounds, warmup):
             t = time.perf_counter()
             seconds = run()  # a contender that times itself returns its seconds
             rates[name].append(batch * steps / (seconds or time.perf_counter() - t))
-    return [(name, statistics.median(rates[name]), min(rates[name]), max(rates[name]), setup, note)
-            for name, _, note, setup in runs]
+    return [
+        (name, statistics.median(rates[name]), min(rates[name]), max(rates[name]), setup, note)
+        for name, _, note, setup in runs
+    ]
 
 
 def table(title, rows):
@@ -179,26 +191,40 @@ def main():
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of `steps` steps before the rounds")
     p.add_argument("--only", choices=["train", "infer"], help="run one section")
     args = p.parse_args()
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}; "
-          f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}")
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}; "
+        f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}"
+    )
     s, b, n = args.train_size, args.train_batch, args.steps
     if args.only in (None, "train"):
-        rows = measure([
-            ("textbook Keras fit", lambda: textbook_fit(s, b, n)),
-            ("textbook tf.function GradientTape step (textbook.tf trainer)", lambda: textbook_tape(s, b, n)),
-            ("resnet_multi sgd_step, compiled", lambda: ours_train(s, b, n, eager=False)),
-            ("resnet_multi sgd_step, eager", lambda: ours_train(s, b, n, eager=True)),
-        ], b, n, args.rounds, args.warmup)
+        rows = measure(
+            [
+                ("textbook Keras fit", lambda: textbook_fit(s, b, n)),
+                ("textbook tf.function GradientTape step (textbook.tf trainer)", lambda: textbook_tape(s, b, n)),
+                ("resnet_multi sgd_step, compiled", lambda: ours_train(s, b, n, eager=False)),
+                ("resnet_multi sgd_step, eager", lambda: ours_train(s, b, n, eager=True)),
+            ],
+            b,
+            n,
+            args.rounds,
+            args.warmup,
+        )
         table(f"training, d2l-resnet18, {s}x{s}, batch {b}, SGD lr {LR}", rows)
     s, b = args.infer_size, args.infer_batch
     if args.only in (None, "infer"):
-        rows = measure([
-            ("textbook model(x, training=False), eager", lambda: textbook_infer(s, b, n, "eager")),
-            ("textbook Keras predict_on_batch", lambda: textbook_infer(s, b, n, "predict")),
-            ("textbook model in a tf.function", lambda: textbook_infer(s, b, n, "tf.function")),
-            ("resnet_multi forward, compiled", lambda: ours_infer(s, b, n, eager=False)),
-            ("resnet_multi forward, eager", lambda: ours_infer(s, b, n, eager=True)),
-        ], b, n, args.rounds, args.warmup)
+        rows = measure(
+            [
+                ("textbook model(x, training=False), eager", lambda: textbook_infer(s, b, n, "eager")),
+                ("textbook Keras predict_on_batch", lambda: textbook_infer(s, b, n, "predict")),
+                ("textbook model in a tf.function", lambda: textbook_infer(s, b, n, "tf.function")),
+                ("resnet_multi forward, compiled", lambda: ours_infer(s, b, n, eager=False)),
+                ("resnet_multi forward, eager", lambda: ours_infer(s, b, n, eager=True)),
+            ],
+            b,
+            n,
+            args.rounds,
+            args.warmup,
+        )
         table(f"inference, d2l-resnet18, {s}x{s}, batch {b}", rows)
 
 

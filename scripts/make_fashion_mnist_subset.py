@@ -8,6 +8,7 @@ Prints the SHA-256 digests of the decompressed files for data.SUBSET_SHA256.
 
     python scripts/make_fashion_mnist_subset.py [--source DIR] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,7 @@ TEST_PER_CLASS = 50
 
 def choose_stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
     """``per_class`` indices of each class, drawn without replacement, in file order."""
-    picks = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False)
-             for c in range(data.NUM_CLASSES)]
+    picks = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False) for c in range(data.NUM_CLASSES)]
     # Sorting keeps the original (already class-mixed) order of the files.
     return np.sort(np.concatenate(picks))
 
@@ -67,8 +67,9 @@ def build_subset(source: Path | None, out_dir: Path, seed: int = SEED) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=None,
-                        help="folder with the official files (default: data.find_data_dir())")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="folder with the official files (default: data.find_data_dir())"
+    )
     parser.add_argument("--out", type=Path, default=data.SUBSET_DIR, help="output folder")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
@@ -79,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stem}.gz  {size:>8} bytes  sha256(decompressed)={digest}")
     if digests != data.SUBSET_SHA256:
         print("These differ from data.SUBSET_SHA256; update data.py with:", file=sys.stderr)
-        names = {data.TRAIN_IMAGES: "TRAIN_IMAGES", data.TRAIN_LABELS: "TRAIN_LABELS",
-                 data.TEST_IMAGES: "TEST_IMAGES", data.TEST_LABELS: "TEST_LABELS"}
+        names = {
+            data.TRAIN_IMAGES: "TRAIN_IMAGES",
+            data.TRAIN_LABELS: "TRAIN_LABELS",
+            data.TEST_IMAGES: "TEST_IMAGES",
+            data.TEST_LABELS: "TEST_LABELS",
+        }
         for stem, digest in digests.items():
             print(f'    {names[stem]}: "{digest}",', file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ spread (max - min) across the seeds of one backend and across backends at seed 0
 A run whose directory already holds final weights is read, not repeated; interrupted
 runs are resumed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
 
 
 def run(env_dir: Path, runs: Path, backend: str, seed: int, threads: int) -> dict:
@@ -31,23 +37,45 @@ def run(env_dir: Path, runs: Path, backend: str, seed: int, threads: int) -> dic
         if not python.is_file():
             raise SystemExit(f"no environment for {backend} at {python.parent.parent} (tox -e {backend} builds it)")
         env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}, "MPLBACKEND": "Agg"}
-        command = [str(python), "-m", "resnet_multi.cli", "train", "--backend", backend, "--device", "cpu",
-                   "--preset", "quick", "--seed", str(seed), "--out", str(out), "--no-progress"]
+        command = [
+            str(python),
+            "-m",
+            "resnet_multi.cli",
+            "train",
+            "--backend",
+            backend,
+            "--device",
+            "cpu",
+            "--preset",
+            "quick",
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
         if (out / "checkpoint.json").is_file():
             command.append("--resume")
         print(" ".join(command), file=sys.stderr)
         subprocess.run(command, env=env, check=True, cwd=Path(__file__).resolve().parent.parent)
     history = json.loads((out / "history.json").read_text())
-    return {"backend": backend, "seed": seed, "test_acc": history["test_acc"][-1],
-            "train_loss": history["train_loss"][-1], "train_acc": history["train_acc"][-1]}
+    return {
+        "backend": backend,
+        "seed": seed,
+        "test_acc": history["test_acc"][-1],
+        "train_loss": history["train_loss"][-1],
+        "train_acc": history["train_acc"][-1],
+    }
 
 
 def spread(values) -> str:
     values = list(values)
     if len(values) < 2:
         return "-"
-    return (f"{max(values) - min(values):.3f} (mean {statistics.mean(values):.3f}, "
-            f"sd {statistics.stdev(values):.3f}, n={len(values)})")
+    return (
+        f"{max(values) - min(values):.3f} (mean {statistics.mean(values):.3f}, "
+        f"sd {statistics.stdev(values):.3f}, n={len(values)})"
+    )
 
 
 def main(argv=None) -> int:
@@ -56,17 +84,25 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/spread"))
     parser.add_argument("--seed-backend", default="torch")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--backends", default="torch,tf,mxnet,paddle",
-                        help="backends trained at seed 0 (mindspore works too, but slowly)")
+    parser.add_argument(
+        "--backends",
+        default="torch,tf,mxnet,paddle",
+        help="backends trained at seed 0 (mindspore works too, but slowly)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     backends = [b for b in args.backends.split(",") if b]
     rows = [run(args.env_dir, args.runs, args.seed_backend, s, args.threads) for s in seeds]
-    rows += [run(args.env_dir, args.runs, b, 0, args.threads) for b in backends
-             if not (b == args.seed_backend and 0 in seeds)]
-    print(f"quick preset (d2l-resnet18, bundled 2,000/500 subset at 32x32, 12 epochs, lr 0.05, batch 256), "
-          f"{args.threads} CPU thread(s)\n")
+    rows += [
+        run(args.env_dir, args.runs, b, 0, args.threads)
+        for b in backends
+        if not (b == args.seed_backend and 0 in seeds)
+    ]
+    print(
+        f"quick preset (d2l-resnet18, bundled 2,000/500 subset at 32x32, 12 epochs, lr 0.05, batch 256), "
+        f"{args.threads} CPU thread(s)\n"
+    )
     print("| backend | seed | train loss | train acc | test acc |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['backend']} | {r['seed']} | {r['train_loss']:.3f} | {r['train_acc']:.3f} | {r['test_acc']:.3f} |")

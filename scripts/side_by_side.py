@@ -1,4 +1,5 @@
 """Timing shared by the side-by-side benchmark scripts: interleaved rounds, medians."""
+
 from __future__ import annotations
 
 import argparse
@@ -58,12 +59,24 @@ def against_textbook(book, args, train_variants, infer_variants):
     textbook_step, textbook_predict = book.trainer(net, LR), book.predictor(net)
     x = rng.standard_normal((args.train_batch, 1, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, args.train_batch)
-    train = compare({"textbook": lambda: textbook_step(x, y),
-                     **{name: (lambda fn=fn: fn(x, y)) for name, fn in train_variants.items()}},
-                    args.train_batch, args.rounds, args.steps)
+    train = compare(
+        {
+            "textbook": lambda: textbook_step(x, y),
+            **{name: (lambda fn=fn: fn(x, y)) for name, fn in train_variants.items()},
+        },
+        args.train_batch,
+        args.rounds,
+        args.steps,
+    )
     table(f"Training, d2l-resnet18, 32x32, batch {args.train_batch}", train)
     xi = rng.standard_normal((args.infer_batch, 1, 96, 96)).astype(np.float32)
-    infer = compare({"textbook": lambda: textbook_predict(xi),
-                     **{name: (lambda fn=fn: fn(xi)) for name, fn in infer_variants.items()}},
-                    args.infer_batch, args.rounds, args.steps)
+    infer = compare(
+        {
+            "textbook": lambda: textbook_predict(xi),
+            **{name: (lambda fn=fn: fn(xi)) for name, fn in infer_variants.items()},
+        },
+        args.infer_batch,
+        args.rounds,
+        args.steps,
+    )
     table(f"Inference, d2l-resnet18, 96x96, batch {args.infer_batch}", infer)

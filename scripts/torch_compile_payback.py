@@ -10,6 +10,7 @@ machine measures a cold compile, later runs a warm one.
 
     python scripts/torch_compile_payback.py [--rounds 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def make_step(compiled: bool):
         with torch.no_grad():
             forward(x)
         module.train()
+
     return step, first_inference
 
 
@@ -66,20 +68,24 @@ def main():
         steps[compiled] = step
     times = {False: [], True: []}
     for r in range(args.rounds):
-        for compiled in ((False, True) if r % 2 == 0 else (True, False)):
+        for compiled in (False, True) if r % 2 == 0 else (True, False):
             times[compiled].append(timed(steps[compiled], x, y))
     median = {c: statistics.median(t) for c, t in times.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
     for compiled, name in ((False, "eager"), (True, "torch.compile")):
         a, b, c = first[compiled]
-        print(f"{name:>14}: first step {a:7.1f} s, first 208-image step {b:7.1f} s, first inference "
-              f"{c:7.1f} s; step median {median[compiled]:.3f} s (min {min(times[compiled]):.3f}, "
-              f"max {max(times[compiled]):.3f})")
+        print(
+            f"{name:>14}: first step {a:7.1f} s, first 208-image step {b:7.1f} s, first inference "
+            f"{c:7.1f} s; step median {median[compiled]:.3f} s (min {min(times[compiled]):.3f}, "
+            f"max {max(times[compiled]):.3f})"
+        )
     compile_s = sum(first[True]) - sum(first[False])
     saved = median[False] - median[True]
-    print(f"compile overhead {compile_s:.1f} s; saved per step {saved:.3f} s ({median[False] / median[True]:.2f}x); "
-          f"over {QUICK_STEPS} steps {QUICK_STEPS * saved:.1f} s: "
-          + ("pays back" if QUICK_STEPS * saved > compile_s else "does not pay back"))
+    print(
+        f"compile overhead {compile_s:.1f} s; saved per step {saved:.3f} s ({median[False] / median[True]:.2f}x); "
+        f"over {QUICK_STEPS} steps {QUICK_STEPS * saved:.1f} s: "
+        + ("pays back" if QUICK_STEPS * saved > compile_s else "does not pay back")
+    )
 
 
 if __name__ == "__main__":

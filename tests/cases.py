@@ -8,6 +8,7 @@ framework is not installed appears as a skipped case that says so.
 A backend with a compiled mode (``Backend.compiles``) is tested twice: compiled,
 as ``train`` runs it by default (ids like ``tf-cpu``), and eager (``tf-cpu-eager``).
 """
+
 import os
 
 import pytest
@@ -51,8 +52,11 @@ def backend_cases():
         try:
             backend = load_backend(name)
         except ImportError as e:
-            cases.append(pytest.param(None, None, id=f"{name}-absent",
-                                      marks=pytest.mark.skip(reason=f"backend {name} not installed: {e}")))
+            cases.append(
+                pytest.param(
+                    None, None, id=f"{name}-absent", marks=pytest.mark.skip(reason=f"backend {name} not installed: {e}")
+                )
+            )
             continue
         for device in backend.devices():
             case_id = f"{name}-{device.replace(':', '')}"

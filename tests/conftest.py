@@ -1,5 +1,6 @@
 """Fixtures shared by the test files. The backend x device parametrization they use at
 collection time is a plain module, tests/cases.py."""
+
 import pytest
 
 from resnet_multi.backend import load_backend

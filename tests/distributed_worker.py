@@ -6,6 +6,7 @@ steps) with :func:`resnet_multi.train.fit`; rank 0 writes the run directory.
 ``--fail-step K`` makes ``--fail-rank`` raise at its K-th step; ``--hang-step K`` makes
 it stop answering there instead.
 """
+
 import argparse
 import time
 
@@ -18,8 +19,13 @@ N_IMAGES, BATCH, EPOCHS, SIZE, WIDTH, LR = 15, 15, 5, 32, 8, 0.05  # shards of 8
 
 def tiny_dataset():
     ds = data.load_fashion_mnist(subset=True)
-    return data.Dataset(ds.train_images[:N_IMAGES], ds.train_labels[:N_IMAGES], ds.test_images[:N_IMAGES],
-                        ds.test_labels[:N_IMAGES], ds.source)
+    return data.Dataset(
+        ds.train_images[:N_IMAGES],
+        ds.train_labels[:N_IMAGES],
+        ds.test_images[:N_IMAGES],
+        ds.test_labels[:N_IMAGES],
+        ds.source,
+    )
 
 
 def main():
@@ -47,8 +53,18 @@ def main():
             return real_step(*a, **kw)
 
         backend._sgd_step = step
-    train.fit(backend, model, tiny_dataset(), epochs=EPOCHS, lr=LR, batch_size=BATCH, resize=SIZE, seed=0,
-              out=args.out, processes=group)
+    train.fit(
+        backend,
+        model,
+        tiny_dataset(),
+        epochs=EPOCHS,
+        lr=LR,
+        batch_size=BATCH,
+        resize=SIZE,
+        seed=0,
+        out=args.out,
+        processes=group,
+    )
     group.finish()
 
 

@@ -1,4 +1,5 @@
 """Shared test helpers: weights with non-trivial values everywhere, and error measures."""
+
 import numpy as np
 
 from resnet_multi.weights import init_weights, tensor_specs
@@ -75,5 +76,10 @@ def first(ds, n_train, n_test):
     """The first ``n_train`` training and ``n_test`` test images of a data set."""
     from resnet_multi import data
 
-    return data.Dataset(ds.train_images[:n_train], ds.train_labels[:n_train],
-                        ds.test_images[:n_test], ds.test_labels[:n_test], ds.source)
+    return data.Dataset(
+        ds.train_images[:n_train],
+        ds.train_labels[:n_train],
+        ds.test_images[:n_test],
+        ds.test_labels[:n_test],
+        ds.source,
+    )

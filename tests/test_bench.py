@@ -5,13 +5,14 @@ runs, that every figure is a positive finite number with min <= median <= max,
 that the JSON has its schema, and that the textbook baseline is the chapter's
 network (same parameter count as the package's) wherever there is one.
 """
+
 import json
 import math
 
 import numpy as np
 import pytest
-
 from cases import BACKEND_CASES, EagerBackend
+
 from resnet_multi import bench, textbook
 from resnet_multi.backend import BACKENDS
 from resnet_multi.cli import main
@@ -36,8 +37,11 @@ def test_bench_reports_sane_figures(backend, device):
     assert result["backend"] == backend.name and result["eager"] == _eager(backend)
     assert result["input_shape"] == [4, 1, 32, 32] and result["width"] == 8
     assert isinstance(result["machine"]["thread_env"], dict)
-    assert result["flop_per_image"]["train"] == 3 * result["flop_per_image"]["inference"] \
+    assert (
+        result["flop_per_image"]["train"]
+        == 3 * result["flop_per_image"]["inference"]
         == 3 * 2 * result["macs_per_image"]
+    )
     for model in result["models"].values():
         for phase in bench.PHASES:
             stats = model[phase]
@@ -47,8 +51,11 @@ def test_bench_reports_sane_figures(backend, device):
     if backend.name in textbook.MODULES and (device == "cpu" or backend.name == "torch"):
         assert set(result["models"]) == {"package", "textbook"} and result["textbook_na"] is None
         for phase in bench.PHASES:
-            assert math.isclose(result["ratio"][phase], result["models"]["package"][phase]["examples_per_s"]
-                                / result["models"]["textbook"][phase]["examples_per_s"])
+            assert math.isclose(
+                result["ratio"][phase],
+                result["models"]["package"][phase]["examples_per_s"]
+                / result["models"]["textbook"][phase]["examples_per_s"],
+            )
     else:
         assert set(result["models"]) == {"package"} and result["ratio"] is None
         assert result["textbook_na"]
@@ -68,8 +75,9 @@ def test_textbook_net_is_the_chapters(backend, device):
     logits = book.predictor(net)(np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if book.LAYOUT == "NHWC" else x)
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
     assert book.parameter_count(net) == backend.count_parameters(model)[0]
-    loss, logits = book.trainer(net, 0.05)(x if book.LAYOUT == "NCHW" else
-                                           np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.array([1, 2]))
+    loss, logits = book.trainer(net, 0.05)(
+        x if book.LAYOUT == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.array([1, 2])
+    )
     assert math.isfinite(loss) and loss > 0 and logits.shape == (2, 10)
 
 
@@ -86,8 +94,12 @@ def test_check_result_refuses_insane_figures(backend, device):
     bench.check_result(result)
     assert result["textbook_na"] == "not requested" and result["ratio"] is None
     stats = result["models"]["package"]["train"]
-    for key, bad in (("examples_per_s", float("nan")), ("examples_per_s", -1.0), ("first_step_s", 0.0),
-                     ("flop_per_s", float("inf"))):
+    for key, bad in (
+        ("examples_per_s", float("nan")),
+        ("examples_per_s", -1.0),
+        ("first_step_s", 0.0),
+        ("flop_per_s", float("inf")),
+    ):
         broken = json.loads(json.dumps(result))
         broken["models"]["package"]["train"][key] = bad
         with pytest.raises(ValueError, match=key):
@@ -105,8 +117,24 @@ def test_check_result_refuses_insane_figures(backend, device):
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
 def test_bench_command_prints_a_table_and_writes_json(backend, device, tmp_path, capsys):
     path = tmp_path / "figures" / "bench.json"
-    argv = ["bench", "--backend", backend.name, "--device", device, "--width", "8", "--batch-size", "4",
-            "--steps", "2", "--warmup", "0", "--json", str(path), "--quiet"]
+    argv = [
+        "bench",
+        "--backend",
+        backend.name,
+        "--device",
+        device,
+        "--width",
+        "8",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        str(path),
+        "--quiet",
+    ]
     code = main(argv + (["--eager"] if _eager(backend) else []))
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -117,11 +145,14 @@ def test_bench_command_prints_a_table_and_writes_json(backend, device, tmp_path,
     assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no temporary file left
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps"),
-    (["--batch-size", "1", "--size", "32"], "too small to train"),
-    (["--arch", "nope"], "--arch"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--batch-size", "1", "--size", "32"], "too small to train"),
+        (["--arch", "nope"], "--arch"),
+    ],
+)
 def test_bench_command_refuses_bad_arguments(argv, message, capsys):
     code = main(["bench", "--backend", "numpy", "--width", "8", *argv])
     _, err = capsys.readouterr()

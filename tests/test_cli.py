@@ -1,19 +1,19 @@
 """Every ``resnet-multi`` command, on every backend under test (tiny settings)."""
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from cases import BACKEND_CASES
+
 from resnet_multi import train
 from resnet_multi.backend import BACKENDS, load_backend
 from resnet_multi.cli import main
 
 # The quick preset, shrunk: width 8, 128 train / 128 test images at 32x32.
-TINY = ["--preset", "quick", "--width", "8", "--epochs", "2", "--batch-size", "64", "--limit", "128",
-        "--no-progress"]
+TINY = ["--preset", "quick", "--width", "8", "--epochs", "2", "--batch-size", "64", "--limit", "128", "--no-progress"]
 
 
 def run(capsys, *argv):
@@ -40,8 +40,18 @@ def test_backends_lists_every_backend(capsys):
 
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
 def test_summary(backend, device, capsys):
-    code, out, _ = run(capsys, "summary", "--backend", backend.name, "--device", device,
-                       "--arch", "d2l-resnet18", "--input", "1,1,96,96")
+    code, out, _ = run(
+        capsys,
+        "summary",
+        "--backend",
+        backend.name,
+        "--device",
+        device,
+        "--arch",
+        "d2l-resnet18",
+        "--input",
+        "1,1,96,96",
+    )
     assert code == 0
     assert "stages.3      (1, 512, 3, 3)" in out and "head.fc       (1, 10)" in out
     assert "trainable parameters: 11,178,378; BN running statistics: 7,808" in out
@@ -51,8 +61,7 @@ def test_summary(backend, device, capsys):
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
 def test_train_resume_and_evaluate_anywhere(backend, device, capsys, tmp_path):
     out_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *TINY,
-                         "--out", str(out_dir))
+    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *TINY, "--out", str(out_dir))
     assert code == 0, err
     first, second = out.splitlines()
     assert first.startswith("loss ") and ", train acc " in first and ", test acc " in first
@@ -63,11 +72,22 @@ def test_train_resume_and_evaluate_anywhere(backend, device, capsys, tmp_path):
     assert history["epoch"] == [1, 2] and history["resize"] == 32 and history["batch_size"] == 64
 
     # a finished run is not overwritten; --resume with more epochs extends it
-    code, _, err = run(capsys, "train", "--backend", backend.name, "--device", device, *TINY,
-                       "--out", str(out_dir))
+    code, _, err = run(capsys, "train", "--backend", backend.name, "--device", device, *TINY, "--out", str(out_dir))
     assert code == 1 and "already holds a run" in err and len(err.strip().splitlines()) == 1
-    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *TINY,
-                         "--epochs", "3", "--out", str(out_dir), "--resume")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--backend",
+        backend.name,
+        "--device",
+        device,
+        *TINY,
+        "--epochs",
+        "3",
+        "--out",
+        str(out_dir),
+        "--resume",
+    )
     assert code == 0, err
     history = json.loads((out_dir / train.HISTORY).read_text())
     assert history["epoch"] == [1, 2, 3]
@@ -77,8 +97,7 @@ def test_train_resume_and_evaluate_anywhere(backend, device, capsys, tmp_path):
     # the weights, evaluated here and by the NumPy reference: the run's own test accuracy
     # (the run directory supplies resize and data)
     for name in dict.fromkeys([backend.name, "numpy"]):
-        code, out, err = run(capsys, "evaluate", "--backend", name,
-                             "--weights", str(out_dir / train.FINAL_WEIGHTS))
+        code, out, err = run(capsys, "evaluate", "--backend", name, "--weights", str(out_dir / train.FINAL_WEIGHTS))
         assert code == 0, err
         assert out.startswith(test_acc + " on 128 images"), out
 
@@ -124,6 +143,7 @@ def test_console_script():
     result = subprocess.run([str(script), "backends"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("backend") and "numpy" in result.stdout
-    result = subprocess.run([str(script), "train", "--backend", "numpy", "--batch-size", "0"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(script), "train", "--backend", "numpy", "--batch-size", "0"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr

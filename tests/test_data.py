@@ -1,4 +1,5 @@
 """Tests for resnet_multi.data: IDX reading, locating, downloading, subset, batching."""
+
 from __future__ import annotations
 
 import gzip
@@ -22,6 +23,7 @@ STEMS = data.FILE_STEMS
 # Helpers: hand-built IDX files (independent of the reader under test)
 # --------------------------------------------------------------------------
 
+
 def idx_images(images: np.ndarray, *, magic: int = 0x803) -> bytes:
     n, rows, cols = images.shape
     return struct.pack(">IIII", magic, n, rows, cols) + images.astype(np.uint8).tobytes()
@@ -39,15 +41,18 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_set(folder: Path, *, n_train: int = 20, n_test: int = 10, gz: bool = True,
-              overrides: dict[str, bytes] | None = None) -> dict[str, bytes]:
+def write_set(
+    folder: Path, *, n_train: int = 20, n_test: int = 10, gz: bool = True, overrides: dict[str, bytes] | None = None
+) -> dict[str, bytes]:
     """Write four synthetic files; return {stem: decompressed bytes}."""
     folder.mkdir(parents=True, exist_ok=True)
     train_x, train_y = synthetic(n_train, seed=1)
     test_x, test_y = synthetic(n_test, seed=2)
     contents = {
-        data.TRAIN_IMAGES: idx_images(train_x), data.TRAIN_LABELS: idx_labels(train_y),
-        data.TEST_IMAGES: idx_images(test_x), data.TEST_LABELS: idx_labels(test_y),
+        data.TRAIN_IMAGES: idx_images(train_x),
+        data.TRAIN_LABELS: idx_labels(train_y),
+        data.TEST_IMAGES: idx_images(test_x),
+        data.TEST_LABELS: idx_labels(test_y),
     }
     contents.update(overrides or {})
     for stem, raw in contents.items():
@@ -76,6 +81,7 @@ def isolated(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------
 # IDX reading and validation
 # --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_synthetic_files_read_back(tmp_path, gz):
@@ -199,13 +205,23 @@ def test_data_error_is_value_error():
 
 def test_classes():
     assert data.FASHION_MNIST_CLASSES == (
-        "t-shirt", "trouser", "pullover", "dress", "coat",
-        "sandal", "shirt", "sneaker", "bag", "ankle boot")
+        "t-shirt",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle boot",
+    )
 
 
 # --------------------------------------------------------------------------
 # Search order
 # --------------------------------------------------------------------------
+
 
 def test_explicit_dir_wins(isolated, monkeypatch):
     explicit, env = isolated / "explicit", isolated / "env"
@@ -306,6 +322,7 @@ def test_download_failure_explains_how_to_get_data(isolated):
 # Downloading (urlopen served from memory)
 # --------------------------------------------------------------------------
 
+
 class FakeResponse(io.BytesIO):
     def __init__(self, payload: bytes):
         super().__init__(payload)
@@ -327,8 +344,12 @@ def serve(monkeypatch, files: dict[str, bytes]) -> list[str]:
 def gz_payloads() -> dict[str, bytes]:
     train_x, train_y = synthetic(20, seed=1)
     test_x, test_y = synthetic(10, seed=2)
-    raw = {data.TRAIN_IMAGES: idx_images(train_x), data.TRAIN_LABELS: idx_labels(train_y),
-           data.TEST_IMAGES: idx_images(test_x), data.TEST_LABELS: idx_labels(test_y)}
+    raw = {
+        data.TRAIN_IMAGES: idx_images(train_x),
+        data.TRAIN_LABELS: idx_labels(train_y),
+        data.TEST_IMAGES: idx_images(test_x),
+        data.TEST_LABELS: idx_labels(test_y),
+    }
     return {stem + ".gz": gzip.compress(content, mtime=0) for stem, content in raw.items()}
 
 
@@ -344,8 +365,7 @@ def test_download_md5_mismatch_leaves_nothing(isolated, monkeypatch):
 
 def test_download_good_md5_puts_files_in_place(isolated, monkeypatch):
     payloads = gz_payloads()
-    monkeypatch.setattr(data, "GZ_MD5", {
-        name[:-3]: hashlib.md5(blob).hexdigest() for name, blob in payloads.items()})
+    monkeypatch.setattr(data, "GZ_MD5", {name[:-3]: hashlib.md5(blob).hexdigest() for name, blob in payloads.items()})
     requested = serve(monkeypatch, payloads)
     dest = data.download_fashion_mnist(isolated / "cache")
     assert sorted(p.name for p in dest.iterdir()) == sorted(payloads)
@@ -356,8 +376,7 @@ def test_download_good_md5_puts_files_in_place(isolated, monkeypatch):
 
 def test_load_downloads_into_cache_when_nothing_found(isolated, monkeypatch):
     payloads = gz_payloads()
-    monkeypatch.setattr(data, "GZ_MD5", {
-        name[:-3]: hashlib.md5(blob).hexdigest() for name, blob in payloads.items()})
+    monkeypatch.setattr(data, "GZ_MD5", {name[:-3]: hashlib.md5(blob).hexdigest() for name, blob in payloads.items()})
     serve(monkeypatch, payloads)
     ds = data.load_fashion_mnist(verify=False)
     assert ds.train_images.shape == (20, 28, 28) and ds.test_labels.shape == (10,)
@@ -370,8 +389,7 @@ def test_load_downloads_into_cache_when_nothing_found(isolated, monkeypatch):
 
 def test_download_keeps_existing_files(isolated, monkeypatch):
     payloads = gz_payloads()
-    monkeypatch.setattr(data, "GZ_MD5", {
-        name[:-3]: hashlib.md5(blob).hexdigest() for name, blob in payloads.items()})
+    monkeypatch.setattr(data, "GZ_MD5", {name[:-3]: hashlib.md5(blob).hexdigest() for name, blob in payloads.items()})
     dest = isolated / "cache"
     dest.mkdir()
     first = data.TRAIN_IMAGES + ".gz"
@@ -384,6 +402,7 @@ def test_download_keeps_existing_files(isolated, monkeypatch):
 # --------------------------------------------------------------------------
 # Bundled subset
 # --------------------------------------------------------------------------
+
 
 def test_subset_loads_stratified():
     ds = data.load_fashion_mnist(subset=True)
@@ -423,8 +442,7 @@ def test_subset_with_data_dir_is_rejected(tmp_path):
 # Real data (only where the Debian package is installed)
 # --------------------------------------------------------------------------
 
-needs_real = pytest.mark.skipif(
-    not REAL_DIR.is_dir(), reason=f"{REAL_DIR} absent (apt install dataset-fashion-mnist)")
+needs_real = pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"{REAL_DIR} absent (apt install dataset-fashion-mnist)")
 
 
 @needs_real
@@ -443,6 +461,7 @@ def test_real_data_loads_and_verifies():
 @needs_real
 def test_subset_script_reproduces_bundled_subset(tmp_path):
     import importlib.util
+
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_fashion_mnist_subset.py"
     spec = importlib.util.spec_from_file_location("make_subset", script)
     module = importlib.util.module_from_spec(spec)
@@ -460,12 +479,13 @@ def test_subset_script_reproduces_bundled_subset(tmp_path):
 # Resizing
 # --------------------------------------------------------------------------
 
+
 def test_resize_upsample_hand_computed():
     x = np.array([[[0, 1], [2, 3]]], dtype=np.float32)
-    expected = np.array([[0.0, 0.25, 0.75, 1.0],
-                         [0.5, 0.75, 1.25, 1.5],
-                         [1.5, 1.75, 2.25, 2.5],
-                         [2.0, 2.25, 2.75, 3.0]], dtype=np.float32)
+    expected = np.array(
+        [[0.0, 0.25, 0.75, 1.0], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2.0, 2.25, 2.75, 3.0]],
+        dtype=np.float32,
+    )
     out = data.resize_bilinear(x, 4)
     assert out.shape == (1, 4, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out[0], expected, rtol=0, atol=1e-6)
@@ -500,8 +520,8 @@ def test_resize_matches_torch(size):
     torch = pytest.importorskip("torch", reason="torch not installed; comparison needs it")
     x = np.random.default_rng(size).random((4, 28, 28), dtype=np.float32)
     ref = torch.nn.functional.interpolate(
-        torch.from_numpy(x)[:, None], size=(size, size), mode="bilinear",
-        align_corners=False, antialias=False)[:, 0].numpy()
+        torch.from_numpy(x)[:, None], size=(size, size), mode="bilinear", align_corners=False, antialias=False
+    )[:, 0].numpy()
     # torch computes the weights in float32, we in float64: ~1e-6 apart.
     np.testing.assert_allclose(data.resize_bilinear(x, size), ref, rtol=0, atol=1e-5)
 
@@ -509,6 +529,7 @@ def test_resize_matches_torch(size):
 # --------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------
+
 
 def batches(images, labels, **kwargs):
     return list(data.iterate_batches(images, labels, **kwargs))
@@ -547,7 +568,10 @@ def test_shuffle_deterministic_for_same_seed_and_epoch():
 
 def test_shuffle_differs_for_other_seed_or_epoch():
     images, labels = synthetic(50)
-    x_of = lambda **kw: np.concatenate([x for x, _ in batches(images, labels, batch_size=8, shuffle=True, **kw)])
+
+    def x_of(**kw):
+        return np.concatenate([x for x, _ in batches(images, labels, batch_size=8, shuffle=True, **kw)])
+
     base = x_of(seed=3, epoch=0)
     assert not np.array_equal(base, x_of(seed=4, epoch=0))
     assert not np.array_equal(base, x_of(seed=3, epoch=1))
@@ -558,8 +582,7 @@ def test_shuffle_differs_for_other_seed_or_epoch():
 def test_shuffle_order_is_default_rng_of_seed_and_epoch():
     # Every backend relies on this exact recipe; pin it.
     images, labels = synthetic(30)
-    ys = np.concatenate([y for _, y in batches(images, labels, batch_size=7, shuffle=True,
-                                               seed=11, epoch=5)])
+    ys = np.concatenate([y for _, y in batches(images, labels, batch_size=7, shuffle=True, seed=11, epoch=5)])
     perm = np.random.default_rng([11, 5]).permutation(30)
     np.testing.assert_array_equal(ys, labels[perm])
 

@@ -11,6 +11,7 @@ it to the uninterrupted run's weights, bit for bit.
 Tiny: the chapter's ResNet-18 at width 8, 15 images at 32x32, global batch 15 (shards
 of 8 and 7), 5 one-step epochs, one thread per process.
 """
+
 import json
 import os
 import subprocess
@@ -29,25 +30,65 @@ from distributed_worker import BATCH, EPOCHS, LR, N_IMAGES, SIZE, WIDTH, tiny_da
 from helpers import random_weights, rel_err  # noqa: E402
 from test_train import PARITY_TOL  # noqa: E402
 
-from resnet_multi import distributed, train, weights as canonical  # noqa: E402
+from resnet_multi import distributed, train  # noqa: E402
+from resnet_multi import weights as canonical  # noqa: E402
 from resnet_multi.backend import load_backend  # noqa: E402
 from resnet_multi.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-       "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
-CLI = ["train", "--backend", "torch", "--device", "cpu", "--preset", "quick", "--width", str(WIDTH),
-       "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--limit", str(N_IMAGES), "--lr", str(LR),
-       "--resize", str(SIZE), "--no-progress"]
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+    "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
+}
+CLI = [
+    "train",
+    "--backend",
+    "torch",
+    "--device",
+    "cpu",
+    "--preset",
+    "quick",
+    "--width",
+    str(WIDTH),
+    "--epochs",
+    str(EPOCHS),
+    "--batch-size",
+    str(BATCH),
+    "--limit",
+    str(N_IMAGES),
+    "--lr",
+    str(LR),
+    "--resize",
+    str(SIZE),
+    "--no-progress",
+]
 
 
 def torchrun(out, *options, timeout=240):
     """The worker on two local processes, as torchrun starts them; (exit status, stderr, seconds)."""
     tic = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(WORKER), "--out", str(out), *options], env=ENV, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(WORKER),
+            "--out",
+            str(out),
+            *options,
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done.returncode, done.stderr, time.perf_counter() - tic
 
 
@@ -57,8 +98,7 @@ def one_process():
     backend = load_backend("torch")
     model = backend.build("d2l-resnet18", device="cpu", seed=0, width=WIDTH)
     backend.set_weights(model, random_weights(model.spec, 0, damp_residuals=True))
-    history = train.fit(backend, model, tiny_dataset(), epochs=EPOCHS, lr=LR, batch_size=BATCH, resize=SIZE,
-                        seed=0)
+    history = train.fit(backend, model, tiny_dataset(), epochs=EPOCHS, lr=LR, batch_size=BATCH, resize=SIZE, seed=0)
     return history, backend.get_weights(model)
 
 
@@ -111,9 +151,25 @@ def test_a_failed_process_ends_the_run_and_resume_continues(tmp_path, synced, ca
     assert not (tmp_path / train.FINAL_WEIGHTS).exists()
 
     # resnet-multi's own launcher, two processes, resumed from the distributed run's checkpoint
-    done = subprocess.run([sys.executable, "-m", "resnet_multi.cli", *CLI, "--nproc", "2", "--sync-bn",
-                           "--out", str(tmp_path), "--resume"], env=ENV, cwd=ROOT, capture_output=True,
-                          text=True, timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_multi.cli",
+            *CLI,
+            "--nproc",
+            "2",
+            "--sync-bn",
+            "--out",
+            str(tmp_path),
+            "--resume",
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()  # the chapter's two lines, from rank 0 alone
     assert len(lines) == 2 and lines[1].endswith("examples/sec on 2 processes (gloo), rank 0 on cpu"), lines
@@ -147,11 +203,14 @@ def test_shards_too_small_for_batchnorm():
         distributed.check_shards(spec, 120, 15, 32, 8)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--sync-bn"], "add --nproc N"),
-    (["--nproc", "2", "--device", "cuda:0"], "pass --device cuda"),
-    (["--nproc", "2", "--batch-size", "3"], "leaves a shard of 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sync-bn"], "add --nproc N"),
+        (["--nproc", "2", "--device", "cuda:0"], "pass --device cuda"),
+        (["--nproc", "2", "--batch-size", "3"], "leaves a shard of 1"),
+    ],
+)
 def test_cli_refuses(capsys, tmp_path, argv, message):
     code, err = run_cli(capsys, *CLI, "--out", str(tmp_path / "run"), *argv)
     assert code == 2 and message in err, err

@@ -41,14 +41,19 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path) -> tuple[set[str], set[str]]:
     """(package modules, outside top-level modules) that ``path`` imports, anywhere in it."""
     inside, outside = set(), set()
-    package_parts = _module_name(path).split(".")[:-1] if path.name != "__init__.py" else \
-        _module_name(path).split(".") if _module_name(path) != "__init__" else []
+    package_parts = (
+        _module_name(path).split(".")[:-1]
+        if path.name != "__init__.py"
+        else _module_name(path).split(".")
+        if _module_name(path) != "__init__"
+        else []
+    )
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level == 0:
                 outside.add(node.module.split(".")[0])
                 continue
-            base = package_parts[:len(package_parts) - (node.level - 1)] if node.level > 1 else package_parts
+            base = package_parts[: len(package_parts) - (node.level - 1)] if node.level > 1 else package_parts
             target = ".".join([*base, *(node.module.split(".") if node.module else [])])
             if node.module:
                 inside.add(target)
@@ -106,4 +111,6 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if _top(m) in FRAMEWORK_FREE))
 def test_framework_free_modules_import_no_framework(module):
-    assert not OUTSIDE[module] & FRAMEWORK_MODULES, f"resnet_multi.{module} imports {OUTSIDE[module] & FRAMEWORK_MODULES}"
+    assert not OUTSIDE[module] & FRAMEWORK_MODULES, (
+        f"resnet_multi.{module} imports {OUTSIDE[module] & FRAMEWORK_MODULES}"
+    )

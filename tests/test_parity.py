@@ -1,5 +1,6 @@
 """The parity suite: every backend, on every device it reports, against the spec
 and the NumPy reference (float64), given the same canonical weights."""
+
 import numpy as np
 import pytest
 from cases import BACKEND_CASES, arch_cases
@@ -18,8 +19,11 @@ NUMERIC_CASES = [(arch, 32) for arch in ALL_ARCHS] + [("d2l-resnet18", 64)]
 
 def numeric_cases():
     """(backend, device, arch, size) params, ids like 'torch-cpu-resnet50-32'."""
-    return [pytest.param(*case.values, arch, size, id=f"{case.id}-{arch}-{size}", marks=case.marks)
-            for case in BACKEND_CASES for arch, size in NUMERIC_CASES]
+    return [
+        pytest.param(*case.values, arch, size, id=f"{case.id}-{arch}-{size}", marks=case.marks)
+        for case in BACKEND_CASES
+        for arch, size in NUMERIC_CASES
+    ]
 
 
 def batch(spec, n, size, seed=1):
@@ -38,9 +42,11 @@ def test_residual_projection_halves_and_widens(backend, device):
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
-@pytest.mark.parametrize("options", [dict(kind="bottleneck"), dict(preact=True),
-                                     dict(kind="bottleneck", preact=True, stride_on="1x1")],
-                         ids=["bottleneck", "preact", "preact-bottleneck-v1"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(kind="bottleneck"), dict(preact=True), dict(kind="bottleneck", preact=True, stride_on="1x1")],
+    ids=["bottleneck", "preact", "preact-bottleneck-v1"],
+)
 def test_residual_variants(backend, device, options):
     assert backend.residual_output_shape((2, 8, 7, 7), 8, 8, **options) == (2, 8, 7, 7)
     assert backend.residual_output_shape((2, 8, 7, 7), 8, 16, True, 2, **options) == (2, 16, 4, 4)
@@ -201,8 +207,12 @@ def test_corrupt_and_mismatched_weights_are_refused(backend, device, tmp_path):
     with pytest.raises(WeightsError, match=r"head\.fc\.weight: expected \(10, 512\), got \(7, 512\)"):
         backend.load_weights(model, backend.save_weights(wider, tmp_path / "wider.safetensors"))
     with pytest.raises(WeightsError, match=r"missing: .*stages\.0\.0\.conv1\.bias"):
-        backend.load_weights(model, backend.save_weights(
-            backend.build("d2l-resnet18", device=device, conv_bias=False), tmp_path / "nobias.safetensors"))
+        backend.load_weights(
+            model,
+            backend.save_weights(
+                backend.build("d2l-resnet18", device=device, conv_bias=False), tmp_path / "nobias.safetensors"
+            ),
+        )
     # a weights dict with an extra entry or a transposed dense weight
     weights = backend.get_weights(model)
     with pytest.raises(WeightsError, match=r"unexpected: extra\.weight"):

@@ -6,6 +6,7 @@ never another exception.
 Few examples by default, for CI's 2 cores; more with e.g.
 ``RESNET_MULTI_HYPOTHESIS_EXAMPLES=200``.
 """
+
 import dataclasses
 import json
 import os
@@ -20,13 +21,27 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from resnet_multi import memory, shapes, validate  # noqa: E402
+from resnet_multi.spec import (  # noqa: E402
+    BLOCK_KINDS,
+    INITS,
+    SHORTCUTS,
+    STRIDE_PLACEMENTS,
+    ArchSpec,
+    BatchNormSpec,
+    block_spec,
+    get_arch,
+    stage_spec,
+)
 from resnet_multi.weights import count  # noqa: E402
-from resnet_multi.spec import (BLOCK_KINDS, INITS, SHORTCUTS, STRIDE_PLACEMENTS, ArchSpec,  # noqa: E402
-                               BatchNormSpec, block_spec, get_arch, stage_spec)
 
 EXAMPLES = int(os.environ.get("RESNET_MULTI_HYPOTHESIS_EXAMPLES", "8"))
-settings.register_profile("resnet-multi", max_examples=EXAMPLES, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "resnet-multi",
+    max_examples=EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.load_profile("resnet-multi")
 
 CASES = [c for c in BACKEND_CASES if c.values[0] is not None]
@@ -53,8 +68,13 @@ def valid_specs(draw):
 
 
 @pytest.mark.skipif(not CASES, reason="no backend under test is installed")
-@given(spec=valid_specs(), n=st.integers(1, 3), height=st.integers(1, 40), width=st.integers(1, 40),
-       seed=st.integers(0, 2**16))
+@given(
+    spec=valid_specs(),
+    n=st.integers(1, 3),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
 def test_random_valid_specs_agree_with_the_reference(oracle, spec, n, height, width, seed):
     """Shapes always; inference logits within the parity suite's 1e-4 (float32 vs float64)."""
     input_shape = (n, spec.in_channels, height, width)
@@ -88,14 +108,39 @@ def _refused(call):
     return False
 
 
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                 st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=3),
-                                                                                              st.integers(), max_size=2))
-FIELDS = ["layers", "block", "in_channels", "num_classes", "width", "conv_bias", "shortcut", "stride_on",
-          "preact", "zero_init_last_bn", "init", "bn"]
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+FIELDS = [
+    "layers",
+    "block",
+    "in_channels",
+    "num_classes",
+    "width",
+    "conv_bias",
+    "shortcut",
+    "stride_on",
+    "preact",
+    "zero_init_last_bn",
+    "init",
+    "bn",
+]
 BAD_VALUES = {
-    "layers": st.one_of(st.just(()), st.tuples(st.integers(-5, 0)), st.tuples(st.integers(1001, 10**9)),
-                        st.tuples(st.floats(0.5, 3.5)), st.tuples(st.text(max_size=2)), st.integers(), st.none()),
+    "layers": st.one_of(
+        st.just(()),
+        st.tuples(st.integers(-5, 0)),
+        st.tuples(st.integers(1001, 10**9)),
+        st.tuples(st.floats(0.5, 3.5)),
+        st.tuples(st.text(max_size=2)),
+        st.integers(),
+        st.none(),
+    ),
     "block": st.text(max_size=10).filter(lambda t: t not in BLOCK_KINDS),
     "in_channels": st.one_of(st.integers(-10, 0), st.floats(0.5, 3.5), st.text(max_size=2), st.none(), st.just(True)),
     "num_classes": st.one_of(st.integers(-10, 0), st.floats(), st.text(max_size=2)),
@@ -118,8 +163,11 @@ def test_random_overrides_raise_only_value_error(overrides):
     _refused(lambda: get_arch("resnet18", **overrides))
 
 
-@given(args=st.tuples(JUNK, JUNK, JUNK, JUNK), kind=st.sampled_from(BLOCK_KINDS + ("wide",)),
-       stride_on=st.sampled_from(STRIDE_PLACEMENTS + ("5x5",)))
+@given(
+    args=st.tuples(JUNK, JUNK, JUNK, JUNK),
+    kind=st.sampled_from(BLOCK_KINDS + ("wide",)),
+    stride_on=st.sampled_from(STRIDE_PLACEMENTS + ("5x5",)),
+)
 def test_random_blocks_and_stages_raise_only_value_error(args, kind, stride_on):
     cin, cout, flag, stride = args
     _refused(lambda: block_spec(cin, cout, flag, stride, kind=kind, stride_on=stride_on))
@@ -136,11 +184,13 @@ def _valid_fields():
     return json.loads(json.dumps(dataclasses.asdict(get_arch("d2l-resnet18", width=4))))
 
 
-JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(),
-                              st.text(max_size=6)),
-                    lambda children: st.one_of(st.lists(children, max_size=3),
-                                               st.dictionaries(st.text(max_size=6), children, max_size=3)),
-                    max_leaves=8)
+JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(), st.text(max_size=6)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 @given(key=st.sampled_from(FIELDS + ["name", "extra"]), value=JSON, drop=st.booleans())
@@ -168,8 +218,10 @@ def test_random_checkpoints_are_refused_with_a_schema_error(document):
     assert str(info.value).strip()
 
 
-@given(shape=st.tuples(st.integers(-2, 4), st.integers(-1, 4), st.integers(-2, 40), st.integers(-2, 40)),
-       training=st.booleans())
+@given(
+    shape=st.tuples(st.integers(-2, 4), st.integers(-1, 4), st.integers(-2, 40), st.integers(-2, 40)),
+    training=st.booleans(),
+)
 def test_random_input_shapes_raise_only_value_error(shape, training):
     spec = get_arch("d2l-resnet18", width=4)
     if not _refused(lambda: shapes.check_input_shape(spec, shape, training=training)):

@@ -27,6 +27,7 @@ Conventions for README.md's fenced blocks (the test reads them in order):
   ``tensorflow[and-cuda]``, ``mxnet-cu112`` and ``paddlepaddle-gpu`` count as
   their framework), and every framework tox.ini pins must appear.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,12 +52,35 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 # import name of each framework, as a README block or `from resnet_multi import X` names it
-FRAMEWORK_OF = {"torch": "torch", "tensorflow": "tensorflow", "tf": "tensorflow", "mxnet": "mxnet",
-                "paddle": "paddle", "mindspore": "mindspore", "keras": "tensorflow", "jax": "jax", "flax": "jax"}
+FRAMEWORK_OF = {
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "tf": "tensorflow",
+    "mxnet": "mxnet",
+    "paddle": "paddle",
+    "mindspore": "mindspore",
+    "keras": "tensorflow",
+    "jax": "jax",
+    "flax": "jax",
+}
 CHEAP_SUBCOMMANDS = {"backends", "summary"}
 # The quick preset shrunk to seconds on the NumPy reference, for the format of `train`'s lines.
-TINY_TRAIN = ["train", "--backend", "numpy", "--preset", "quick", "--width", "8", "--epochs", "1",
-              "--batch-size", "32", "--limit", "32", "--no-progress"]
+TINY_TRAIN = [
+    "train",
+    "--backend",
+    "numpy",
+    "--preset",
+    "quick",
+    "--width",
+    "8",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--limit",
+    "32",
+    "--no-progress",
+]
 
 
 @dataclass
@@ -64,7 +88,7 @@ class Block:
     lang: str
     text: str
     line: int  # 1-based line of the opening fence
-    output: "Block | None" = None  # the plain block that follows, if any
+    output: Block | None = None  # the plain block that follows, if any
 
     @property
     def id(self) -> str:
@@ -120,8 +144,9 @@ def frameworks_needed(source: str) -> set[str]:
 def skip_unless_installed(frameworks, where: str):
     missing = sorted(f for f in frameworks if importlib.util.find_spec(f) is None)
     if missing:
-        pytest.skip(f"{where} needs {', '.join(missing)}, not installed in this environment "
-                    f"(its own tox environment runs it)")
+        pytest.skip(
+            f"{where} needs {', '.join(missing)}, not installed in this environment (its own tox environment runs it)"
+        )
 
 
 def lines_match(expected: list[str], actual: list[str]) -> bool:
@@ -151,8 +176,10 @@ def test_python_block_prints_what_the_readme_says(block):
     if block.output is not None:
         printed, quoted = stripped_lines(out.getvalue()), stripped_lines(block.output.text)
         same = printed == quoted
-        assert same, (f"README.md line {block.line}: the block prints\n{out.getvalue()}\nnot the output "
-                      f"quoted at line {block.output.line}:\n{block.output.text}")
+        assert same, (
+            f"README.md line {block.line}: the block prints\n{out.getvalue()}\nnot the output "
+            f"quoted at line {block.output.line}:\n{block.output.text}"
+        )
 
 
 # ---- ```console blocks ----------------------------------------------------------------------
@@ -208,8 +235,10 @@ def test_console_block_prints_what_the_readme_says(block):
         done = run_command(command)
         assert done.returncode == 0, f"README.md line {block.line}: `{command}` failed:\n{done.stderr}"
         matches = lines_match(expected, stripped_lines(done.stdout))
-        assert matches, (f"README.md line {block.line}: `{command}` printed\n{done.stdout}\n"
-                         f"not what the README quotes:\n" + "\n".join(expected))
+        assert matches, (
+            f"README.md line {block.line}: `{command}` printed\n{done.stdout}\n"
+            f"not what the README quotes:\n" + "\n".join(expected)
+        )
 
 
 # ---- ```bash blocks ----------------------------------------------------------------------------
@@ -227,7 +256,7 @@ def resnet_multi_argv(command: str) -> list[str] | None:
     words = shlex.split(command)
     for k, word in enumerate(words):
         if word == "resnet-multi" or word.endswith("/resnet-multi"):
-            return words[k + 1:]
+            return words[k + 1 :]
     return None
 
 
@@ -256,9 +285,12 @@ def base_name(requirement: str) -> str:
 BASH = blocks("bash")
 
 
-BASH_COMMANDS = [pytest.param(b.values[0], c, id=f"{b.id}-{'-'.join(resnet_multi_argv(c)[:1])}{k}")
-                 for b in BASH for k, c in enumerate(shell_commands(b.values[0]))
-                 if resnet_multi_argv(c) is not None]
+BASH_COMMANDS = [
+    pytest.param(b.values[0], c, id=f"{b.id}-{'-'.join(resnet_multi_argv(c)[:1])}{k}")
+    for b in BASH
+    for k, c in enumerate(shell_commands(b.values[0]))
+    if resnet_multi_argv(c) is not None
+]
 
 
 @pytest.mark.parametrize("block, command", BASH_COMMANDS)
@@ -305,9 +337,12 @@ def test_inline_commands_in_the_prose_parse(line, command):
 
 def test_every_framework_section_names_its_conventions_command():
     from resnet_multi.conventions import FRAMEWORKS
+
     named = {c.split()[2] for _, c in inline_commands() if c.split()[1:2] == ["conventions"] and len(c.split()) > 2}
-    assert set(FRAMEWORKS) <= named, f"the README's per-framework notes should point to " \
-                                     f"`resnet-multi conventions X` for {sorted(set(FRAMEWORKS) - named)}"
+    assert set(FRAMEWORKS) <= named, (
+        f"the README's per-framework notes should point to "
+        f"`resnet-multi conventions X` for {sorted(set(FRAMEWORKS) - named)}"
+    )
 
 
 def test_pins_in_the_readme_are_the_versions_tox_tests():
@@ -320,7 +355,8 @@ def test_pins_in_the_readme_are_the_versions_tox_tests():
                 seen.add(base_name(name))
                 assert version == pins[base_name(name)], (
                     f"README.md line {number}: {name}=={version}, but tox.ini tests "
-                    f"{base_name(name)}=={pins[base_name(name)]}")
+                    f"{base_name(name)}=={pins[base_name(name)]}"
+                )
     assert seen == set(pins), f"the README gives no tested version of {sorted(set(pins) - seen)}"
 
 
@@ -329,8 +365,13 @@ def test_tox_environments_in_the_readme_exist():
     # the default envlist, and environments defined on their own (e.g. [testenv:compare])
     envs = {e.strip() for e in ini["tox"]["envlist"].split(",")}
     envs |= {section.split(":", 1)[1] for section in ini.sections() if section.startswith("testenv:")}
-    named = [e for block in BLOCKS if block.lang == "bash"
-             for m in re.finditer(r"tox -e ([\w,]+)", block.text) for e in m.group(1).split(",")]
+    named = [
+        e
+        for block in BLOCKS
+        if block.lang == "bash"
+        for m in re.finditer(r"tox -e ([\w,]+)", block.text)
+        for e in m.group(1).split(",")
+    ]
     assert named, "the README should say how to test one backend (tox -e ENV)"
     assert set(named) <= envs, f"README names tox environments {sorted(set(named) - envs)} not in tox.ini"
 
@@ -353,13 +394,15 @@ def blank_numbers(line: str) -> str:
 def test_sample_output_has_the_programs_format(block, tiny_train_output):
     """Sample output quoted after a ``train`` command: its figures vary, its format must not."""
     assert any((resnet_multi_argv(c) or [None])[0] == "train" for c in shell_commands(block)), (
-        f"README.md line {block.line}: the test only knows the format of `resnet-multi train`'s output")
+        f"README.md line {block.line}: the test only knows the format of `resnet-multi train`'s output"
+    )
     quoted = [blank_numbers(line) for line in stripped_lines(block.output.text)]
     actual = [blank_numbers(line) for line in stripped_lines(tiny_train_output)]
     same = quoted == actual
     assert same, (
         f"README.md line {block.output.line} quotes\n{block.output.text}but train prints lines like\n"
-        f"{tiny_train_output}")
+        f"{tiny_train_output}"
+    )
 
 
 def test_train_without_preset_says_which_preset_it_ran(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """The spec table and what is inferred from it, without any framework."""
+
 import json
 import subprocess
 import sys
@@ -12,8 +13,11 @@ from resnet_multi.weights import count, init_weights, tensor_specs
 
 # torchvision's published figures: parameters, and G multiply-accumulates at 224x224
 TORCHVISION = {
-    "resnet18": (11_689_512, 1.814), "resnet34": (21_797_672, 3.664), "resnet50": (25_557_032, 4.089),
-    "resnet101": (44_549_160, 7.801), "resnet152": (60_192_808, 11.514),
+    "resnet18": (11_689_512, 1.814),
+    "resnet34": (21_797_672, 3.664),
+    "resnet50": (25_557_032, 4.089),
+    "resnet101": (44_549_160, 7.801),
+    "resnet152": (60_192_808, 11.514),
 }
 
 
@@ -29,8 +33,15 @@ def test_chapter_network():
     assert count(spec) == (11_178_378, 7_808)
     assert round(shapes.macs(spec, 96) / 1e9, 3) == 0.319
     assert [r.shape for r in shapes.layer_shapes(spec, (1, 1, 96, 96))] == [
-        (1, 64, 24, 24), (1, 64, 24, 24), (1, 128, 12, 12), (1, 256, 6, 6), (1, 512, 3, 3),
-        (1, 512, 1, 1), (1, 512), (1, 10)]
+        (1, 64, 24, 24),
+        (1, 64, 24, 24),
+        (1, 128, 12, 12),
+        (1, 256, 6, 6),
+        (1, 512, 3, 3),
+        (1, 512, 1, 1),
+        (1, 512),
+        (1, 10),
+    ]
     # every conv has a bias; the projections are bare 1x1 convs
     names = {t.name for t in tensor_specs(spec)}
     assert "stages.1.0.shortcut.conv.bias" in names and "stages.1.0.shortcut.bn.weight" not in names
@@ -70,28 +81,31 @@ def test_overrides():
     assert get_arch("resnet18", bn=BatchNormSpec(momentum=0.01)).stages[0].blocks[0].bn.momentum == 0.01
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: block_spec(3, 6), r"Residual\(3, 6, strides=1\) cannot add .* pass use_1x1conv=True"),
-    (lambda: block_spec(3, 3, strides=2), r"pass use_1x1conv=True"),
-    (lambda: block_spec(0, 3), "input_channels must be a positive integer"),
-    (lambda: block_spec(3, -1, True), "num_channels must be a positive integer"),
-    (lambda: block_spec(3, 3, True, 3), "strides must be 1 or 2"),
-    (lambda: block_spec(3, 3, kind="wide"), "unknown block type 'wide'"),
-    (lambda: block_spec(8, 6, True, kind="bottleneck"), "multiple of 4"),
-    (lambda: block_spec(3, 3, shortcut="pad"), "unknown shortcut type"),
-    (lambda: block_spec(3, 3, colour="red"), r"unknown Residual option\(s\) \['colour'\]"),
-    (lambda: stage_spec(3, 3, 0), "num_residuals must be a positive integer"),
-    (lambda: get_arch("resnet19"), "unknown architecture 'resnet19'; choose one of"),
-    (lambda: get_arch("resnet18", depth=19), r"unknown override\(s\) \['depth'\]"),
-    (lambda: get_arch("resnet18", in_channels=0), "in_channels must be a positive integer"),
-    (lambda: get_arch("resnet18", layers=()), "layers must be a non-empty tuple"),
-    (lambda: get_arch("resnet18", block="dense"), "unknown block type"),
-    (lambda: get_arch("resnet18", stride_on="7x7"), "unknown stride placement"),
-    (lambda: get_arch("resnet18", init="zeros"), "unknown initialiser"),
-    (lambda: get_arch("preact-resnet18", zero_init_last_bn=True), "ends in a conv"),
-    (lambda: BatchNormSpec(momentum=0.9 + 0.2), "momentum must be in"),
-    (lambda: BatchNormSpec(eps=0), "eps must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: block_spec(3, 6), r"Residual\(3, 6, strides=1\) cannot add .* pass use_1x1conv=True"),
+        (lambda: block_spec(3, 3, strides=2), r"pass use_1x1conv=True"),
+        (lambda: block_spec(0, 3), "input_channels must be a positive integer"),
+        (lambda: block_spec(3, -1, True), "num_channels must be a positive integer"),
+        (lambda: block_spec(3, 3, True, 3), "strides must be 1 or 2"),
+        (lambda: block_spec(3, 3, kind="wide"), "unknown block type 'wide'"),
+        (lambda: block_spec(8, 6, True, kind="bottleneck"), "multiple of 4"),
+        (lambda: block_spec(3, 3, shortcut="pad"), "unknown shortcut type"),
+        (lambda: block_spec(3, 3, colour="red"), r"unknown Residual option\(s\) \['colour'\]"),
+        (lambda: stage_spec(3, 3, 0), "num_residuals must be a positive integer"),
+        (lambda: get_arch("resnet19"), "unknown architecture 'resnet19'; choose one of"),
+        (lambda: get_arch("resnet18", depth=19), r"unknown override\(s\) \['depth'\]"),
+        (lambda: get_arch("resnet18", in_channels=0), "in_channels must be a positive integer"),
+        (lambda: get_arch("resnet18", layers=()), "layers must be a non-empty tuple"),
+        (lambda: get_arch("resnet18", block="dense"), "unknown block type"),
+        (lambda: get_arch("resnet18", stride_on="7x7"), "unknown stride placement"),
+        (lambda: get_arch("resnet18", init="zeros"), "unknown initialiser"),
+        (lambda: get_arch("preact-resnet18", zero_init_last_bn=True), "ends in a conv"),
+        (lambda: BatchNormSpec(momentum=0.9 + 0.2), "momentum must be in"),
+        (lambda: BatchNormSpec(eps=0), "eps must be a positive number"),
+    ],
+)
 def test_invalid_specs_say_what_and_how(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -136,9 +150,11 @@ def test_kaiming_normal_fan_out_for_torchvision():
 
 
 def test_importing_the_package_imports_no_framework():
-    code = ("import sys, resnet_multi, resnet_multi.spec, resnet_multi.shapes, resnet_multi.weights, "
-            "resnet_multi.backend, resnet_multi.numpy; "
-            "print([m for m in ('torch', 'tensorflow', 'mxnet', 'paddle', 'mindspore', 'jax', 'flax') if m in sys.modules])")
+    code = (
+        "import sys, resnet_multi, resnet_multi.spec, resnet_multi.shapes, resnet_multi.weights, "
+        "resnet_multi.backend, resnet_multi.numpy; "
+        "print([m for m in ('torch', 'tensorflow', 'mxnet', 'paddle', 'mindspore', 'jax', 'flax') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == []
 
@@ -148,8 +164,10 @@ def test_missing_framework_names_the_extra():
     code = "import sys; sys.modules['torch'] = None; import resnet_multi.torch"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
-    assert "ImportError: resnet_multi.torch needs torch, which is not installed: " \
-           "pip install 'resnet-multi[torch]'" in result.stderr
+    assert (
+        "ImportError: resnet_multi.torch needs torch, which is not installed: "
+        "pip install 'resnet-multi[torch]'" in result.stderr
+    )
 
 
 def test_every_arch_builds_its_tensor_table():

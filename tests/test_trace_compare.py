@@ -4,11 +4,12 @@ Tiny nets (width 8) on a few bundled images keep this quick on 2 cores. The
 framework-specific probes at the bottom read each installed framework's real
 defaults, so that the conventions every backend module declares cannot drift.
 """
+
 import inspect
-from pathlib import Path
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,15 +26,23 @@ STEPS, BATCH = 3, 8
 @pytest.fixture(scope="module")
 def tiny_data():
     d = load_fashion_mnist(subset=True)
-    return Dataset(d.train_images[:20], d.train_labels[:20], d.test_images[:8], d.test_labels[:8],
-                   "bundled subset, first 20")
+    return Dataset(
+        d.train_images[:20], d.train_labels[:20], d.test_images[:8], d.test_labels[:8], "bundled subset, first 20"
+    )
 
 
 def _trace(backend, device, data, path, *, seed=0, steps=STEPS, full_grads=False):
     model = backend.build("d2l-resnet18", device=device, width=8, seed=seed)
     batches = trace.training_batches(data, steps=steps, batch_size=BATCH, seed=seed, resize=32)
-    tensors, meta = trace.record(backend, model, batches, lr=0.05, activation_images=4,
-                                 full_grads=full_grads, recipe={"batch_size": BATCH, "resize": 32, "seed": seed})
+    tensors, meta = trace.record(
+        backend,
+        model,
+        batches,
+        lr=0.05,
+        activation_images=4,
+        full_grads=full_grads,
+        recipe={"batch_size": BATCH, "resize": 32, "seed": seed},
+    )
     return trace.save(path, tensors, meta)
 
 
@@ -92,8 +101,9 @@ def test_trace_step_is_the_training_loop_step(backend, device, tiny_data, tmp_pa
         np.testing.assert_array_equal(t.tensors[f"bn.{name}"][-1], final[name], err_msg=name)
     for name in t.meta["params"]:
         np.testing.assert_array_equal(t.tensors[f"grad.{name}"], grads0[name].astype(np.float32), err_msg=name)
-    np.testing.assert_allclose(t.tensors["grad_norm"][0], [np.linalg.norm(grads0[p]) for p in t.meta["params"]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        t.tensors["grad_norm"][0], [np.linalg.norm(grads0[p]) for p in t.meta["params"]], rtol=1e-6
+    )
     assert t.meta["twin_loss_gap"] <= 1e-6 * abs(t.tensors["loss"][0])
     assert t.meta["threads"]["env"].keys() == set(trace.THREAD_VARS)
     assert t.meta["backend"] == backend.name and t.meta["recipe"]["steps"] == STEPS
@@ -101,9 +111,15 @@ def test_trace_step_is_the_training_loop_step(backend, device, tiny_data, tmp_pa
 
 
 FRAMEWORK_CASES = [c for c in BACKEND_CASES if not c.id.startswith("numpy-")] or [
-    pytest.param(None, None, id="no-framework",
-                 marks=pytest.mark.skip(reason="only the numpy reference is selected here; "
-                                               "each framework's environment runs this against it"))]
+    pytest.param(
+        None,
+        None,
+        id="no-framework",
+        marks=pytest.mark.skip(
+            reason="only the numpy reference is selected here; each framework's environment runs this against it"
+        ),
+    )
+]
 
 
 @pytest.mark.parametrize("backend, device", FRAMEWORK_CASES)
@@ -151,10 +167,13 @@ def test_compare_refuses_traces_of_different_runs(tiny_data, numpy_trace, oracle
 
 def test_compare_and_conventions_import_no_framework(numpy_trace, tmp_path):
     copy = _relabelled(numpy_trace, tmp_path / "copy.safetensors", "copy")
-    code = ("import sys; from resnet_multi import cli; "
-            f"assert cli.main(['compare', {str(numpy_trace)!r}, {str(copy)!r}, '--plot', {str(tmp_path / 'p.png')!r}]) == 0; "
-            "assert cli.main(['conventions']) == 0; "
-            f"print('LOADED', [m for m in {FRAMEWORK_MODULES!r} if m in sys.modules])")
+    code = (
+        "import sys; from resnet_multi import cli; "
+        f"assert cli.main(['compare', {str(numpy_trace)!r}, {str(copy)!r}, "
+        f"'--plot', {str(tmp_path / 'p.png')!r}]) == 0; "
+        "assert cli.main(['conventions']) == 0; "
+        f"print('LOADED', [m for m in {FRAMEWORK_MODULES!r} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "LOADED []"
 
@@ -199,11 +218,21 @@ def _bn_update(mean: float, var: float, momentum: float) -> tuple[str, str]:
     starting at running mean 0 and variance 1: which value the momentum weights, and
     which batch variance fed the running one."""
     weight = mean / 4.5  # the batch's share of the new running mean
-    keeps = "new" if np.isclose(weight, momentum, rtol=1e-4) else \
-        "old" if np.isclose(weight, 1 - momentum, rtol=1e-4) else f"neither ({weight})"
+    keeps = (
+        "new"
+        if np.isclose(weight, momentum, rtol=1e-4)
+        else "old"
+        if np.isclose(weight, 1 - momentum, rtol=1e-4)
+        else f"neither ({weight})"
+    )
     fed = (var - (1 - weight)) / weight
-    variance = "biased" if np.isclose(fed, 5.25, rtol=1e-4) else \
-        "unbiased" if np.isclose(fed, 6.0, rtol=1e-4) else f"neither ({fed})"
+    variance = (
+        "biased"
+        if np.isclose(fed, 5.25, rtol=1e-4)
+        else "unbiased"
+        if np.isclose(fed, 6.0, rtol=1e-4)
+        else f"neither ({fed})"
+    )
     return keeps, variance
 
 
@@ -227,19 +256,28 @@ def _default(cls, name):
 
 def probe_numpy():
     from resnet_multi import numpy as rn
+
     bn = rn.BatchNorm2d(1)
     bn.forward(X.astype(np.float64))
     net = rn.net("d2l-resnet18", width=8)
-    return dict(eps=bn.eps, momentum=bn.momentum, update=_bn_update(bn.buffers["running_mean"][0],
-                                                                    bn.buffers["running_var"][0], bn.momentum),
-                pads=[net.layers["stem"].layers["conv"].padding] * 2, layout="NCHW",
-                kernel=rn.Conv2d(2, 3, 5).params["weight"].shape, dense=rn.Linear(2, 3).params["weight"].shape,
-                bn_names=[*rn.BatchNorm2d(1).params, *rn.BatchNorm2d(1).buffers],
-                conv_bias="bias" in rn.Conv2d(1, 1, 3).params, starts=rn.Layer().training, conv_weight=None)
+    return dict(
+        eps=bn.eps,
+        momentum=bn.momentum,
+        update=_bn_update(bn.buffers["running_mean"][0], bn.buffers["running_var"][0], bn.momentum),
+        pads=[net.layers["stem"].layers["conv"].padding] * 2,
+        layout="NCHW",
+        kernel=rn.Conv2d(2, 3, 5).params["weight"].shape,
+        dense=rn.Linear(2, 3).params["weight"].shape,
+        bn_names=[*rn.BatchNorm2d(1).params, *rn.BatchNorm2d(1).buffers],
+        conv_bias="bias" in rn.Conv2d(1, 1, 3).params,
+        starts=rn.Layer().training,
+        conv_weight=None,
+    )
 
 
 def probe_torch():
     import torch
+
     nn = torch.nn
     bn = nn.BatchNorm2d(1).train()
     bn(torch.from_numpy(X))
@@ -249,18 +287,25 @@ def probe_torch():
     except ValueError:
         pads = None  # refused at stride 2
     conv = nn.Conv2d(2, 3, 5)
-    return dict(eps=_default(nn.BatchNorm2d, "eps"), momentum=_default(nn.BatchNorm2d, "momentum"),
-                update=_bn_update(bn.running_mean.item(), bn.running_var.item(), bn.momentum), pads=pads,
-                layout="NCHW" if conv(torch.zeros(1, 2, 8, 8)).shape == (1, 3, 4, 4) else "?",
-                kernel=tuple(conv.weight.shape), dense=tuple(nn.Linear(2, 3).weight.shape),
-                bn_names=[n for n, _ in bn.named_parameters()]
-                + [n for n, _ in bn.named_buffers() if n != "num_batches_tracked"],
-                conv_bias=conv.bias is not None, starts=nn.Module().training,
-                conv_weight=nn.Conv2d(2, 64, 5).weight.detach().numpy())
+    return dict(
+        eps=_default(nn.BatchNorm2d, "eps"),
+        momentum=_default(nn.BatchNorm2d, "momentum"),
+        update=_bn_update(bn.running_mean.item(), bn.running_var.item(), bn.momentum),
+        pads=pads,
+        layout="NCHW" if conv(torch.zeros(1, 2, 8, 8)).shape == (1, 3, 4, 4) else "?",
+        kernel=tuple(conv.weight.shape),
+        dense=tuple(nn.Linear(2, 3).weight.shape),
+        bn_names=[n for n, _ in bn.named_parameters()]
+        + [n for n, _ in bn.named_buffers() if n != "num_batches_tracked"],
+        conv_bias=conv.bias is not None,
+        starts=nn.Module().training,
+        conv_weight=nn.Conv2d(2, 64, 5).weight.detach().numpy(),
+    )
 
 
 def probe_tf():
     import keras
+
     layers = keras.layers
     bn = layers.BatchNormalization()
     bn(X.transpose(0, 2, 3, 1), training=True)
@@ -278,18 +323,26 @@ def probe_tf():
     dense.build((None, 2))
     wide = layers.Conv2D(64, 5)
     wide.build((None, 8, 8, 2))
-    return dict(conv_weight=wide.kernel.numpy(), eps=_default(layers.BatchNormalization, "epsilon"),
-                momentum=_default(layers.BatchNormalization, "momentum"),
-                update=_bn_update(float(bn.moving_mean[0]), float(bn.moving_variance[0]), bn.momentum),
-                pads=_after(_pads_before(corner)), layout="NHWC" if conv.data_format == "channels_last" else "NCHW",
-                kernel=tuple(conv.kernel.shape), dense=tuple(dense.kernel.shape),
-                bn_names=[w.name for w in bn.weights], conv_bias=conv.use_bias,
-                starts="inference" if inference else "training")
+    return dict(
+        conv_weight=wide.kernel.numpy(),
+        eps=_default(layers.BatchNormalization, "epsilon"),
+        momentum=_default(layers.BatchNormalization, "momentum"),
+        update=_bn_update(float(bn.moving_mean[0]), float(bn.moving_variance[0]), bn.momentum),
+        pads=_after(_pads_before(corner)),
+        layout="NHWC" if conv.data_format == "channels_last" else "NCHW",
+        kernel=tuple(conv.kernel.shape),
+        dense=tuple(dense.kernel.shape),
+        bn_names=[w.name for w in bn.weights],
+        conv_bias=conv.use_bias,
+        starts="inference" if inference else "training",
+    )
 
 
 def probe_mxnet():
-    from mxnet import autograd, np as mnp
+    from mxnet import autograd
+    from mxnet import np as mnp
     from mxnet.gluon import nn
+
     bn = nn.BatchNorm(in_channels=1)
     bn.initialize()
     with autograd.record():
@@ -302,17 +355,26 @@ def probe_mxnet():
     wide = nn.Conv2D(64, 5, in_channels=2)
     wide.initialize()  # Gluon's default initialiser
     names = [k.rpartition(".")[2] for k in bn._collect_params_with_prefix()]
-    return dict(conv_weight=wide.weight.data().asnumpy(),
-                eps=_default(nn.BatchNorm, "epsilon"), momentum=_default(nn.BatchNorm, "momentum"),
-                update=_bn_update(float(bn.running_mean.data()[0]), float(bn.running_var.data()[0]),
-                                  _default(nn.BatchNorm, "momentum")),
-                pads=None, layout=_default(nn.Conv2D, "layout"), kernel=tuple(conv.weight.shape),
-                dense=tuple(dense.weight.shape), bn_names=names, conv_bias=conv.bias is not None,
-                starts="training" if autograd.is_training() else "inference")
+    return dict(
+        conv_weight=wide.weight.data().asnumpy(),
+        eps=_default(nn.BatchNorm, "epsilon"),
+        momentum=_default(nn.BatchNorm, "momentum"),
+        update=_bn_update(
+            float(bn.running_mean.data()[0]), float(bn.running_var.data()[0]), _default(nn.BatchNorm, "momentum")
+        ),
+        pads=None,
+        layout=_default(nn.Conv2D, "layout"),
+        kernel=tuple(conv.weight.shape),
+        dense=tuple(dense.weight.shape),
+        bn_names=names,
+        conv_bias=conv.bias is not None,
+        starts="training" if autograd.is_training() else "inference",
+    )
 
 
 def probe_paddle():
     import paddle
+
     nn = paddle.nn
     bn = nn.BatchNorm2D(1)
     bn.train()
@@ -323,18 +385,26 @@ def probe_paddle():
     same.weight.set_value(kernel)
     corner = float(same(paddle.to_tensor(IMAGE[None, None]))[0, 0, 0, 0])
     conv = nn.Conv2D(2, 3, 5)
-    return dict(conv_weight=nn.Conv2D(2, 64, 5).weight.numpy(),
-                eps=_default(nn.BatchNorm2D, "epsilon"), momentum=_default(nn.BatchNorm2D, "momentum"),
-                update=_bn_update(float(bn._mean.numpy()[0]), float(bn._variance.numpy()[0]),
-                                  _default(nn.BatchNorm2D, "momentum")),
-                pads=_after(_pads_before(corner)), layout=_default(nn.Conv2D, "data_format"),
-                kernel=tuple(conv.weight.shape), dense=tuple(nn.Linear(2, 3).weight.shape),
-                bn_names=[n for n, _ in bn.named_parameters()], conv_bias=conv.bias is not None,
-                starts="training" if nn.Layer().training else "inference")
+    return dict(
+        conv_weight=nn.Conv2D(2, 64, 5).weight.numpy(),
+        eps=_default(nn.BatchNorm2D, "epsilon"),
+        momentum=_default(nn.BatchNorm2D, "momentum"),
+        update=_bn_update(
+            float(bn._mean.numpy()[0]), float(bn._variance.numpy()[0]), _default(nn.BatchNorm2D, "momentum")
+        ),
+        pads=_after(_pads_before(corner)),
+        layout=_default(nn.Conv2D, "data_format"),
+        kernel=tuple(conv.weight.shape),
+        dense=tuple(nn.Linear(2, 3).weight.shape),
+        bn_names=[n for n, _ in bn.named_parameters()],
+        conv_bias=conv.bias is not None,
+        starts="training" if nn.Layer().training else "inference",
+    )
 
 
 def probe_mindspore():
     import mindspore as ms
+
     nn = ms.nn
     bn = nn.BatchNorm2d(1)
     bn.set_train(True)
@@ -346,19 +416,24 @@ def probe_mindspore():
     corner = float(same(ms.Tensor(IMAGE[None, None])).asnumpy()[0, 0, 0, 0])
     conv = nn.Conv2d(2, 3, 5)
     momentum = _default(nn.BatchNorm2d, "momentum")
-    return dict(conv_weight=nn.Conv2d(2, 64, 5).weight.asnumpy(), eps=_default(nn.BatchNorm2d, "eps"),
-                momentum=momentum,
-                update=_bn_update(float(bn.moving_mean.asnumpy()[0]), float(bn.moving_variance.asnumpy()[0]),
-                                  momentum),
-                pads=_after(_pads_before(corner)), layout=_default(nn.Conv2d, "data_format"),
-                kernel=tuple(conv.weight.shape), dense=tuple(nn.Dense(2, 3).weight.shape),
-                bn_names=[n for n, _ in bn.parameters_and_names()],  # attribute names (Parameter.name is 'mean')
-                conv_bias=conv.bias is not None, starts="training" if nn.Cell().training else "inference")
+    return dict(
+        conv_weight=nn.Conv2d(2, 64, 5).weight.asnumpy(),
+        eps=_default(nn.BatchNorm2d, "eps"),
+        momentum=momentum,
+        update=_bn_update(float(bn.moving_mean.asnumpy()[0]), float(bn.moving_variance.asnumpy()[0]), momentum),
+        pads=_after(_pads_before(corner)),
+        layout=_default(nn.Conv2d, "data_format"),
+        kernel=tuple(conv.weight.shape),
+        dense=tuple(nn.Dense(2, 3).weight.shape),
+        bn_names=[n for n, _ in bn.parameters_and_names()],  # attribute names (Parameter.name is 'mean')
+        conv_bias=conv.bias is not None,
+        starts="training" if nn.Cell().training else "inference",
+    )
 
 
 def probe_jax():
-    import jax
     from flax import nnx
+
     bn = nnx.BatchNorm(1, rngs=nnx.Rngs(0))
     bn(X.transpose(0, 2, 3, 1))  # a fresh BatchNorm: training mode, statistics update
     same = nnx.Conv(1, 1, (7, 7), strides=(2, 2), use_bias=False, rngs=nnx.Rngs(0))  # the default padding
@@ -369,18 +444,30 @@ def probe_jax():
     conv = nnx.Conv(2, 3, (5, 5), padding="VALID", rngs=nnx.Rngs(0))
     nhwc = conv(np.zeros((1, 8, 8, 2), np.float32)).shape == (1, 4, 4, 3)
     momentum = _default(nnx.BatchNorm, "momentum")
-    return dict(conv_weight=np.asarray(nnx.Conv(2, 64, (5, 5), rngs=nnx.Rngs(1)).kernel[...]),
-                eps=_default(nnx.BatchNorm, "epsilon"), momentum=momentum,
-                update=_bn_update(float(bn.mean[0]), float(bn.var[0]), momentum),
-                pads=_after(_pads_before(corner)), layout="NHWC" if nhwc else "?",
-                kernel=tuple(conv.kernel[...].shape), dense=tuple(nnx.Linear(2, 3, rngs=nnx.Rngs(0)).kernel[...].shape),
-                bn_names=sorted(str(path[-1]) for path, _ in nnx.to_flat_state(nnx.state(bn))),
-                conv_bias=conv.bias is not None,
-                starts="inference" if _default(nnx.BatchNorm, "use_running_average") else "training")
+    return dict(
+        conv_weight=np.asarray(nnx.Conv(2, 64, (5, 5), rngs=nnx.Rngs(1)).kernel[...]),
+        eps=_default(nnx.BatchNorm, "epsilon"),
+        momentum=momentum,
+        update=_bn_update(float(bn.mean[0]), float(bn.var[0]), momentum),
+        pads=_after(_pads_before(corner)),
+        layout="NHWC" if nhwc else "?",
+        kernel=tuple(conv.kernel[...].shape),
+        dense=tuple(nnx.Linear(2, 3, rngs=nnx.Rngs(0)).kernel[...].shape),
+        bn_names=sorted(str(path[-1]) for path, _ in nnx.to_flat_state(nnx.state(bn))),
+        conv_bias=conv.bias is not None,
+        starts="inference" if _default(nnx.BatchNorm, "use_running_average") else "training",
+    )
 
 
-PROBES = {"numpy": probe_numpy, "torch": probe_torch, "tf": probe_tf, "mxnet": probe_mxnet,
-          "paddle": probe_paddle, "mindspore": probe_mindspore, "jax": probe_jax}
+PROBES = {
+    "numpy": probe_numpy,
+    "torch": probe_torch,
+    "tf": probe_tf,
+    "mxnet": probe_mxnet,
+    "paddle": probe_paddle,
+    "mindspore": probe_mindspore,
+    "jax": probe_jax,
+}
 LAYOUTS = {"OIHW": (3, 2, 5, 5), "HWIO": (5, 5, 2, 3), "(out, in)": (3, 2), "(in, out)": (2, 3)}
 
 
@@ -389,6 +476,7 @@ def test_conventions_are_the_frameworks_real_defaults(backend, device):
     """Each machine-readable field a backend module declares, against what its installed
     framework really does; the literal read without importing is the imported module's."""
     import importlib
+
     name = backend.name
     module = importlib.import_module(f"resnet_multi.{name}")
     declared = conventions.declared(name)
@@ -403,16 +491,21 @@ def test_conventions_are_the_frameworks_real_defaults(backend, device):
     assert LAYOUTS[declared["dense_layout"]["layout"]] == real["dense"]
     assert sorted(declared["param_names"]["bn"]) == sorted(real["bn_names"])
     assert declared["init"]["conv_bias"] == real["conv_bias"]
-    assert declared["mode_switch"]["starts"] == ("training" if real["starts"] is True else
-                                                 "inference" if real["starts"] is False else real["starts"])
+    assert declared["mode_switch"]["starts"] == (
+        "training" if real["starts"] is True else "inference" if real["starts"] is False else real["starts"]
+    )
     _check_init(declared["init"]["conv_weight"], real["conv_weight"])
     json.dumps(declared)  # plain data all the way down
 
 
 # the default conv weight's distribution for a conv with 2 inputs, 64 outputs, 5x5 kernel
 FAN_IN, FAN_OUT = 2 * 5 * 5, 64 * 5 * 5
-SCALES = {"1/sqrt(fan_in)": 1 / np.sqrt(FAN_IN), "sqrt(6/(fan_in+fan_out))": np.sqrt(6 / (FAN_IN + FAN_OUT)),
-          "0.07": 0.07, "sqrt(2/fan_in)": np.sqrt(2 / FAN_IN)}
+SCALES = {
+    "1/sqrt(fan_in)": 1 / np.sqrt(FAN_IN),
+    "sqrt(6/(fan_in+fan_out))": np.sqrt(6 / (FAN_IN + FAN_OUT)),
+    "0.07": 0.07,
+    "sqrt(2/fan_in)": np.sqrt(2 / FAN_IN),
+}
 
 
 def _check_init(declared, weight):
@@ -464,8 +557,15 @@ def test_perturbed_control_trace(tiny_data, numpy_trace, oracle, tmp_path):
     is compared as the same run, and differs at step 0 by about that much, not 0."""
     model = oracle.build("d2l-resnet18", width=8, seed=0)
     batches = trace.training_batches(tiny_data, steps=1, batch_size=BATCH, seed=0, resize=32)
-    tensors, meta = trace.record(oracle, model, batches, lr=0.05, activation_images=4, perturb=1e-7,
-                                 recipe={"batch_size": BATCH, "resize": 32, "seed": 0})
+    tensors, meta = trace.record(
+        oracle,
+        model,
+        batches,
+        lr=0.05,
+        activation_images=4,
+        perturb=1e-7,
+        recipe={"batch_size": BATCH, "resize": 32, "seed": 0},
+    )
     path = trace.save(tmp_path / "p.safetensors", tensors, meta)
     result = compare.compare([numpy_trace, path])
     assert list(result.diffs) == ["numpy-perturbed"]
@@ -480,5 +580,7 @@ def test_readme_conventions_table_is_the_generated_one():
     the table a reader sees cannot drift from what the backend modules declare."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     table = conventions.format_table(conventions.collect(), markdown=True).strip()
-    assert table in readme, ("README.md's conventions table is not `resnet-multi conventions --markdown`'s "
-                             "output: paste the command's output into the README")
+    assert table in readme, (
+        "README.md's conventions table is not `resnet-multi conventions --markdown`'s "
+        "output: paste the command's output into the README"
+    )

@@ -5,25 +5,24 @@ steps give the NumPy reference's per-step losses.
 Tiny nets (the chapter's ResNet-18 at width 8, 32x32 inputs) on slices of the
 bundled subset, so that the NumPy reference runs them in seconds.
 """
+
 import json
 
 import numpy as np
 import pytest
-
 from cases import BACKEND_CASES
 from helpers import first, kink_free_batch, random_weights
-from resnet_multi import data, train, weights as canonical
+
+from resnet_multi import data, train
+from resnet_multi import weights as canonical
 
 TINY = dict(width=8)
 SIZE = 32
 
 
-
-
 def small_fit(backend, device, ds, *, seed=0, epochs=3, **kwargs):
     model = backend.build("d2l-resnet18", device=device, seed=seed, **TINY)
-    history = train.fit(backend, model, ds, epochs=epochs, lr=0.05, batch_size=32, resize=SIZE,
-                        seed=seed, **kwargs)
+    history = train.fit(backend, model, ds, epochs=epochs, lr=0.05, batch_size=32, resize=SIZE, seed=seed, **kwargs)
     return model, history
 
 
@@ -83,8 +82,9 @@ def test_resume_equals_uninterrupted(backend, device, subset, tmp_path, monkeypa
 
     # A fresh process would build the net from another seed: resume must not care.
     model = backend.build("d2l-resnet18", device=device, seed=5, **TINY)
-    resumed = train.fit(backend, model, ds, epochs=3, lr=0.05, batch_size=32, resize=SIZE, seed=0,
-                        out=tmp_path / "run", resume=True)
+    resumed = train.fit(
+        backend, model, ds, epochs=3, lr=0.05, batch_size=32, resize=SIZE, seed=0, out=tmp_path / "run", resume=True
+    )
     assert _without_timings(resumed) == _without_timings(full)
     got, want = backend.get_weights(model), backend.get_weights(full_model)
     for name in want:
@@ -108,8 +108,17 @@ def test_run_directory_is_protected(backend, device, subset, tmp_path):
     with pytest.raises(train.RunError, match="already holds a run"):
         small_fit(backend, device, ds, epochs=1, out=tmp_path)
     with pytest.raises(train.RunError, match=r"lr: checkpoint has 0.05, this run 0.1"):
-        train.fit(backend, backend.build("d2l-resnet18", device=device, **TINY), ds, epochs=2, lr=0.1,
-                  batch_size=32, resize=SIZE, out=tmp_path, resume=True)
+        train.fit(
+            backend,
+            backend.build("d2l-resnet18", device=device, **TINY),
+            ds,
+            epochs=2,
+            lr=0.1,
+            batch_size=32,
+            resize=SIZE,
+            out=tmp_path,
+            resume=True,
+        )
     with pytest.raises(train.RunError, match="data"):
         small_fit(backend, device, first(subset, 64, 16), epochs=2, out=tmp_path, resume=True)
     with pytest.raises(train.RunError, match="nothing to resume"):
@@ -127,8 +136,12 @@ def test_weights_give_the_same_accuracy_on_the_reference(backend, device, subset
     ref = oracle.build(canonical.read_arch(tmp_path / train.FINAL_WEIGHTS))
     oracle.load_weights(ref, tmp_path / train.FINAL_WEIGHTS)
     mine = train.predict(backend, model, ds.test_images, resize=SIZE)
-    logits = np.concatenate([oracle.forward64(ref, x) for x, _ in data.iterate_batches(
-        ds.test_images, ds.test_labels, 256, shuffle=False, resize=SIZE)])
+    logits = np.concatenate(
+        [
+            oracle.forward64(ref, x)
+            for x, _ in data.iterate_batches(ds.test_images, ds.test_labels, 256, shuffle=False, resize=SIZE)
+        ]
+    )
     top2 = np.sort(logits, axis=1)[:, -2:]
     near_tie = (top2[:, 1] - top2[:, 0]) < 1e-4 * np.abs(logits).max()
     assert np.array_equal(mine[~near_tie], logits.argmax(axis=1)[~near_tie])
@@ -138,8 +151,7 @@ def test_weights_give_the_same_accuracy_on_the_reference(backend, device, subset
     # and back: the reference's weights in this backend
     other = backend.build("d2l-resnet18", device=device, seed=9, **TINY)
     backend.set_weights(other, oracle.get_weights(ref))
-    assert np.array_equal(train.predict(backend, other, ds.test_images, resize=SIZE)[~near_tie],
-                          mine[~near_tie])
+    assert np.array_equal(train.predict(backend, other, ds.test_images, resize=SIZE)[~near_tie], mine[~near_tie])
 
 
 # Training parity ---------------------------------------------------------------------------

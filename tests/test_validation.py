@@ -5,6 +5,7 @@ in the issue that listed them.
 Tiny settings throughout: the chapter's ResNet-18 at width 4, 16x16 images (its last
 stage then sees 1x1), 32 images, so that the NumPy reference trains in seconds.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from cases import BACKEND_CASES
 
-from resnet_multi import data, memory, train, validate
+from resnet_multi import data, memory, train
 from resnet_multi import weights as canonical
 from resnet_multi.backend import load_backend
 from resnet_multi.cli import main
@@ -31,8 +32,21 @@ from resnet_multi.spec import get_arch
 SIZE = 16
 TINY = dict(width=4)
 SPEC = get_arch("d2l-resnet18", **TINY)
-CLI_TINY = ["--preset", "quick", "--width", "4", "--resize", str(SIZE), "--limit", "32", "--batch-size", "16",
-            "--epochs", "1", "--no-progress"]
+CLI_TINY = [
+    "--preset",
+    "quick",
+    "--width",
+    "4",
+    "--resize",
+    str(SIZE),
+    "--limit",
+    "32",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--no-progress",
+]
 # The CLI names a backend; the eager variants would run the same commands again.
 CLI_CASES = [c for c in BACKEND_CASES if not c.id.endswith("-eager")]
 SELECTED = {c.values[0].name for c in BACKEND_CASES if c.values[0] is not None}
@@ -41,14 +55,14 @@ SELECTED = {c.values[0].name for c in BACKEND_CASES if c.values[0] is not None}
 @pytest.fixture(scope="module")
 def tiny_data():
     ds = data.load_fashion_mnist(subset=True)
-    return data.Dataset(ds.train_images[:32], ds.train_labels[:32], ds.test_images[:32], ds.test_labels[:32],
-                        ds.source)
+    return data.Dataset(ds.train_images[:32], ds.train_labels[:32], ds.test_images[:32], ds.test_labels[:32], ds.source)
 
 
 def fit(backend, device, ds, out=None, *, epochs=1, **kwargs):
     model = backend.build("d2l-resnet18", device=device, **TINY)
-    return model, train.fit(backend, model, ds, epochs=epochs, lr=0.05, batch_size=16, resize=SIZE, seed=0,
-                            out=out, **kwargs)
+    return model, train.fit(
+        backend, model, ds, epochs=epochs, lr=0.05, batch_size=16, resize=SIZE, seed=0, out=out, **kwargs
+    )
 
 
 def run(capsys, *argv):
@@ -73,8 +87,11 @@ def write_raw(path, tensors, metadata):
 
 
 def good_metadata(spec=SPEC, **changes):
-    meta = {"format": canonical.FORMAT, "arch": json.dumps(dataclasses.asdict(spec)),
-            "preprocess": json.dumps(data.preprocessing(SIZE))}
+    meta = {
+        "format": canonical.FORMAT,
+        "arch": json.dumps(dataclasses.asdict(spec)),
+        "preprocess": json.dumps(data.preprocessing(SIZE)),
+    }
     meta.update(changes)
     return {k: v for k, v in meta.items() if v is not None}
 
@@ -98,8 +115,19 @@ def test_non_finite_weights_are_refused(backend, device, damage, tmp_path, capsy
     model = backend.build("d2l-resnet18", device=device, **TINY)
     with pytest.raises(canonical.WeightsError, match=rf"{name} \((NaN/Inf|negative variance)\)"):
         backend.load_weights(model, path)
-    code, out, err = run(capsys, "evaluate", "--backend", backend.name, "--device", device, "--weights", path,
-                         "--subset", "--limit", "32")
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        "--backend",
+        backend.name,
+        "--device",
+        device,
+        "--weights",
+        path,
+        "--subset",
+        "--limit",
+        "32",
+    )
     assert code == 1 and name in err and "earlier checkpoint" in err and one_line(err), err
     assert out == ""
     # and nothing writes such a file
@@ -157,8 +185,21 @@ def test_non_finite_weights_are_not_checkpointed(backend, device, tiny_data, tmp
 
 @pytest.mark.parametrize("backend, device", CLI_CASES)
 def test_diverging_lr_exits_non_zero(backend, device, tmp_path, capsys):
-    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *CLI_TINY,
-                         "--epochs", "3", "--lr", "1e6", "--out", tmp_path / "run")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--backend",
+        backend.name,
+        "--device",
+        device,
+        *CLI_TINY,
+        "--epochs",
+        "3",
+        "--lr",
+        "1e6",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 1 and "training diverged" in err and "lower --lr" in err and one_line(err), err
     assert out == ""
     assert not (tmp_path / "run" / train.FINAL_WEIGHTS).exists()
@@ -168,8 +209,7 @@ def test_diverging_lr_exits_non_zero(backend, device, tmp_path, capsys):
 @pytest.mark.parametrize("backend, device", CLI_CASES)
 def test_weights_carry_their_resolution(backend, device, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *CLI_TINY,
-                         "--out", run_dir)
+    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *CLI_TINY, "--out", run_dir)
     assert code == 0, err
     test_acc = out.split("test acc ")[1].split()[0]
     recorded = canonical.read_metadata(run_dir / train.FINAL_WEIGHTS)
@@ -184,8 +224,9 @@ def test_weights_carry_their_resolution(backend, device, tmp_path, capsys):
     assert out.startswith(f"test acc {test_acc} on 32 images") and f"{SIZE}x{SIZE}" in out, out
     assert err == ""
     # told otherwise: it does so, and says what the weights were trained at
-    code, out, err = run(capsys, "evaluate", "--backend", "numpy", "--weights", alone, "--subset",
-                         "--limit", "32", "--resize", "24")
+    code, out, err = run(
+        capsys, "evaluate", "--backend", "numpy", "--weights", alone, "--subset", "--limit", "32", "--resize", "24"
+    )
     assert code == 0 and "24x24" in out and "trained at 16x16" in err, (out, err)
 
 
@@ -202,8 +243,9 @@ def test_recorded_normalisation_is_applied(tmp_path):
     images = data.load_fashion_mnist(subset=True).test_images[:8]
     norm = {"resize": SIZE, "scale": 1 / 255, "mean": 0.5, "std": 0.25}
     got = train.predict(backend, model, images, resize=SIZE, normalize=norm)
-    x = np.concatenate([xb for xb, _ in data.iterate_batches(images, np.zeros(8, np.int64), 8, shuffle=False,
-                                                              resize=SIZE)])
+    x = np.concatenate(
+        [xb for xb, _ in data.iterate_batches(images, np.zeros(8, np.int64), 8, shuffle=False, resize=SIZE)]
+    )
     want = backend.forward(model, ((x - 0.5) / 0.25).astype(np.float32)).argmax(axis=1)
     np.testing.assert_array_equal(got, want)
     plain = train.predict(backend, model, images, resize=SIZE)
@@ -269,8 +311,10 @@ BAD_METADATA = {
     "bad-bn": (dict(arch=_arch(bn={"eps": 1e-5})), "missing key(s) 'momentum'"),
     "nan-eps": (dict(arch=_arch(bn={"eps": float("nan"), "momentum": 0.1})), "must be a finite number"),
     "combination": (dict(arch=_arch(preact=True, zero_init_last_bn=True)), "zero_init_last_bn"),
-    "bad-preprocess": (dict(preprocess=json.dumps({"resize": -3, "scale": 1, "mean": 0, "std": 1})),
-                       "metadata.preprocess.resize: must be at least 1"),
+    "bad-preprocess": (
+        dict(preprocess=json.dumps({"resize": -3, "scale": 1, "mean": 0, "std": 1})),
+        "metadata.preprocess.resize: must be at least 1",
+    ),
 }
 
 
@@ -295,8 +339,9 @@ def test_oversized_network_is_refused_before_allocating(tmp_path, capsys):
 
 
 def test_memory_limit_is_a_flag(tmp_path, capsys):
-    path = canonical.save_weights(tmp_path / "w.safetensors", canonical.init_weights(SPEC), SPEC,
-                                  preprocess=data.preprocessing(SIZE))
+    path = canonical.save_weights(
+        tmp_path / "w.safetensors", canonical.init_weights(SPEC), SPEC, preprocess=data.preprocessing(SIZE)
+    )
     args = ["evaluate", "--backend", "numpy", "--weights", path, "--subset", "--limit", "8"]
     code, out, err = run(capsys, *args, "--max-memory", "0.0001")
     assert code == 2 and "above the limit of 0.0 GiB" in err and one_line(err), err
@@ -359,8 +404,9 @@ def test_corrupt_checkpoint_says_what_is_still_usable(backend, device, tmp_path,
     assert "not valid JSON" in err and "delete" not in err
     assert "(epoch-001.safetensors, weights.safetensors)" in err and "can still be evaluated" in err, err
     # as it says: the weights still evaluate
-    code, stdout, err = run(capsys, "evaluate", "--backend", "numpy", "--weights", out / train.FINAL_WEIGHTS,
-                            "--subset", "--limit", "32")
+    code, stdout, err = run(
+        capsys, "evaluate", "--backend", "numpy", "--weights", out / train.FINAL_WEIGHTS, "--subset", "--limit", "32"
+    )
     assert code == 0 and stdout.startswith("test acc") and "ignoring" in err, err
 
 
@@ -369,9 +415,11 @@ def test_history_file_is_checked(tiny_data, tmp_path):
     _, history = fit(load_backend("numpy"), "cpu", tiny_data, out)
     assert train.read_history(out / train.HISTORY) == history
     doc = json.loads((out / train.HISTORY).read_text())
-    for damage, message in ((lambda d: d.update(train_acc=[1.5]), "train_acc[0]: must be at most 1"),
-                            (lambda d: d.pop("curve"), "missing key(s) 'curve'"),
-                            (lambda d: d.update(epoch=[1, 2]), "must each have 2 entries: train_loss has 1")):
+    for damage, message in (
+        (lambda d: d.update(train_acc=[1.5]), "train_acc[0]: must be at most 1"),
+        (lambda d: d.pop("curve"), "missing key(s) 'curve'"),
+        (lambda d: d.update(epoch=[1, 2]), "must each have 2 entries: train_loss has 1"),
+    ):
         broken = json.loads(json.dumps(doc))
         damage(broken)
         (out / train.HISTORY).write_text(json.dumps(broken))
@@ -388,10 +436,15 @@ def test_summary_of_a_huge_input_is_refused(capsys):
     assert code == 2 and "needs at least" in err and "--max-memory" in err and one_line(err), err
 
 
-@pytest.mark.parametrize("command", [["bench", "--backend", "numpy", "--size", "50000", "--no-textbook"],
-                                     ["trace", "--backend", "numpy", "--resize", "50000"],
-                                     ["bench", "--backend", "numpy", "--size", "64", "--max-memory", "0.001"]],
-                         ids=["bench", "trace", "bench-limit"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench", "--backend", "numpy", "--size", "50000", "--no-textbook"],
+        ["trace", "--backend", "numpy", "--resize", "50000"],
+        ["bench", "--backend", "numpy", "--size", "64", "--max-memory", "0.001"],
+    ],
+    ids=["bench", "trace", "bench-limit"],
+)
 def test_bench_and_trace_refuse_what_would_not_fit_before_allocating(capsys, command):
     code, out, err = run(capsys, *command)
     assert code == 2 and "needs at least" in err and "--max-memory" in err and one_line(err), err
@@ -404,8 +457,11 @@ def test_torch_module_checks_dtype_device_and_type():
     from resnet_multi import torch as rt
 
     net = rt.net("d2l-resnet18", **TINY).eval()
-    with pytest.raises(TypeError, match=r"expected torch.float32 input .* got torch.float64; convert with "
-                                        r"x.to\(torch.float32\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"expected torch.float32 input .* got torch.float64; convert with "
+        r"x.to\(torch.float32\)",
+    ):
         net(torch.zeros(2, 1, 32, 32, dtype=torch.float64))
     with pytest.raises(TypeError, match="expected a torch.Tensor, got ndarray"):
         net(np.zeros((2, 1, 32, 32), np.float32))
@@ -423,18 +479,21 @@ def _native_tensor(name):
     """(a function NumPy NCHW -> that framework's tensor in its layout, call(module, x))."""
     if name == "tf":
         import tensorflow as tf
-        return (lambda a: tf.constant(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a),
-                lambda m, x: m(x, training=False))
+
+        return (lambda a: tf.constant(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a), lambda m, x: m(x, training=False))
     if name == "jax":
         import jax.numpy as jnp
+
         # jnp.asarray itself turns float64 into float32 (without jax_enable_x64), so a float64
         # batch reaches a module as the NumPy array the caller holds
         nhwc = lambda a: a.transpose(0, 2, 3, 1) if a.ndim == 4 else a  # noqa: E731
         return (lambda a: nhwc(a) if a.dtype == np.float64 else jnp.asarray(nhwc(a))), lambda m, x: m(x)
-    convert = {"torch": lambda a: __import__("torch").as_tensor(a),
-               "mxnet": lambda a: __import__("mxnet").np.array(a, dtype=a.dtype),
-               "paddle": lambda a: __import__("paddle").to_tensor(a),
-               "mindspore": lambda a: __import__("mindspore").Tensor(a)}[name]
+    convert = {
+        "torch": lambda a: __import__("torch").as_tensor(a),
+        "mxnet": lambda a: __import__("mxnet").np.array(a, dtype=a.dtype),
+        "paddle": lambda a: __import__("paddle").to_tensor(a),
+        "mindspore": lambda a: __import__("mindspore").Tensor(a),
+    }[name]
     return convert, lambda m, x: m(x)
 
 
@@ -468,6 +527,7 @@ def test_framework_module_refuses_wrong_dtype_channels_and_rank(backend, device)
 
 def test_numpy_block_names_itself_on_wrong_channels():
     from resnet_multi import numpy as rn
+
     with pytest.raises(ValueError, match=r"Residual\(3 -> 6\) expects 3 channel\(s\) on axis 1 \(NCHW\), got 5"):
         rn.Residual(3, 6, use_1x1conv=True, strides=2)(np.zeros((2, 5, 6, 6)))
 
@@ -489,8 +549,9 @@ def test_unwritable_out_is_refused_before_training(backend, device, tmp_path, ca
     calls = _count_steps(monkeypatch, load_backend(backend.name))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *CLI_TINY,
-                         "--out", blocker / "run")
+    code, out, err = run(
+        capsys, "train", "--backend", backend.name, "--device", device, *CLI_TINY, "--out", blocker / "run"
+    )
     assert code == 1 and "cannot write the run directory" in err and one_line(err), err
     assert calls == []
 
@@ -548,10 +609,18 @@ def test_read_only_out_is_refused_before_training(tiny_data, tmp_path, monkeypat
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
 def test_last_batch_of_one_is_refused_before_training(backend, device, tiny_data, tmp_path, monkeypatch):
     calls = _count_steps(monkeypatch, backend)
-    ds = data.Dataset(tiny_data.train_images[:17], tiny_data.train_labels[:17], tiny_data.test_images,
-                      tiny_data.test_labels, "17 images")
-    with pytest.raises(ValueError, match=r"batch size 16 leaves a last batch of 1 of the 17 training images.*"
-                                         r"e\.g\. 15"):
+    ds = data.Dataset(
+        tiny_data.train_images[:17],
+        tiny_data.train_labels[:17],
+        tiny_data.test_images,
+        tiny_data.test_labels,
+        "17 images",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"batch size 16 leaves a last batch of 1 of the 17 training images.*"
+        r"e\.g\. 15",
+    ):
         fit(backend, device, ds, tmp_path / "run")
     assert calls == [] and not (tmp_path / "run").exists()
     # at 64x64 the last stage sees 2x2: a batch of one has 4 values per channel and trains,
@@ -570,8 +639,19 @@ def test_last_batch_of_one_is_refused_before_training(backend, device, tiny_data
 
 @pytest.mark.parametrize("backend, device", CLI_CASES)
 def test_last_batch_of_one_via_the_cli(backend, device, capsys, tmp_path):
-    code, out, err = run(capsys, "train", "--backend", backend.name, "--device", device, *CLI_TINY,
-                         "--limit", "17", "--out", tmp_path / "run")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--backend",
+        backend.name,
+        "--device",
+        device,
+        *CLI_TINY,
+        "--limit",
+        "17",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 2 and "leaves a last batch of 1" in err and one_line(err), err
 
 
@@ -589,6 +669,7 @@ def test_ctrl_c_message_is_true(backend, device, tmp_path, capsys, monkeypatch):
             if len(calls) == n:
                 raise KeyboardInterrupt
             return step(*args, **kwargs)
+
         return crashing
 
     monkeypatch.setattr(real, "train_step", interrupt_at(1))  # in epoch 1
@@ -609,8 +690,11 @@ def test_ctrl_c_message_is_true(backend, device, tmp_path, capsys, monkeypatch):
 def test_run_files(backend, device, tiny_data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    stale = [out / ".epoch-001.safetensors.k2j3h4.tmp", out / f".{train.CHECKPOINT}.x7.tmp",
-             out / f".{train.FINAL_WEIGHTS}.123.link.tmp"]
+    stale = [
+        out / ".epoch-001.safetensors.k2j3h4.tmp",
+        out / f".{train.CHECKPOINT}.x7.tmp",
+        out / f".{train.FINAL_WEIGHTS}.123.link.tmp",
+    ]
     for path in stale:
         path.write_bytes(b"half a file")
     not_ours = out / ".notes.txt.tmp"
@@ -624,7 +708,9 @@ def test_run_files(backend, device, tiny_data, tmp_path):
     final, last = out / train.FINAL_WEIGHTS, out / "epoch-002.safetensors"
     assert os.path.samefile(final, last) or final.read_bytes() == last.read_bytes()
     if os.path.samefile(final, last):
-        assert sum(1 for p in out.iterdir() if p.suffix == ".safetensors" and p.stat().st_ino == last.stat().st_ino) == 2
+        assert (
+            sum(1 for p in out.iterdir() if p.suffix == ".safetensors" and p.stat().st_ino == last.stat().st_ino) == 2
+        )
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["epoch-002.safetensors", train.FINAL_WEIGHTS]
     for name in (train.CHECKPOINT, train.HISTORY, train.PLOT, train.FINAL_WEIGHTS):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o640, name
@@ -653,14 +739,21 @@ print(hashlib.sha256(path.read_bytes()).hexdigest())
 def test_same_tensors_give_the_same_bytes(tmp_path):
     """safetensors orders metadata from a hash map seeded per process: four processes,
     one SHA-256."""
-    digests = {subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(tmp_path / f"{i}.safetensors")],
-                              capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
-                              ).stdout.strip() for i in range(4)}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", SAVE_SCRIPT, str(tmp_path / f"{i}.safetensors")],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parents[1],
+        ).stdout.strip()
+        for i in range(4)
+    }
     assert len(digests) == 1
     path = tmp_path / "0.safetensors"
     assert hashlib.sha256(path.read_bytes()).hexdigest() in digests
     n = int.from_bytes(path.read_bytes()[:8], "little")
-    header = json.loads(path.read_bytes()[8:8 + n])
+    header = json.loads(path.read_bytes()[8 : 8 + n])
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])
     loaded = canonical.load_weights(path, SPEC)  # still a valid file, with the same tensors
     for name, value in canonical.init_weights(SPEC, 3).items():

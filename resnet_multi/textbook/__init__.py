@@ -27,6 +27,7 @@ Every module offers the same small interface:
 ``fit`` vs ``run_eagerly``; MindSpore jit vs PyNative; JAX jit vs op by op); the others run as the
 chapter writes them either way.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -14,6 +14,7 @@ here a plain ``nn.Module`` (d2l's classifier adds only the training plumbing, wr
 out in ``trainer``); the chapter's ``arch`` tuple and ``block`` / ``create_net``
 methods are kept.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,21 +32,19 @@ train_state = require("flax.training.train_state", "jax")
 LAYOUT = "NHWC"
 
 
-class Residual(nn.Module):  #@save
+class Residual(nn.Module):  # @save
     """The Residual block of ResNet models."""
+
     num_channels: int
     use_1x1conv: bool = False
     strides: tuple = (1, 1)
     training: bool = True
 
     def setup(self):
-        self.conv1 = nn.Conv(self.num_channels, kernel_size=(3, 3),
-                             padding='same', strides=self.strides)
-        self.conv2 = nn.Conv(self.num_channels, kernel_size=(3, 3),
-                             padding='same')
+        self.conv1 = nn.Conv(self.num_channels, kernel_size=(3, 3), padding="same", strides=self.strides)
+        self.conv2 = nn.Conv(self.num_channels, kernel_size=(3, 3), padding="same")
         if self.use_1x1conv:
-            self.conv3 = nn.Conv(self.num_channels, kernel_size=(1, 1),
-                                 strides=self.strides)
+            self.conv3 = nn.Conv(self.num_channels, kernel_size=(1, 1), strides=self.strides)
         else:
             self.conv3 = None
         self.bn1 = nn.BatchNorm(not self.training)
@@ -73,18 +72,20 @@ class ResNet(nn.Module):
         return self.net(X)
 
     def b1(self):
-        return nn.Sequential([
-            nn.Conv(self.width, kernel_size=(7, 7), strides=(2, 2), padding='same'),
-            nn.BatchNorm(not self.training), nn.relu,
-            lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2),
-                                  padding='same')])
+        return nn.Sequential(
+            [
+                nn.Conv(self.width, kernel_size=(7, 7), strides=(2, 2), padding="same"),
+                nn.BatchNorm(not self.training),
+                nn.relu,
+                lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="same"),
+            ]
+        )
 
     def block(self, num_residuals, num_channels, first_block=False):
         blk = []
         for i in range(num_residuals):
             if i == 0 and not first_block:
-                blk.append(Residual(num_channels, use_1x1conv=True,
-                                    strides=(2, 2), training=self.training))
+                blk.append(Residual(num_channels, use_1x1conv=True, strides=(2, 2), training=self.training))
             else:
                 blk.append(Residual(num_channels, training=self.training))
         return nn.Sequential(blk)
@@ -93,17 +94,24 @@ class ResNet(nn.Module):
         net = nn.Sequential([self.b1()])
         for i, b in enumerate(self.arch):
             net.layers.extend([self.block(*b, first_block=(i == 0))])
-        net.layers.extend([nn.Sequential([
-            # Flax does not provide a GlobalAvg2D layer
-            lambda x: nn.avg_pool(x, window_shape=x.shape[1:3],
-                                  strides=x.shape[1:3], padding='valid'),
-            lambda x: x.reshape((x.shape[0], -1)),
-            nn.Dense(self.num_classes)])])
+        net.layers.extend(
+            [
+                nn.Sequential(
+                    [
+                        # Flax does not provide a GlobalAvg2D layer
+                        lambda x: nn.avg_pool(x, window_shape=x.shape[1:3], strides=x.shape[1:3], padding="valid"),
+                        lambda x: x.reshape((x.shape[0], -1)),
+                        nn.Dense(self.num_classes),
+                    ]
+                )
+            ]
+        )
         return net
 
 
 class TrainState(train_state.TrainState):
     """d2l's JAX state: parameters, optimizer state and the BN statistics."""
+
     batch_stats: Any
 
 
@@ -131,25 +139,31 @@ def idiom(eager: bool = False) -> str:
 
 
 def trainer(model: Net, lr: float, eager: bool = False):
-    model.state = TrainState.create(apply_fn=model.module.apply, params=model.variables["params"],
-                                    tx=optax.sgd(lr), batch_stats=model.variables["batch_stats"])
+    model.state = TrainState.create(
+        apply_fn=model.module.apply,
+        params=model.variables["params"],
+        tx=optax.sgd(lr),
+        batch_stats=model.variables["batch_stats"],
+    )
 
     def loss(params, state, X, y):
-        Y_hat, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
-                                        X, mutable=['batch_stats'])
+        Y_hat, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, X, mutable=["batch_stats"]
+        )
         l = optax.softmax_cross_entropy_with_integer_labels(Y_hat, y).mean()
         return l, (Y_hat, updates)
 
     def train_step(state, X, y):
         (l, (Y_hat, updates)), grads = jax.value_and_grad(loss, has_aux=True)(state.params, state, X, y)
         state = state.apply_gradients(grads=grads)
-        return state.replace(batch_stats=updates['batch_stats']), l, Y_hat
+        return state.replace(batch_stats=updates["batch_stats"]), l, Y_hat
 
     compiled = train_step if eager else jax.jit(train_step)
 
     def step(X, y):
         model.state, l, Y_hat = compiled(model.state, jnp.asarray(X), jnp.asarray(y, jnp.int32))
         return float(l), np.asarray(Y_hat)
+
     return step
 
 
@@ -157,15 +171,19 @@ def predictor(model: Net, eager: bool = False):
     inference = model.module.clone(training=False)
 
     def forward(params, batch_stats, X):
-        return inference.apply({'params': params, 'batch_stats': batch_stats}, X)
+        return inference.apply({"params": params, "batch_stats": batch_stats}, X)
 
     compiled = forward if eager else jax.jit(forward)
 
     def predict(X):
         state = model.state
-        params, stats = (state.params, state.batch_stats) if state is not None else \
-            (model.variables["params"], model.variables["batch_stats"])
+        params, stats = (
+            (state.params, state.batch_stats)
+            if state is not None
+            else (model.variables["params"], model.variables["batch_stats"])
+        )
         return np.asarray(compiled(params, stats, jnp.asarray(X)))
+
     return predict
 
 

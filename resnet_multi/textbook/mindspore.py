@@ -13,6 +13,7 @@ default, the same step compiled with ``mindspore.jit``.
 Changes to run here: ``width`` replaces the chapter's literal 64/128/256/512 (the
 default is the chapter's), and ``net`` seeds MindSpore's generator.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,10 +29,10 @@ LAYOUT = "NCHW"
 class Residual(nn.Cell):
     def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
         super().__init__()
-        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, stride=strides,
-                               pad_mode='pad', padding=1, has_bias=True)
-        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, pad_mode='pad', padding=1,
-                               has_bias=True)
+        self.conv1 = nn.Conv2d(
+            input_channels, num_channels, kernel_size=3, stride=strides, pad_mode="pad", padding=1, has_bias=True
+        )
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, pad_mode="pad", padding=1, has_bias=True)
         if use_1x1conv:
             self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides, has_bias=True)
         else:
@@ -62,16 +63,19 @@ def net(width: int = 64, device: str = "cpu", seed: int = 0):
         raise ValueError("the textbook MindSpore baseline runs on cpu only here")
     ms.set_seed(seed)
     w = width  # the chapter: 64
-    b1 = nn.SequentialCell([nn.Conv2d(1, w, kernel_size=7, stride=2, pad_mode='pad', padding=3, has_bias=True),
-                            nn.BatchNorm2d(w), nn.ReLU(),
-                            nn.MaxPool2d(kernel_size=3, stride=2, pad_mode='pad', padding=1)])
+    b1 = nn.SequentialCell(
+        [
+            nn.Conv2d(1, w, kernel_size=7, stride=2, pad_mode="pad", padding=3, has_bias=True),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1),
+        ]
+    )
     b2 = nn.SequentialCell(resnet_block(w, w, 2, first_block=True))
     b3 = nn.SequentialCell(resnet_block(w, 2 * w, 2))
     b4 = nn.SequentialCell(resnet_block(2 * w, 4 * w, 2))
     b5 = nn.SequentialCell(resnet_block(4 * w, 8 * w, 2))
-    return nn.SequentialCell([b1, b2, b3, b4, b5,
-                              nn.AdaptiveAvgPool2d((1, 1)),
-                              nn.Flatten(), nn.Dense(8 * w, 10)])
+    return nn.SequentialCell([b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Dense(8 * w, 10)])
 
 
 def idiom(eager: bool = False) -> str:
@@ -99,6 +103,7 @@ def trainer(model, lr: float, eager: bool = False):
         model.set_train(True)
         loss, logits = compiled(ms.Tensor(X), ms.Tensor(y.astype(np.int32)))
         return float(loss.asnumpy()), logits.asnumpy()
+
     return step
 
 
@@ -111,6 +116,7 @@ def predictor(model, eager: bool = False):
     def predict(X):
         model.set_train(False)
         return compiled(ms.Tensor(X)).asnumpy()
+
     return predict
 
 

@@ -10,6 +10,7 @@ Not hybridized, as in the chapter: its ``Residual`` is an ``nn.Block`` and
 Changes to run here: ``width`` replaces the chapter's literal 64/128/256/512 (the
 default is the chapter's), and ``net`` seeds MXNet's generator and initializes.
 """
+
 from __future__ import annotations
 
 import numpy as onp
@@ -25,8 +26,9 @@ npx.set_np()
 LAYOUT = "NCHW"
 
 
-class Residual(nn.Block):  #@save
+class Residual(nn.Block):  # @save
     """The Residual block of ResNet models."""
+
     def __init__(self, num_channels, use_1x1conv=False, strides=1, **kwargs):
         super().__init__(**kwargs)
         self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides)
@@ -62,13 +64,15 @@ def net(width: int = 64, device: str = "cpu", seed: int = 0):
     mx.random.seed(seed)
     w = width  # the chapter: 64
     model = nn.Sequential()
-    model.add(nn.Conv2D(w, kernel_size=7, strides=2, padding=3),
-              nn.BatchNorm(), nn.Activation('relu'),
-              nn.MaxPool2D(pool_size=3, strides=2, padding=1))
-    model.add(resnet_block(w, 2, first_block=True),
-              resnet_block(2 * w, 2),
-              resnet_block(4 * w, 2),
-              resnet_block(8 * w, 2))
+    model.add(
+        nn.Conv2D(w, kernel_size=7, strides=2, padding=3),
+        nn.BatchNorm(),
+        nn.Activation("relu"),
+        nn.MaxPool2D(pool_size=3, strides=2, padding=1),
+    )
+    model.add(
+        resnet_block(w, 2, first_block=True), resnet_block(2 * w, 2), resnet_block(4 * w, 2), resnet_block(8 * w, 2)
+    )
     model.add(nn.GlobalAvgPool2D(), nn.Dense(10))
     model.initialize(force_reinit=True, ctx=npx.cpu(), init=init.Xavier())  # train_ch6's
     return model
@@ -87,19 +91,21 @@ def trainer(model, lr: float, eager: bool = False):
         X, y = np.array(X), np.array(y)
         if sgd is None:
             model(X)  # infers the input channels (an inference pass: BN statistics untouched)
-            sgd = gluon.Trainer(model.collect_params(), 'sgd', {'learning_rate': lr})
+            sgd = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
         with autograd.record():
             y_hat = model(X)
             l = loss(y_hat, y)
         l.backward()
         sgd.step(X.shape[0])
         return float(l.mean()), y_hat.asnumpy()
+
     return step
 
 
 def predictor(model, eager: bool = False):
     def predict(X):
         return model(np.array(X)).asnumpy()
+
     return predict
 
 

@@ -7,6 +7,7 @@ does not use it), so ``eager`` changes nothing here.
 Changes to run here: ``width`` replaces the chapter's literal 64/128/256/512 (the
 default is the chapter's), and ``net`` seeds Paddle's generator.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,9 +21,9 @@ F = paddle.nn.functional
 LAYOUT = "NCHW"
 
 
-class Residual(nn.Layer):  #@save
+class Residual(nn.Layer):  # @save
     def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
-        super(Residual, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2D(input_channels, num_channels, kernel_size=3, padding=1, stride=strides)
         self.conv2 = nn.Conv2D(num_channels, num_channels, kernel_size=3, padding=1)
         if use_1x1conv:
@@ -57,16 +58,17 @@ def net(width: int = 64, device: str = "cpu", seed: int = 0):
         raise ValueError("the textbook Paddle baseline runs on cpu only here")
     paddle.seed(seed)
     w = width  # the chapter: 64
-    b1 = nn.Sequential(nn.Conv2D(1, w, kernel_size=7, stride=2, padding=3),
-                       nn.BatchNorm2D(w), nn.ReLU(),
-                       nn.MaxPool2D(kernel_size=3, stride=2, padding=1))
+    b1 = nn.Sequential(
+        nn.Conv2D(1, w, kernel_size=7, stride=2, padding=3),
+        nn.BatchNorm2D(w),
+        nn.ReLU(),
+        nn.MaxPool2D(kernel_size=3, stride=2, padding=1),
+    )
     b2 = nn.Sequential(*resnet_block(w, w, 2, first_block=True))
     b3 = nn.Sequential(*resnet_block(w, 2 * w, 2))
     b4 = nn.Sequential(*resnet_block(2 * w, 4 * w, 2))
     b5 = nn.Sequential(*resnet_block(4 * w, 8 * w, 2))
-    return nn.Sequential(b1, b2, b3, b4, b5,
-                         nn.AdaptiveAvgPool2D((1, 1)),
-                         nn.Flatten(), nn.Linear(8 * w, 10))
+    return nn.Sequential(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2D((1, 1)), nn.Flatten(), nn.Linear(8 * w, 10))
 
 
 def idiom(eager: bool = False) -> str:
@@ -86,6 +88,7 @@ def trainer(model, lr: float, eager: bool = False):
         l.backward()
         optimizer.step()
         return float(l), y_hat.detach().numpy()
+
     return step
 
 
@@ -94,6 +97,7 @@ def predictor(model, eager: bool = False):
         model.eval()
         with paddle.no_grad():
             return model(paddle.to_tensor(np.ascontiguousarray(X))).numpy()
+
     return predict
 
 

@@ -14,6 +14,7 @@ Changes to run here: ``ResnetBlock`` keeps its blocks in a plain list and iterat
 over it; the chapter's ``self.residual_layers.layers`` raises AttributeError on Keras 3.
 ``width`` replaces the chapter's literal 64/128/256/512 (the default is the chapter's).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,12 +26,13 @@ tf = require("tensorflow", "tf")
 LAYOUT = "NHWC"
 
 
-class Residual(tf.keras.Model):  #@save
+class Residual(tf.keras.Model):  # @save
     """The Residual block of ResNet models."""
+
     def __init__(self, num_channels, use_1x1conv=False, strides=1):
         super().__init__()
-        self.conv1 = tf.keras.layers.Conv2D(num_channels, padding='same', kernel_size=3, strides=strides)
-        self.conv2 = tf.keras.layers.Conv2D(num_channels, kernel_size=3, padding='same')
+        self.conv1 = tf.keras.layers.Conv2D(num_channels, padding="same", kernel_size=3, strides=strides)
+        self.conv2 = tf.keras.layers.Conv2D(num_channels, kernel_size=3, padding="same")
         self.conv3 = None
         if use_1x1conv:
             self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides)
@@ -48,7 +50,7 @@ class Residual(tf.keras.Model):  #@save
 
 class ResnetBlock(tf.keras.layers.Layer):
     def __init__(self, num_channels, num_residuals, first_block=False, **kwargs):
-        super(ResnetBlock, self).__init__(**kwargs)
+        super().__init__(**kwargs)
         self.residual_layers = []
         for i in range(num_residuals):
             if i == 0 and not first_block:
@@ -67,20 +69,23 @@ def net(width: int = 64, device: str = "cpu", seed: int = 0):
         raise ValueError("the textbook TensorFlow baseline runs on cpu only here")
     tf.keras.utils.set_random_seed(seed)
     w = width  # the chapter: 64
-    return tf.keras.Sequential([
-        # The following layers are the same as b1 that we created earlier
-        tf.keras.layers.Conv2D(w, kernel_size=7, strides=2, padding='same'),
-        tf.keras.layers.BatchNormalization(),
-        tf.keras.layers.Activation('relu'),
-        tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding='same'),
-        # The following layers are the same as b2, b3, b4, and b5 that we
-        # created earlier
-        ResnetBlock(w, 2, first_block=True),
-        ResnetBlock(2 * w, 2),
-        ResnetBlock(4 * w, 2),
-        ResnetBlock(8 * w, 2),
-        tf.keras.layers.GlobalAvgPool2D(),
-        tf.keras.layers.Dense(units=10)])
+    return tf.keras.Sequential(
+        [
+            # The following layers are the same as b1 that we created earlier
+            tf.keras.layers.Conv2D(w, kernel_size=7, strides=2, padding="same"),
+            tf.keras.layers.BatchNormalization(),
+            tf.keras.layers.Activation("relu"),
+            tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding="same"),
+            # The following layers are the same as b2, b3, b4, and b5 that we
+            # created earlier
+            ResnetBlock(w, 2, first_block=True),
+            ResnetBlock(2 * w, 2),
+            ResnetBlock(4 * w, 2),
+            ResnetBlock(8 * w, 2),
+            tf.keras.layers.GlobalAvgPool2D(),
+            tf.keras.layers.Dense(units=10),
+        ]
+    )
 
 
 def idiom(eager: bool = False) -> str:
@@ -104,6 +109,7 @@ def trainer(model, lr: float, eager: bool = False):
     def step(X, y):
         l, y_hat = compiled(tf.convert_to_tensor(X), tf.convert_to_tensor(y))
         return float(l), y_hat.numpy()
+
     return step
 
 
@@ -115,6 +121,7 @@ def predictor(model, eager: bool = False):
 
     def predict(X):
         return compiled(tf.convert_to_tensor(X)).numpy()
+
     return predict
 
 

@@ -5,6 +5,7 @@ num_channels, ...)`` edition), and d2l's ``train_ch6`` step: Xavier-uniform init
 Changes to run here: ``width`` replaces the chapter's literal 64/128/256/512 (the
 default is the chapter's), and ``net`` takes a seed and a device.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ F = torch.nn.functional
 LAYOUT = "NCHW"
 
 
-class Residual(nn.Module):  #@save
+class Residual(nn.Module):  # @save
     """The Residual block of ResNet models."""
+
     def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1):
         super().__init__()
         self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides)
@@ -53,20 +55,22 @@ def resnet_block(input_channels, num_channels, num_residuals, first_block=False)
 def net(width: int = 64, device: str = "cpu", seed: int = 0):
     torch.manual_seed(seed)
     w = width  # the chapter: 64
-    b1 = nn.Sequential(nn.Conv2d(1, w, kernel_size=7, stride=2, padding=3),
-                       nn.BatchNorm2d(w), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b1 = nn.Sequential(
+        nn.Conv2d(1, w, kernel_size=7, stride=2, padding=3),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
     b2 = nn.Sequential(*resnet_block(w, w, 2, first_block=True))
     b3 = nn.Sequential(*resnet_block(w, 2 * w, 2))
     b4 = nn.Sequential(*resnet_block(2 * w, 4 * w, 2))
     b5 = nn.Sequential(*resnet_block(4 * w, 8 * w, 2))
-    model = nn.Sequential(b1, b2, b3, b4, b5,
-                          nn.AdaptiveAvgPool2d((1, 1)),
-                          nn.Flatten(), nn.Linear(8 * w, 10))
+    model = nn.Sequential(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(8 * w, 10))
 
     def init_weights(m):  # train_ch6's
         if type(m) is nn.Linear or type(m) is nn.Conv2d:
             nn.init.xavier_uniform_(m.weight)
+
     model.apply(init_weights)
     return model.to(device)
 
@@ -89,6 +93,7 @@ def trainer(model, lr: float, eager: bool = False):
         l.backward()
         optimizer.step()
         return l.item(), y_hat.detach().cpu().numpy()
+
     return step
 
 
@@ -99,6 +104,7 @@ def predictor(model, eager: bool = False):
         model.eval()
         with torch.no_grad():
             return model(torch.from_numpy(np.ascontiguousarray(X)).to(device)).cpu().numpy()
+
     return predict
 
 
