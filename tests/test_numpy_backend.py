@@ -1,10 +1,12 @@
 """The NumPy reference checked on its own: backward against finite differences,
-and BatchNorm against numbers worked out by hand."""
+BatchNorm against numbers worked out by hand, and the chapter's classes."""
+
 import numpy as np
 import pytest
 
 from resnet_multi import BatchNormSpec
 from resnet_multi import numpy as rn
+from resnet_multi.spec import block_spec
 
 TINY = dict(in_channels=2, num_classes=3, width=4, layers=(1, 1))
 
@@ -13,13 +15,17 @@ def loss_of(net, x, y):
     return rn.softmax_cross_entropy(net.forward(x), y)[0]
 
 
-@pytest.mark.parametrize("arch, overrides", [
-    ("d2l-resnet18", {}),
-    ("resnet50", {}),
-    ("resnet50", {"stride_on": "1x1"}),
-    ("preact-resnet18", {}),
-    ("preact-resnet50", {"shortcut": "conv_bn"}),
-], ids=["basic-bias-conv-shortcut", "bottleneck-v1.5", "bottleneck-v1", "preact-basic", "preact-bottleneck"])
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [
+        ("d2l-resnet18", {}),
+        ("resnet50", {}),
+        ("resnet50", {"stride_on": "1x1"}),
+        ("preact-resnet18", {}),
+        ("preact-resnet50", {"shortcut": "conv_bn"}),
+    ],
+    ids=["basic-bias-conv-shortcut", "bottleneck-v1.5", "bottleneck-v1", "preact-basic", "preact-bottleneck"],
+)
 def test_backward_matches_finite_differences(arch, overrides):
     """Central differences (step 1e-6) on every parameter tensor (12 random entries
     each) and on the input, in training mode, so BN's batch statistics are part of
@@ -92,7 +98,7 @@ def test_conv_is_cross_correlation_with_symmetric_padding():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     out = conv.forward(x)
     xp = np.pad(x[0, 0], 1)
-    want = [[(xp[i:i + 3, j:j + 3] * np.arange(9.0).reshape(3, 3)).sum() for j in (0, 2)] for i in (0, 2)]
+    want = [[(xp[i : i + 3, j : j + 3] * np.arange(9.0).reshape(3, 3)).sum() for j in (0, 2)] for i in (0, 2)]
     np.testing.assert_array_equal(out[0, 0], want)
 
 
@@ -104,3 +110,29 @@ def test_chapter_api():
     stage = rn.resnet_block(64, 128, 2)
     assert len(stage) == 2 and stage[0].spec.projection and not stage[1].spec.projection
     assert rn.ResnetBlock(64, 64, 2, first_block=True).spec.blocks[0].stride == 1
+
+
+def test_exercise_blocks_are_their_own_classes():
+    """Each kind of block is its own class with the book's attribute names: a basic block's
+    projection is ``conv3`` (``bn3`` after it for torchvision's shortcut), a bottleneck's is
+    ``shortcut``; the weights keep their canonical names."""
+    X = np.random.default_rng(0).random((2, 8, 6, 6))
+    blk = rn.Residual(8, 16, use_1x1conv=True, strides=2, shortcut="conv_bn")
+    assert [name for name, _ in blk.named_layers()] == ["conv1", "bn1", "relu1", "conv2", "bn2", "conv3", "bn3", "relu"]
+    assert rn.Residual(8, 8).conv3 is None and rn.Residual(8, 8).bn3 is None
+    bottleneck = rn.Bottleneck(8, 16, True, 2)
+    assert bottleneck(X).shape == (2, 16, 3, 3) and "shortcut.conv" in dict(bottleneck.named_layers())
+    assert rn.PreActResidual(8, 8)(X).shape == X.shape
+    assert rn.PreActBottleneck(8, 16, True)(X).shape == (2, 16, 6, 6)
+    for options, cls in [
+        ({}, rn.Residual),
+        ({"kind": "bottleneck"}, rn.Bottleneck),
+        ({"preact": True}, rn.PreActResidual),
+        ({"kind": "bottleneck", "preact": True}, rn.PreActBottleneck),
+    ]:
+        assert type(rn.block(block_spec(8, 16, True, 2, **options))) is cls
+    with pytest.raises(ValueError, match="use Bottleneck"):
+        rn.Residual(8, 16, True, kind="bottleneck")
+    net = rn.net("resnet18", width=4)
+    assert isinstance(net.layers["stages"].layers["1"].layers["0"].bn3, rn.BatchNorm2d)
+    assert "stages.1.0.shortcut.bn.weight" in net.state() and "stages.1.0.bn3.weight" not in net.state()
