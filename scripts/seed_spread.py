@@ -8,7 +8,9 @@ own environment (ENV_DIR/<backend>/bin/python), at a fixed CPU thread count (def
 the results depend on it), and prints the final test accuracy of each run, then the
 spread (max - min) across the seeds of one backend and across backends at seed 0.
 A run whose directory already holds final weights is read, not repeated; interrupted
-runs are resumed.
+runs are resumed. ``--json PATH`` also writes the rows, the spreads, the machine and the
+command as a ``resnet_multi.seed_spread.v1`` JSON file (the documentation's results page
+shows it once that file is committed as ``benchmarks/seed_spread.json``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+FORMAT = "resnet_multi.seed_spread.v1"
 THREAD_VARS = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -32,7 +37,8 @@ THREAD_VARS = (
 
 def run(env_dir: Path, runs: Path, backend: str, seed: int, threads: int) -> dict:
     out = runs / f"{backend}-seed{seed}"
-    if not (out / "weights.safetensors").is_file():
+    reused = (out / "weights.safetensors").is_file()
+    if not reused:
         python = env_dir / backend / "bin" / "python"
         if not python.is_file():
             raise SystemExit(f"no environment for {backend} at {python.parent.parent} (tox -e {backend} builds it)")
@@ -65,7 +71,31 @@ def run(env_dir: Path, runs: Path, backend: str, seed: int, threads: int) -> dic
         "test_acc": history["test_acc"][-1],
         "train_loss": history["train_loss"][-1],
         "train_acc": history["train_acc"][-1],
+        "run_dir": str(out),
+        "reused": reused,  # read from an earlier run of this script, not trained now
     }
+
+
+def spread_figures(values) -> dict | None:
+    values = list(values)
+    if len(values) < 2:
+        return None
+    return {
+        "max_minus_min": max(values) - min(values),
+        "mean": statistics.mean(values),
+        "sd": statistics.stdev(values),
+        "n": len(values),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def spread(values) -> str:
@@ -90,7 +120,9 @@ def main(argv=None) -> int:
         help="backends trained at seed 0 (mindspore works too, but slowly)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help=f"also write the results here ({FORMAT})")
     args = parser.parse_args(argv)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     seeds = [int(s) for s in args.seeds.split(",")]
     backends = [b for b in args.backends.split(",") if b]
     rows = [run(args.env_dir, args.runs, args.seed_backend, s, args.threads) for s in seeds]
@@ -110,6 +142,28 @@ def main(argv=None) -> int:
     by_backend = [r["test_acc"] for r in rows if r["seed"] == 0]
     print(f"\ntest-acc spread (max - min) across {len(by_seed)} seeds of {args.seed_backend}: {spread(by_seed)}")
     print(f"test-acc spread (max - min) across {len(by_backend)} backends at seed 0: {spread(by_backend)}")
+    if args.json:
+        result = {
+            "format": FORMAT,
+            "started_utc": started,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": ["python", "scripts/seed_spread.py", *(sys.argv[1:] if argv is None else argv)],
+            "recipe": "resnet-multi train --preset quick (d2l-resnet18, bundled 2,000/500 subset at 32x32, "
+            "12 epochs, lr 0.05, batch 256)",
+            "threads": args.threads,
+            "seed_backend": args.seed_backend,
+            "machine": {
+                "platform": platform.platform(),
+                "processor": cpu_name(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+            "rows": rows,
+            "spread": {"seeds": spread_figures(by_seed), "backends": spread_figures(by_backend)},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"results written to {args.json}")
     return 0
 
 
