@@ -95,7 +95,7 @@ class Residual(Layer):
         return dY + dX  # X fed both conv1 and the sum
 
 
-# ---- the exercises' blocks -------------------------------------------------------------------
+# ---- the exercises' blocks -----------------------------------------------------------------------
 class Bottleneck(Layer):
     """Exercise 3: 1x1 conv -> 3x3 conv -> 1x1 conv, narrowing to ``num_channels // 4``
     inside; the stride on the 3x3 conv (torchvision's "v1.5") or, with ``stride_on="1x1"``,
@@ -232,7 +232,7 @@ def block(spec: BlockSpec) -> Layer:
     return BLOCKS[block_class(spec)](spec)
 
 
-# ---- the stages and the net ------------------------------------------------------------------
+# ---- the stages and the net ----------------------------------------------------------------------
 class Sequential(Layer):
     """Named layers applied in order; backward runs them in reverse."""
 
@@ -359,7 +359,7 @@ def net(arch="d2l-resnet18", *, seed: int = 0, **overrides) -> Net:
     return model
 
 
-# ---- the layers, each with its backward -------------------------------------------------------
+# ---- the layers, each with its backward ----------------------------------------------------------
 class Conv2d(Layer):
     """Convolution (cross-correlation, as every framework computes it), OIHW kernel,
     symmetric zero padding."""
@@ -551,7 +551,7 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     return float(loss), dlogits / n
 
 
-# ---- the backend seam ---------------------------------------------------------------------------
+# ---- the backend seam ----------------------------------------------------------------------------
 class NumpyBackend(Backend):
     name = "numpy"
 

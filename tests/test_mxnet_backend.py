@@ -1,6 +1,7 @@
 """Checks specific to the MXNet backend: the BatchNorm convention translation, the
 Gluon defaults that would silently differ, and the module's own API. The parity
 suite covers the rest."""
+
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from mxnet.gluon import nn  # noqa: E402
 
 from resnet_multi import BatchNormSpec  # noqa: E402
 from resnet_multi.backend import Model  # noqa: E402
+from resnet_multi.spec import block_spec  # noqa: E402
 from resnet_multi.weights import count  # noqa: E402
 
 # The framework facts' example: mean 4.5, biased variance 5.25, unbiased 6.0.
@@ -87,8 +89,7 @@ def test_weights_exist_before_the_first_call_and_stats_are_not_trainable():
     assert all(p.shape and 0 not in p.shape for p in params.values())  # nothing deferred
     stats = {k: p for k, p in rn.canonical_params(model).items() if k.endswith(("running_mean", "running_var"))}
     assert stats and all(p.grad_req == "null" for p in stats.values())
-    assert rn.BACKEND.count_parameters(Model(model.spec, model, "cpu")) == count(model.spec) \
-        == (11_178_378, 7_808)
+    assert rn.BACKEND.count_parameters(Model(model.spec, model, "cpu")) == count(model.spec) == (11_178_378, 7_808)
 
 
 def test_module_api_matches_the_chapter():
@@ -120,8 +121,9 @@ def test_trainer_is_plain_sgd():
     optimizer = model.cache["trainer"]._optimizer
     assert isinstance(optimizer, mx.optimizer.SGD) and optimizer.momentum == 0 and optimizer.wd == 0
     after = backend.get_weights(model)
-    onp.testing.assert_allclose(after["head.fc.weight"], before["head.fc.weight"] - 0.5 * grads["head.fc.weight"],
-                                rtol=1e-5, atol=1e-6)
+    onp.testing.assert_allclose(
+        after["head.fc.weight"], before["head.fc.weight"] - 0.5 * grads["head.fc.weight"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_unknown_device_names_are_refused():
@@ -131,8 +133,10 @@ def test_unknown_device_names_are_refused():
 
 
 def test_missing_framework_names_the_extra():
-    code = ("import sys; sys.modules['mxnet'] = None\n"
-            "try:\n    import resnet_multi.mxnet\nexcept ImportError as e:\n    print(e)")
+    code = (
+        "import sys; sys.modules['mxnet'] = None\n"
+        "try:\n    import resnet_multi.mxnet\nexcept ImportError as e:\n    print(e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'resnet-multi[mxnet]'" in out
 
@@ -142,8 +146,9 @@ def test_safetensors_works_without_its_numpy_extra(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     save_file({"a": onp.arange(6, dtype=onp.float32).reshape(2, 3)}, str(tmp_path / "a.safetensors"))
-    onp.testing.assert_array_equal(load_file(str(tmp_path / "a.safetensors"))["a"],
-                                   onp.arange(6, dtype=onp.float32).reshape(2, 3))
+    onp.testing.assert_array_equal(
+        load_file(str(tmp_path / "a.safetensors"))["a"], onp.arange(6, dtype=onp.float32).reshape(2, 3)
+    )
     assert tuple(int(v) for v in onp.__version__.split(".")[:2]) < (1, 24)
 
 
@@ -200,3 +205,33 @@ def test_blocks_compile_only_as_part_of_the_net():
     net = rn.net("d2l-resnet18", width=8)
     net.hybridize()
     assert [name for name, _ in net.named_outputs(np.zeros((1, 1, 32, 32)))][:2] == ["stem", "stages.0"]
+
+
+def test_exercise_blocks_are_their_own_classes():
+    """Each kind of block is its own class with the book's attribute names: a basic block's
+    projection is ``conv3`` (``bn3`` after it for torchvision's shortcut), a bottleneck's is
+    ``shortcut``; the weights keep their canonical names."""
+    X = np.array(onp.random.default_rng(0).random((2, 8, 6, 6), dtype=onp.float32))
+    blk = rn.Residual(8, 16, use_1x1conv=True, strides=2, shortcut="conv_bn")
+    assert isinstance(blk.conv3, nn.Conv2D) and isinstance(blk.bn3, rn.BatchNorm)
+    assert rn.Residual(8, 8).conv3 is None and rn.Residual(8, 8).bn3 is None
+    assert {"shortcut.conv.weight", "shortcut.bn.running_var"} <= set(rn.canonical_params(blk))
+    shapes = {}
+    for options, cls in [
+        ({}, rn.Residual),
+        ({"kind": "bottleneck"}, rn.Bottleneck),
+        ({"preact": True}, rn.PreActResidual),
+        ({"kind": "bottleneck", "preact": True}, rn.PreActBottleneck),
+    ]:
+        b = rn.block(block_spec(8, 16, True, 2, **options))
+        assert type(b) is cls
+        b.initialize()
+        shapes[cls.__name__] = b(X).shape
+    assert set(shapes.values()) == {(2, 16, 3, 3)}
+    assert isinstance(rn.Bottleneck(8, 16, True, 2).shortcut.conv, nn.Conv2D)
+    with pytest.raises(ValueError, match="use Bottleneck"):
+        rn.Residual(8, 16, True, kind="bottleneck")
+    model = rn.net("resnet18", width=4)
+    assert isinstance(model.stages[1][0].bn3, rn.BatchNorm)
+    names = set(rn.get_weights(model))
+    assert "stages.1.0.shortcut.bn.weight" in names and "stages.1.0.bn3.weight" not in names
