@@ -153,6 +153,15 @@ def resolve_reference(app, env, node, contnode):
     return None
 
 
+def unquote_annotations(app, what, name, obj, options, signature, return_annotation):
+    """Dataclass signatures come with their annotations as quoted strings (the modules use
+    ``from __future__ import annotations``); unquoted, Sphinx links them like any other."""
+    if signature:
+        signature = re.sub(r"(:\s*)'([^']*)'", r"\1\2", signature)
+    return signature, return_annotation
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", plain_text_docstring)
+    app.connect("autodoc-process-signature", unquote_annotations)
     app.connect("missing-reference", resolve_reference)

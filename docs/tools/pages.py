@@ -318,28 +318,19 @@ def cross_framework_fragment(traces_dir: Path, out: Path, *, partial: bool) -> s
                 t.meta["framework_version"],
                 t.meta["device"] + (", eager" if t.meta.get("eager") else ""),
                 threads.get("env", {}).get("OMP_NUM_THREADS") or "unset",
-                f"`{t.meta['initial_weights_sha256'][:16]}…`",
-                t.meta.get("platform", ""),
+                f"`{t.meta['initial_weights_sha256'][:12]}…`",
                 _mtime(t.path),
-                f"`{t.path.name}`",
             ]
         )
+    platforms = sorted({t.meta.get("platform", "?") for t in everyone})
     parts += [
         "## The traces",
         "",
-        table(
-            [
-                "trace",
-                "framework version",
-                "device",
-                "OMP threads",
-                "initial weights",
-                "platform",
-                "recorded (UTC)",
-                "file",
-            ],
-            rows,
-        ),
+        table(["trace", "framework version", "device", "OMP threads", "initial weights", "recorded (UTC)"], rows),
+        "",
+        f"Files: `<name>.safetensors` in the tox work directory's `artifacts/traces/`; machine: "
+        f"{', '.join(platforms)}, {everyone[0].meta.get('threads', {}).get('cpu_count')} CPUs, "
+        f"Python {everyone[0].meta.get('python')}.",
         "",
         "## Training loss per step",
         "",
@@ -415,7 +406,14 @@ def seed_spread_fragment(path: Path = SEED_SPREAD) -> str:
         raise PagesError(f"{rel(path)} is not a {SEED_SPREAD_FORMAT} file (format {result.get('format')!r})")
     machine = result["machine"]
     rows = [
-        [r["backend"], str(r["seed"]), f"{r['train_loss']:.3f}", f"{r['train_acc']:.3f}", f"{r['test_acc']:.3f}"]
+        [
+            r["backend"],
+            str(r["seed"]),
+            f"{r['train_loss']:.3f}",
+            f"{r['train_acc']:.3f}",
+            f"{r['test_acc']:.3f}",
+            "an earlier run, read back" if r.get("reused") else "this run",
+        ]
         for r in result["rows"]
     ]
 
@@ -429,7 +427,7 @@ def seed_spread_fragment(path: Path = SEED_SPREAD) -> str:
         [
             f"{result['recipe']}, {result['threads']} CPU thread(s) per run.",
             "",
-            table(["framework", "seed", "train loss", "train acc", "test acc"], rows),
+            table(["framework", "seed", "train loss", "train acc", "test acc", "trained in"], rows),
             "",
             f"Test-accuracy spread (max − min) across seeds of {result['seed_backend']}: {spread('seeds')}; "
             f"across frameworks at seed 0: {spread('backends')}.",
