@@ -379,6 +379,8 @@ def cross_framework_fragment(traces_dir: Path, out: Path, *, partial: bool) -> s
         ),
         "",
     ]
+    for note in getattr(c, "notes", []):  # what resnet-multi compare could not compare, and why
+        parts += [":::{note}", note, ":::", ""]
     compare.save_plot(c, out / "compare.png")
     parts += [
         "```{image} /_generated/compare.png",
