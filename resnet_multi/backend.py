@@ -6,7 +6,9 @@ float32, weights as in :mod:`resnet_multi.weights`. A backend whose framework is
 NHWC (TensorFlow) converts here, inside its adapter, and nowhere else.
 Backends subclass :class:`Backend` and implement the underscored methods;
 the public ones validate input first, so every backend refuses bad input with
-the same message.
+the same message, and check what the framework computed before returning it: a NaN
+or infinite output, loss, gradient or BatchNorm statistic raises
+:class:`resnet_multi.errors.NonFiniteError` naming it, never a number to report.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import data, frameworks, shapes
+from . import data, frameworks, shapes, validate
 from . import weights as canonical
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .spec import ArchSpec, get_arch
+
+
+# The seam checks every result for NaN/Inf itself and names it; NumPy's per-operation
+# overflow warnings would only repeat that, once per array.
+def _quiet():
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")  # one per use: not reentrant
+
 
 # backend name -> (module, pip extra that installs its framework), from the one registry
 BACKENDS = {f.name: (f.module, f.extra) for f in frameworks.FRAMEWORKS.values()}
@@ -175,12 +184,21 @@ class Backend:
 
     def get_weights(self, model: Model) -> dict[str, np.ndarray]:
         """Canonical weights (float32 NumPy, canonical names and layouts)."""
-        weights = self._get_weights(model)
+        with _quiet():  # a value beyond float32 becomes Inf, which the callers' checks name
+            weights = self._get_weights(model)
         canonical.check_weights(model.spec, weights, source=f"{self.name} weights")
         return weights
 
     def set_weights(self, model: Model, weights: dict[str, np.ndarray]) -> None:
+        """Set canonical weights, checked as :func:`resnet_multi.weights.load_weights` checks
+        a file's: names, shapes, dtypes, and values (no NaN/Inf, no negative BN variance)."""
         canonical.check_weights(model.spec, weights)
+        bad = validate.bad_tensors(weights)
+        if bad:
+            raise canonical.WeightsError(
+                f"refusing weights that no trained network has, in {len(bad)} tensor(s): {validate.describe(bad)}; "
+                f"pass the weights of a run that did not diverge (or load_weights an earlier checkpoint)"
+            )
         self._set_weights(model, weights)
 
     def save_weights(self, model: Model, path):
@@ -193,26 +211,49 @@ class Backend:
         """Logits for an NCHW float32 batch. ``training=True`` normalises with batch
         statistics and updates the BN running statistics, as one training step's
         forward pass does."""
-        shapes.check_input_array(model.spec, x, training=training)
-        return self._forward(model, x, training)
+        shapes.check_finite_input(shapes.check_input_array(model.spec, x, training=training))
+        with _quiet():
+            logits = self._forward(model, x, training)
+        self._check_logits(model, x, logits, "forward pass", training=training)
+        if training:
+            self._check_statistics(model, "a training-mode forward pass")
+        return logits
 
     def loss_and_grads(self, model: Model, x: np.ndarray, y: np.ndarray) -> TrainingPass:
         """Mean softmax cross-entropy over the batch and its gradient for every
         trainable canonical parameter, in training mode (BN statistics update once)."""
-        result = self._loss_and_grads(model, x, self._check_training_input(model, x, y))
-        expected = {t.name for t in canonical.tensor_specs(model.spec) if t.trainable}
-        if set(result.grads) != expected:
+        y = self._check_training_input(model, x, y)
+        shapes.check_finite_input(x)
+        with _quiet():
+            result = self._loss_and_grads(model, x, y)
+        specs = [t.name for t in canonical.tensor_specs(model.spec) if t.trainable]
+        if set(result.grads) != set(specs):
             raise RuntimeError(
-                f"{self.name} returned gradients for the wrong tensors: {sorted(set(result.grads) ^ expected)[:5]}"
+                f"{self.name} returned gradients for the wrong tensors: {sorted(set(result.grads) ^ set(specs))[:5]}"
+            )
+        self._check_loss(model, x, result.loss, result.logits, "forward pass of loss_and_grads")
+        bad = [(name, validate.nonfinite_summary(result.grads[name])) for name in specs]
+        bad = [(name, summary) for name, summary in bad if summary]
+        if bad:
+            raise _nonfinite(
+                f"{self.name}: the gradient of {bad[0][0]} is not finite ({bad[0][1]})"
+                + (f", nor those of {len(bad) - 1} more tensor(s)" if len(bad) > 1 else "")
+                + f", although the loss is ({result.loss:.6g}): the backward pass overflows float32",
+                _after(False),
             )
         return result
 
     def sgd_step(self, model: Model, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
-        """One SGD training step on a batch; returns (loss, logits) of the forward pass."""
+        """One SGD training step on a batch; returns (loss, logits) of the forward pass.
+        NonFiniteError if either is not finite: the step has then been applied with a
+        non-finite gradient, so the model's weights must be set again before further use."""
         y = self._check_training_input(model, x, y)
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise InputError(f"learning rate must be a positive number, got {lr!r}")
-        return self._sgd_step(model, x, y, float(lr))
+        shapes.check_finite_input(x)
+        lr = validate.check_learning_rate(lr)
+        with _quiet():
+            loss, logits = self._sgd_step(model, x, y, lr)
+        self._check_loss(model, x, loss, logits, "SGD step", applied=True)
+        return loss, logits
 
     # -- the training loop's step (train.fit); defaults are sgd_step on host batches ---
     def configure_training(
@@ -287,15 +328,27 @@ class Backend:
         the canonical layout: what :mod:`resnet_multi.trace` records per stage.
         ``training=True`` uses batch statistics and updates the BN running statistics,
         as ``forward(training=True)`` does."""
-        shapes.check_input_array(model.spec, x, training=training)
+        shapes.check_finite_input(shapes.check_input_array(model.spec, x, training=training))
         out = {}
-        for name, value in self._named_outputs(model, x, training):
+        with _quiet():
+            named = self._named_outputs(model, x, training)
+        for name, value in named:
             value = np.asarray(value)
             if self.native_layout == "NHWC" and value.ndim == 4:
                 value = value.transpose(0, 3, 1, 2)
             out[name] = np.ascontiguousarray(value, dtype=np.float32)
         if list(out) != model.spec.layer_names():
             raise RuntimeError(f"{self.name} named its layer outputs {list(out)}, not {model.spec.layer_names()}")
+        for name, value in out.items():  # in the order the network computes them
+            summary = validate.nonfinite_summary(value)
+            if summary:
+                raise _nonfinite(
+                    f"{self.name}: the output of layer {name} is not finite ({summary}) in "
+                    f"{'training' if training else 'inference'} mode",
+                    _after(False),
+                )
+        if training:
+            self._check_statistics(model, "a training-mode pass")
         return out
 
     def residual_output_shape(self, input_shape, *args, **options) -> tuple[int, ...]:
@@ -303,6 +356,59 @@ class Backend:
         ``input_shape`` (NCHW); the output shape in NCHW."""
         x = np.random.default_rng(0).random(input_shape, dtype=np.float32)
         return self.to_canonical_shape(self._residual_output_shape(x, args, options))
+
+    # -- what the framework computed, checked before it is returned --------------------
+    def _first_nonfinite_layer(self, model: Model, x: np.ndarray) -> str | None:
+        """The first layer (``spec.layer_names()`` order) whose inference-mode output on ``x``
+        is not finite; None if none is. Run only once something is known to be wrong."""
+        with _quiet():
+            named = self._named_outputs(model, x, False)
+        for name, value in named:
+            if not np.isfinite(np.asarray(value)).all():
+                return name
+        return None
+
+    def _check_logits(self, model: Model, x, logits, what: str, *, training: bool, applied: bool = False) -> None:
+        summary = validate.nonfinite_summary(logits)
+        if summary is None:
+            return
+        images = np.flatnonzero(~np.isfinite(np.asarray(logits)).all(axis=1))
+        shown = ", ".join(map(str, images[:5])) + (", ..." if len(images) > 5 else "")
+        if training:
+            where = "its BatchNorm layers normalised with this batch's statistics and updated their running ones"
+        else:
+            layer = self._first_nonfinite_layer(model, x)
+            where = (
+                f"the first layer whose output is not finite is {layer}" if layer else "every layer's output is finite"
+            )
+        raise _nonfinite(
+            f"{self.name}: the {what} ({'training' if training else 'inference'} mode) gave non-finite "
+            f"logits ({summary}) for {len(images)} of {len(logits)} image(s) ({shown}); {where}",
+            _after(applied),
+        )
+
+    def _check_loss(self, model: Model, x, loss, logits, what: str, *, applied: bool = False) -> None:
+        self._check_logits(model, x, logits, what, training=True, applied=applied)
+        if not np.isfinite(loss):
+            raise _nonfinite(
+                f"{self.name}: the {what} gave a loss of {float(loss)} on finite logits (the "
+                f"cross-entropy overflows float32)",
+                _after(applied),
+            )
+
+    def _check_statistics(self, model: Model, what: str) -> None:
+        """The BN running statistics after a training-mode pass: finite, variances >= 0."""
+        with _quiet():
+            weights = self._get_weights(model)
+        stats = {t.name: weights[t.name] for t in canonical.tensor_specs(model.spec) if not t.trainable}
+        bad = validate.bad_tensors(stats)
+        if bad:
+            raise _nonfinite(
+                f"{self.name}: {what} left BatchNorm running statistics no network can use: {validate.describe(bad)}",
+                "the batch's values or the activations are too large for float32 (their squares "
+                "overflow): scale the input as training does ([0, 1]), then set good weights again "
+                "(set_weights or load_weights)",
+            )
 
     def _check_training_input(self, model: Model, x: np.ndarray, y) -> np.ndarray:
         """A NumPy training batch the backend can take, or a clear error; the labels as int64."""
@@ -329,6 +435,20 @@ class Backend:
             n, h, w, c = shape
             return (n, c, h, w)
         return shape
+
+
+def _nonfinite(finding: str, fix: str) -> NonFiniteError:
+    """The error for a non-finite result: ``finding`` (what and where, its ``short``), then the fix."""
+    return NonFiniteError(f"{finding}; {fix}", short=finding)
+
+
+def _after(applied: bool) -> str:
+    if applied:
+        return (
+            "the step has been applied, so the model's weights may hold NaN/Inf now: set good "
+            "weights again (set_weights or load_weights) and train with a lower learning rate"
+        )
+    return "the weights or the input overflow float32: check both, or load a good copy of the weights"
 
 
 def load_backend(name: str) -> Backend:

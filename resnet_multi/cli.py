@@ -30,9 +30,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import frameworks, memory, shapes
+from . import frameworks, memory, shapes, validate
 from .backend import load_backend
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .spec import ARCHS, get_arch
 
 PROG = "resnet-multi"
@@ -74,6 +74,31 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _checked(check, parse=float):
+    """An argparse type: ``parse`` the text, then one of resnet_multi.validate's checks, the
+    same the Python API applies; its message becomes the option's error."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if parse is int else 'a number'}, got {text!r}"
+            ) from None
+        try:
+            return check(value, "the value")
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("the value ")) from None
+
+    return convert
+
+
+_learning_rate = _checked(validate.check_learning_rate)
+_epochs = _checked(validate.check_epochs, int)
+_timeout = _checked(validate.check_timeout)
+_perturb = _checked(validate.check_perturb)
 
 
 def _input_shape(text: str) -> tuple[int, ...]:
@@ -376,15 +401,21 @@ def cmd_evaluate(args) -> int:
     backend.load_weights(model, args.weights)
     dataset = _load_data(subset=subset, data_dir=data_dir, limit=limit)
     normalize = recorded.preprocess or data.preprocessing(resize)
-    acc = train.evaluate_accuracy(
-        backend,
-        model,
-        dataset.test_images,
-        dataset.test_labels,
-        batch_size=args.batch_size,
-        resize=resize,
-        normalize=normalize,
-    )
+    try:
+        acc = train.evaluate_accuracy(
+            backend,
+            model,
+            dataset.test_images,
+            dataset.test_labels,
+            batch_size=args.batch_size,
+            resize=resize,
+            normalize=normalize,
+        )
+    except NonFiniteError as e:
+        raise NonFiniteError(
+            f"no accuracy for {args.weights}: {e.short}: the weights overflow float32 on the test "
+            f"images; evaluate the weights of a run that did not diverge"
+        ) from None
     print(
         f"test acc {acc:.3f} on {len(dataset.test_images):,} images ({dataset.source}, "
         f"{side}x{side}), {spec.name} on {backend.name} ({device})"
@@ -461,16 +492,25 @@ def cmd_trace(args) -> int:
         f"({device}), batch {batch_size} at {resize or 28}x{resize or 28}, lr {lr}, seed {args.seed}",
         file=sys.stderr,
     )
-    tensors, meta = trace.record(
-        backend,
-        model,
-        batches,
-        lr=lr,
-        activation_images=args.activation_images,
-        full_grads=args.full_grads,
-        recipe=recipe,
-        perturb=args.perturb or 0.0,
-    )
+    try:
+        tensors, meta = trace.record(
+            backend,
+            model,
+            batches,
+            lr=lr,
+            activation_images=args.activation_images,
+            full_grads=args.full_grads,
+            recipe=recipe,
+            perturb=args.perturb or 0.0,
+        )
+    except NonFiniteError as e:
+        start = (
+            f"--weights {args.weights}" if args.weights is not None else f"the initial weights of --seed {args.seed}"
+        )
+        raise NonFiniteError(
+            f"nothing traced, from {start}: {e.short}; these weights and this lr overflow float32: "
+            f"trace from the weights of a run that did not diverge, or with a lower --lr"
+        ) from None
     default = f"traces/{backend.name}{'-perturbed' if args.perturb else ''}.safetensors"
     out = trace.save(args.out or Path(default), tensors, meta)
     print(f"loss {tensors['loss'][0]:.4f} -> {tensors['loss'][-1]:.4f} over {len(tensors['loss'])} steps; trace {out}")
@@ -486,7 +526,9 @@ def cmd_compare(args) -> int:
         plot = args.plot or Path(args.traces[0]).parent / "compare.png"
         print(f"plot {compare.save_plot(result, plot)}", file=sys.stderr)
     if args.tolerance is not None and result.worst() > args.tolerance:
-        print(f"{PROG}: a difference of {result.worst():.2e} exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
+        worst = result.worst()
+        what = "a non-finite value (NaN or Inf) in one trace" if worst == float("inf") else f"{worst:.2e}"
+        print(f"{PROG}: a difference of {what} exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
         return 1
     return 0
 
@@ -560,8 +602,8 @@ def _add_train(sub):
         "(for a GPU: about two hours with torch on a 2-core CPU); quick: the bundled "
         "2,000/500 subset at 32x32, 12 epochs (minutes on a CPU)",
     )
-    p.add_argument("--epochs", type=_positive_int, help="(default: the preset's)")
-    p.add_argument("--lr", type=_positive_float, help="SGD learning rate (default: the preset's)")
+    p.add_argument("--epochs", type=_epochs, help=f"(default: the preset's; at most {validate.MAX_EPOCHS:,})")
+    p.add_argument("--lr", type=_learning_rate, help="SGD learning rate (default: the preset's)")
     p.add_argument("--batch-size", type=_positive_int, help="(default: the preset's)")
     p.add_argument("--resize", type=_nonneg_int, help="image side (0: keep 28)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights and batch order")
@@ -594,7 +636,7 @@ def _add_train(sub):
     )
     p.add_argument(
         "--dist-timeout",
-        type=_positive_float,
+        type=_timeout,
         default=300,
         metavar="SECONDS",
         help="with several processes: how long one waits for the others before it gives up with an error (default 300)",
@@ -675,7 +717,7 @@ def _add_trace(sub):
     )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights (without --weights) and batch order")
     p.add_argument("--steps", type=_positive_int, default=10, help="training steps to trace (default 10)")
-    p.add_argument("--lr", type=_positive_float, help="(default: the quick preset's, 0.05)")
+    p.add_argument("--lr", type=_learning_rate, help="(default: the quick preset's, 0.05)")
     p.add_argument("--batch-size", type=_positive_int, help="(default: the quick preset's, 256)")
     p.add_argument("--resize", type=_nonneg_int, help="image side, 0: keep 28 (default: the quick preset's, 32)")
     p.add_argument(
@@ -702,7 +744,7 @@ def _add_trace(sub):
     )
     p.add_argument(
         "--perturb",
-        type=_positive_float,
+        type=_perturb,
         help="control run: multiply the starting weights by 1 + X * N(0, 1) first; with the "
         "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
         "rounding-sized differences alone grow",
@@ -801,7 +843,7 @@ def main(argv=None) -> int:
             raise
         print(e if str(e).startswith(PROG) else f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except (DataError, WeightsError, RunError, TraceError, OSError) as e:  # a run that cannot go on
+    except (DataError, WeightsError, RunError, TraceError, NonFiniteError, OSError) as e:  # a run that cannot go on
         if debug:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)

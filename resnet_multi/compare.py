@@ -35,12 +35,15 @@ ZERO_GRAD = 1e-6  # reference gradient norms below this fraction of the step's l
 
 
 def rel_diff(a, ref) -> float:
-    """max |a - ref| / max |ref| (0 when both are all zeros, inf when only ref is)."""
+    """max |a - ref| / max |ref| (0 when both are all zeros, inf when only ref is). A NaN
+    or Inf on either side is a difference: inf, above any threshold or tolerance."""
     a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
     if a.shape != ref.shape:
         raise TraceError(f"cannot compare arrays of shapes {a.shape} and {ref.shape}")
     if a.size == 0:
         return 0.0
+    if not (np.isfinite(a).all() and np.isfinite(ref).all()):
+        return math.inf
     scale, err = np.abs(ref).max(), np.abs(a - ref).max()
     if scale == 0:
         return 0.0 if err == 0 else math.inf
@@ -112,22 +115,45 @@ def check_same_run(traces: list[Trace]) -> None:
             )
 
 
+def common_layers(trace: Trace, ref: Trace) -> list[str]:
+    """The stage outputs both traces recorded, in the reference's order."""
+    return [layer for layer in ref.meta["layers"] if layer in trace.meta["layers"]]
+
+
+def uncompared_layers(traces: list[Trace]) -> list[str]:
+    """One line per trace whose stage outputs cannot all be compared with the others'."""
+    everyone = set().union(*(t.meta["layers"] for t in traces))
+    notes = []
+    for t in traces:
+        missing = [layer for layer in everyone if layer not in t.meta["layers"]]
+        if missing:
+            why = "records no stage outputs" if not t.meta["layers"] else f"lacks {', '.join(sorted(missing))}"
+            notes.append(
+                f"stage outputs not compared for {t.name}: {t.path} {why} (traced with --activation-images "
+                f"{t.meta['activation_images']}); trace again with --activation-images N to compare them"
+            )
+    return notes
+
+
 def diff_step(trace: Trace, ref: Trace, k: int) -> StepDiff:
     out = StepDiff(k)
-    for layer in ref.meta["layers"]:
+    for layer in common_layers(trace, ref):
         a, r = trace.activation(k, layer), ref.activation(k, layer)
-        if a is not None and r is not None:
-            n = min(len(a), len(r))
-            out.values[layer] = rel_diff(a[:n], r[:n])
+        n = min(len(a), len(r))
+        out.values[layer] = rel_diff(a[:n], r[:n])
     out.values["logits"] = rel_diff(trace.logits(k), ref.logits(k))
     out.values["loss"] = rel_diff(trace.tensors["loss"][k], ref.tensors["loss"][k])
     got, want = trace.grad_norms(k), ref.grad_norms(k)
-    largest = max(want.values())
+    finite = [r for r in want.values() if math.isfinite(r)]
+    largest = max(finite, default=0.0)
     zero = zero_gradients(ref.meta["spec"])
     worst = ("", -1.0)
     for name, r in want.items():
         scale = r if r > ZERO_GRAD * largest and name not in zero else largest
-        value = abs(got[name] - r) / scale if scale > 0 else (0.0 if got[name] == r else math.inf)
+        if not (math.isfinite(got[name]) and math.isfinite(r)):
+            value = math.inf  # a non-finite norm on either side is a difference
+        else:
+            value = abs(got[name] - r) / scale if scale > 0 else (0.0 if got[name] == r else math.inf)
         if value > worst[1]:
             worst = (name, value)
     out.values["grad norms"], out.worst_grad = worst[1], worst[0]
@@ -146,6 +172,7 @@ class Comparison:
     traces: list[Trace]
     steps: int
     diffs: dict[str, list[StepDiff]]  # trace name -> per step
+    notes: list[str] = field(default_factory=list)  # what could not be compared, and why
 
     def pairwise_first_divergence(self, threshold: float) -> dict[tuple[str, str], tuple | None]:
         """For every pair of traces (the reference included), where they first differ by
@@ -194,7 +221,7 @@ def compare(paths, *, reference: str | None = None, steps: int | None = None) ->
     common = min(t.steps for t in traces)
     steps = common if steps is None else min(steps, common)
     diffs = {t.name: [diff_step(t, ref, k) for k in range(steps)] for t in others}
-    return Comparison(ref, others, steps, diffs)
+    return Comparison(ref, others, steps, diffs, uncompared_layers([ref, *others]))
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -217,6 +244,7 @@ def format_report(c: Comparison, *, threshold: float) -> str:
     lines = [
         f"reference: {c.reference.name}; {c.steps} steps; relative differences (see resnet-multi compare --help)",
         *(_header(t, width) for t in (c.reference, *c.traces)),
+        *c.notes,
         "",
     ]
     for t in c.traces:
@@ -229,20 +257,24 @@ def format_report(c: Comparison, *, threshold: float) -> str:
                 f"{d.step:>4}  " + "  ".join(f"{d.values[col]:>10.2e}" for col in columns) + f"  {d.worst_grad}"
             )
         hit = c.first_divergence(t.name, threshold)
-        lines.append(
-            f"first difference above {threshold:g}: "
-            + (f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps")
-        )
+        lines.append(f"first difference above {threshold:g}: " + _where(hit, c.steps))
         lines.append("")
     if len(c.traces) > 1:
         lines.append(
             f"first step where each pair differs by more than {threshold:g} (relative to the first of the pair)"
         )
         for (a, b), hit in c.pairwise_first_divergence(threshold).items():
-            where = f"step {hit[0]}, {hit[1]} ({hit[2]:.2e})" if hit else f"none in {c.steps} steps"
-            lines.append(f"  {a:>{width}} / {b:<{width}} {where}")
+            lines.append(f"  {a:>{width}} / {b:<{width}} {_where(hit, c.steps)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _where(hit, steps: int) -> str:
+    if not hit:
+        return f"none in {steps} steps"
+    step, quantity, value = hit
+    shown = "non-finite on one side (NaN or Inf)" if math.isinf(value) else f"{value:.2e}"
+    return f"step {step}, {quantity} ({shown})"
 
 
 def save_plot(c: Comparison, path) -> Path:

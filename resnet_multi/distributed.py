@@ -39,6 +39,7 @@ from datetime import timedelta
 
 import numpy as np
 
+from . import validate
 from .backend import Backend
 from .errors import InputError
 from .torch import F, TorchBackend, nn, torch
@@ -161,7 +162,7 @@ class ProcessGroup:
         self.device = choose_device(device, self.local_rank, int(os.environ["LOCAL_WORLD_SIZE"]))
         self.comm = "nccl" if self.device.startswith("cuda") else "gloo"
         self.sync_bn = bool(sync_bn)
-        self.timeout = timeout
+        self.timeout = validate.check_timeout(timeout, "the timeout for the other processes")
         kwargs = {}
         if self.comm == "nccl":
             torch.cuda.set_device(self.device)

@@ -166,6 +166,21 @@ def check_input_array(spec: ArchSpec, x, *, training: bool = False) -> np.ndarra
     return x
 
 
+def check_finite_input(x: np.ndarray) -> np.ndarray:
+    """Refuse an NCHW batch holding NaN or Inf, naming the first (the seam's public methods
+    call it: whatever a network computes from such a batch is not a number)."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        where = np.argwhere(~finite)[0]
+        raise InputError(
+            f"the input batch holds {int(x.size - finite.sum()):,} NaN or Inf value(s), the first "
+            f"{x[tuple(where)]} at image {where[0]}, channel {where[1]}, row {where[2]}, column {where[3]} "
+            f"(NCHW); a network's output on it would be NaN: pass finite values (the training "
+            f"batches hold pixels scaled to [0, 1])"
+        )
+    return x
+
+
 def format_table(
     rows: list[LayerShape], *, native: list[tuple[int, ...]] | None = None, native_layout: str = "NCHW"
 ) -> str:

@@ -62,8 +62,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate
 from .data import Dataset, iterate_batches
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .files import atomic_write_bytes
 
 FORMAT = "resnet_multi.trace.v1"
@@ -178,8 +179,8 @@ def record(
     alone grow in this run: a framework that departs no faster is departing by rounding."""
     from .weights import tensor_specs
 
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise InputError(f"learning rate must be a positive number, got {lr!r}")
+    lr = validate.check_learning_rate(lr)
+    perturb = validate.check_perturb(perturb)
     if activation_images < 0:
         raise InputError(f"activation_images must be >= 0, got {activation_images}")
     spec = model.spec
@@ -188,8 +189,6 @@ def record(
     stats = [t.name for t in specs if not t.trainable]
     layers = [n for n in spec.layer_names() if n not in SKIPPED_LAYERS]
     start = backend.get_weights(model)
-    if perturb < 0:
-        raise InputError(f"perturb must be >= 0, got {perturb}")
     if perturb:
         backend.set_weights(model, perturbed(start, set(params), perturb))
     twin = None if backend.name == "numpy" else backend.build(spec, device=model.device, eager=model.eager)
@@ -198,10 +197,13 @@ def record(
     bn = {name: [start[name]] for name in stats}
     for k, (x, y) in enumerate(batches):
         digests.append(_batch_digest(x, y))
-        probe = _twin_of(backend, model, twin)
-        outputs = backend.named_outputs(probe, x, training=True)
-        result = backend.loss_and_grads(probe, x, y)
-        loss, logits = backend.sgd_step(model, x, y, lr)  # the training loop's step
+        try:  # each call checks what it computed: a non-finite number stops the trace here
+            probe = _twin_of(backend, model, twin)
+            outputs = backend.named_outputs(probe, x, training=True)
+            result = backend.loss_and_grads(probe, x, y)
+            loss, logits = backend.sgd_step(model, x, y, lr)  # the training loop's step
+        except NonFiniteError as e:
+            raise NonFiniteError(f"at step {k} of the trace, {e}", short=f"at step {k}, {e.short}") from None
         gap = max(gap, abs(float(result.loss) - float(loss)))
         losses.append(float(loss))
         norms.append([float(np.linalg.norm(np.asarray(result.grads[p], np.float64))) for p in params])
@@ -214,6 +216,10 @@ def record(
             for p in params:
                 tensors[f"grad.{p}"] = np.ascontiguousarray(result.grads[p], np.float32)
         after = backend.get_weights(model)
+        bad = validate.bad_tensors(after)
+        if bad:
+            finding = f"step {k} of the trace left weights no network can use: {validate.describe(bad)} (lr {lr})"
+            raise NonFiniteError(f"{finding}; the update overflows float32: trace with a lower lr", short=finding)
         for name in stats:
             bn[name].append(after[name])
     if not losses:

@@ -47,7 +47,7 @@ from . import shapes, validate
 from . import weights as canonical
 from .backend import Backend, Model
 from .data import Dataset, iterate_batches, num_batches, preprocessing
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .files import atomic_write_bytes, is_temporary
 
 try:
@@ -219,7 +219,8 @@ def _fingerprint(dataset: Dataset) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    # allow_nan=False: a NaN or Inf would be written as JSON that no parser accepts
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
 
 
 def read_checkpoint(out) -> dict | None:
@@ -330,6 +331,7 @@ def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print
 def _checkpoint(
     backend,
     model,
+    weights: dict,
     out: Path,
     *,
     epoch,
@@ -341,15 +343,10 @@ def _checkpoint(
     previous: str | None,
     meta: dict,
 ) -> str:
-    """Weights first, then the JSON that names them (the commit point), then drop the
-    previous epoch's weights: a crash at any moment leaves one complete checkpoint."""
+    """Weights first (``weights``: the model's, checked by the caller), then the JSON that
+    names them (the commit point), then drop the previous epoch's weights: a crash at any
+    moment leaves one complete checkpoint."""
     name = f"epoch-{epoch:03d}.safetensors"
-    weights = backend.get_weights(model)
-    bad = validate.bad_tensors(weights)
-    if bad:
-        raise TrainingDiverged(
-            f"training diverged: after epoch {epoch} the weights hold {validate.describe(bad)}; {_kept(out, previous)}"
-        )
     path = canonical.save_weights(out / name, weights, model.spec, preprocess=preprocessing(recipe["resize"]))
     state = {
         "format": FORMAT,
@@ -380,6 +377,10 @@ def _checkpoint(
     # this rounds it to the checkpoint's float32 so that resume stays bit-identical.
     backend.set_weights(model, weights)
     return name
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _kept(out, weights_file: str | None) -> str:
@@ -553,11 +554,10 @@ def fit(
     :meth:`resnet_multi.backend.Backend.configure_training`'s.
     ``processes`` is the data-parallel run this process is part of (see :class:`OneProcess`).
     """
-    for what, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise InputError(f"{what} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise InputError(f"learning rate must be a positive number, got {lr!r}")
+    epochs = validate.check_epochs(epochs)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    lr = validate.check_learning_rate(lr)
     if resume and out is None:
         raise InputError("resume needs the run directory (out) to resume from")
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
@@ -640,7 +640,13 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
             metrics = backend.new_metrics(model)
             for i, batch in enumerate(epoch_batches(seed, epoch)):
                 tic = time.perf_counter()
-                backend.train_step(model, batch, lr, metrics)
+                try:
+                    backend.train_step(model, batch, lr, metrics)
+                except NonFiniteError as e:  # the step's own check (sgd_step): where the run stands
+                    raise TrainingDiverged(
+                        f"training diverged at epoch {epoch + 1}, step {i + 1} (lr {lr}): {e.short}; "
+                        f"{_kept(out, weights_file)}"
+                    ) from None
                 # A device backend's metrics stay on the device between progress marks (no host
                 # sync a step); reading them waits for the queued steps, so it is timed too.
                 reading = metrics.read() if i in mark or not metrics.deferred else None
@@ -659,9 +665,23 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
                     if i in mark:
                         history.curve.append([epoch + (i + 1) / per_epoch, loss_sum / seen, correct / seen])
                 bar.update()
-            test_acc = evaluate_accuracy(
-                backend, model, dataset.test_images, dataset.test_labels, batch_size=batch_size, resize=resize
-            )
+            # the weights and BN statistics the epoch produced, before anything is measured on them
+            weights = backend.get_weights(model)
+            bad = validate.bad_tensors(weights)
+            if bad:
+                raise TrainingDiverged(
+                    f"training diverged: after epoch {epoch + 1} the weights hold {validate.describe(bad)} "
+                    f"(lr {lr}); {_kept(out, weights_file)}"
+                )
+            try:
+                test_acc = evaluate_accuracy(
+                    backend, model, dataset.test_images, dataset.test_labels, batch_size=batch_size, resize=resize
+                )
+            except NonFiniteError as e:
+                raise TrainingDiverged(
+                    f"training diverged: the test pass after epoch {epoch + 1} (lr {lr}) failed: {e.short}; "
+                    f"{_kept(out, weights_file)}"
+                ) from None
             for key, value in (
                 ("epoch", epoch + 1),
                 ("train_loss", loss_sum / seen),
@@ -680,6 +700,7 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
                 weights_file = _checkpoint(
                     backend,
                     model,
+                    weights,
                     out,
                     epoch=epoch + 1,
                     steps=steps,
@@ -697,7 +718,8 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
                         "backend": backend.name,
                         "device": model.device,
                         "arch": model.spec.name,
-                        "examples_per_sec": history.examples_per_sec,
+                        # null where no time was measured (a clock too coarse for the steps)
+                        "examples_per_sec": _finite_or_none(history.examples_per_sec),
                         **recipe,
                     },
                 )

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, InputTypeError
 from .spec import BLOCK_KINDS, INITS, MAX_BLOCKS_PER_STAGE, SHORTCUTS, STRIDE_PLACEMENTS, ArchSpec
 
 _TYPE_NAMES = {
@@ -310,3 +311,84 @@ def bad_tensors(weights: dict) -> list[str]:
 def describe(names: list[str], limit: int = 4) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def nonfinite_summary(value) -> str | None:
+    """None if every value is finite, else how many are NaN and how many infinite."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "fc":
+        return None
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    nan = int(np.isnan(a).sum())
+    inf = int(a.size - finite.sum()) - nan
+    parts = [f"{n:,} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n]
+    return f"{' and '.join(parts)} among {a.size:,} value{'s' if a.size != 1 else ''}"
+
+
+# ---- numbers the user passes: one check each, for the Python API and the command line ----
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Below this a float32 is zero or a denormal, and accelerators (and XLA on CPUs) flush
+# denormals to zero: a learning rate this small changes no weight.
+FLOAT32_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+MAX_EPOCHS = 100_000
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: far beyond any wait for another process
+MAX_PERTURB = 1.0  # a relative change of the weights; above 1 it flips their signs
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputTypeError(f"{what} must be a number, got {type(value).__name__} {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InputError(f"{what} must be a finite number, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(number):
+        raise InputError(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
+def check_learning_rate(lr, what: str = "learning rate") -> float:
+    """A learning rate SGD can use in float32: positive, finite, at least float32's
+    smallest normal number (below it no weight changes) and at most its largest."""
+    value = _number(lr, what)
+    if value <= 0:
+        raise InputError(f"{what} must be a positive number, got {lr!r}")
+    if value < FLOAT32_SMALLEST_NORMAL:
+        raise InputError(
+            f"{what} {value:g} is below {FLOAT32_SMALLEST_NORMAL:.4g}, float32's smallest normal "
+            f"number: in float32 it is zero or a denormal that devices flush to zero, so no weight "
+            f"would change; the chapter's is 0.05"
+        )
+    if value > FLOAT32_MAX:
+        raise InputError(f"{what} {value:g} is above {FLOAT32_MAX:.4g}, the largest float32: it would be infinite")
+    return value
+
+
+def check_epochs(epochs, what: str = "epochs") -> int:
+    """A number of epochs: an integer from 1 to :data:`MAX_EPOCHS`."""
+    if isinstance(epochs, (bool, np.bool_)) or not isinstance(epochs, (int, np.integer)):
+        raise InputTypeError(f"{what} must be a positive integer, got {type(epochs).__name__} {_short(epochs)}")
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise InputError(f"{what} must be from 1 to {MAX_EPOCHS:,}, got {_short(epochs)}")
+    return int(epochs)
+
+
+def check_timeout(seconds, what: str = "timeout") -> float:
+    """How long to wait for another process, in seconds: positive, at most a week."""
+    value = _number(seconds, what)
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise InputError(f"{what} must be more than 0 and at most {MAX_TIMEOUT_S:,} seconds (a week), got {seconds!r}")
+    return value
+
+
+def check_perturb(scale, what: str = "perturb") -> float:
+    """The control run's relative noise on the weights: from 0 to :data:`MAX_PERTURB`."""
+    value = _number(scale, what)
+    if not 0 <= value <= MAX_PERTURB:
+        raise InputError(
+            f"{what} must be from 0 to {MAX_PERTURB:g} (a relative change of each weight; "
+            f"float32's rounding is about 1e-7), got {scale!r}"
+        )
+    return value

@@ -571,7 +571,7 @@ def test_perturbed_control_trace(tiny_data, numpy_trace, oracle, tmp_path):
     assert list(result.diffs) == ["numpy-perturbed"]
     logits = result.diffs["numpy-perturbed"][0].values["logits"]
     assert 1e-9 < logits < 1e-5
-    with pytest.raises(ValueError, match="perturb must be >= 0"):
+    with pytest.raises(ValueError, match="perturb must be from 0 to 1"):
         trace.record(oracle, model, [], lr=0.05, perturb=-1.0)
 
 

@@ -1,0 +1,276 @@
+"""No silent wrong results: one section per rule.
+
+1. Every number the package reports or writes is finite where it is produced; a non-finite
+   one stops with an error naming what and where. Numeric options are checked for range.
+2. The package writes only regular files, inside directories it owns.
+3. Every file read is parsed with limits and checked against its kind's schema; every
+   message names the file, the key and the fix.
+4. Data-parallel ranks die with their launcher, bind to loopback, exchange no pickles
+   (tests/test_distributed.py, in the torch environment).
+5. Messages that lead somewhere.
+
+Tiny settings throughout, as in tests/test_validation.py: ResNet-18 at width 4, 16x16 images.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cases import BACKEND_CASES
+
+from resnet_multi import data, trace, train, validate
+from resnet_multi import weights as canonical
+from resnet_multi.backend import load_backend
+from resnet_multi.cli import main
+from resnet_multi.errors import InputError, NonFiniteError
+from resnet_multi.spec import get_arch
+
+SIZE = 16
+TINY = dict(width=4)
+SPEC = get_arch("d2l-resnet18", **TINY)
+CASES = [c for c in BACKEND_CASES if not c.id.endswith("-eager")]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err):
+    lines = [
+        line
+        for line in err.strip().splitlines()
+        if not line.startswith(("training d2l-resnet18 (preset ", "tracing ", "resnet-multi train: no --preset"))
+    ]
+    return len(lines) == 1 and lines[0].startswith("resnet-multi") and "Traceback" not in err, lines
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    ds = data.load_fashion_mnist(subset=True)
+    return data.Dataset(ds.train_images[:32], ds.train_labels[:32], ds.test_images[:32], ds.test_labels[:32], ds.source)
+
+
+def batch(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, SIZE, SIZE), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def overflowing_weights(spec=SPEC):
+    """Finite weights (every value a float32) that overflow float32 in the first layer."""
+    w = canonical.init_weights(spec)
+    w["stem.conv.weight"] = np.full_like(w["stem.conv.weight"], 3e38)
+    return w
+
+
+# ---- 1. numbers: finite where produced, named where not --------------------------------------
+@pytest.mark.parametrize("backend, device", CASES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_input_is_refused_before_the_framework_sees_it(backend, device, bad):
+    model = backend.build("d2l-resnet18", device=device, **TINY)
+    before = backend.get_weights(model)
+    x, y = batch()
+    x[1, 0, 2, 3] = bad
+    for call in (
+        lambda: backend.forward(model, x),
+        lambda: backend.forward(model, x, training=True),
+        lambda: backend.named_outputs(model, x),
+        lambda: backend.loss_and_grads(model, x, y),
+        lambda: backend.sgd_step(model, x, y, 0.05),
+    ):
+        with pytest.raises(
+            InputError, match=r"NaN or Inf value\(s\), the first .* at image 1, channel 0, row 2, column 3"
+        ):
+            call()
+    after = backend.get_weights(model)  # nothing was stepped or normalised with it
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "lr, message",
+    [
+        (float("inf"), "finite number"),
+        (float("nan"), "finite number"),
+        (True, "must be a number"),
+        ("0.1", "must be a number"),
+        (0, "positive"),
+        (-0.1, "positive"),
+        (1e-320, "float32's smallest normal number"),
+        (1e-39, "float32's smallest normal number"),
+        (1e39, "the largest float32"),
+        (10**400, "finite number"),
+    ],
+)
+def test_learning_rate_is_checked_once_for_every_caller(lr, message, oracle, tiny_data):
+    model = oracle.build("d2l-resnet18", **TINY)
+    x, y = batch()
+    for call in (
+        lambda: oracle.sgd_step(model, x, y, lr),
+        lambda: train.fit(oracle, model, tiny_data, epochs=1, lr=lr, batch_size=16, resize=SIZE),
+        lambda: trace.record(oracle, model, [(x, y)], lr=lr),
+        lambda: validate.check_learning_rate(lr),
+    ):
+        with pytest.raises(InputError, match=message):
+            call()
+    assert validate.check_learning_rate(validate.FLOAT32_SMALLEST_NORMAL) > 0  # the boundary itself is accepted
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--lr", "1e-320"], "--lr: 9.99989e-321 is below 1.175e-38"),
+        (["train", "--lr", "inf"], "--lr: must be a finite number"),
+        (["train", "--epochs", "99999999999999999999999"], "--epochs: must be from 1 to 100,000"),
+        (["train", "--epochs", "2.5"], "--epochs: must be an integer"),
+        (["train", "--dist-timeout", "1e300"], "--dist-timeout: must be more than 0 and at most 604,800 seconds"),
+        (["trace", "--perturb", "1e300"], "--perturb: must be from 0 to 1"),
+        (["trace", "--lr", "1e-40"], "--lr: 1e-40 is below"),
+    ],
+)
+def test_numeric_options_are_refused_out_of_range(capsys, tmp_path, argv, message):
+    code, out, err = run(capsys, *argv[:1], "--backend", "numpy", *argv[1:], "--out", tmp_path / "out")
+    assert code == 2 and message in err and one_line(err)[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_epochs_and_timeouts_through_the_python_api(oracle, tiny_data):
+    model = oracle.build("d2l-resnet18", **TINY)
+    with pytest.raises(InputError, match="epochs must be from 1 to 100,000"):
+        train.fit(oracle, model, tiny_data, epochs=10**20, batch_size=16, resize=SIZE)
+    for seconds in (1e300, float("inf"), 0, -1):
+        with pytest.raises(InputError, match="timeout"):
+            validate.check_timeout(seconds)
+
+
+@pytest.mark.parametrize("backend, device", CASES)
+def test_set_weights_checks_values_as_load_weights_does(backend, device):
+    model = backend.build("d2l-resnet18", device=device, **TINY)
+    good = backend.get_weights(model)
+    for name, value in (("stages.1.0.conv1.weight", np.nan), ("head.fc.bias", np.inf), ("stem.bn.running_var", -1)):
+        w = dict(good)
+        w[name] = w[name].copy()
+        w[name].flat[0] = value
+        with pytest.raises(canonical.WeightsError, match=rf"{name} \((NaN/Inf|negative variance)\)"):
+            backend.set_weights(model, w)
+    after = backend.get_weights(model)
+    for name in good:
+        np.testing.assert_array_equal(after[name], good[name], err_msg=name)
+
+
+@pytest.mark.parametrize("backend, device", CASES)
+def test_overflowing_weights_name_the_first_non_finite_layer(backend, device):
+    model = backend.build("d2l-resnet18", device=device, **TINY)
+    backend.set_weights(model, overflowing_weights())
+    x, _ = batch()
+    with pytest.raises(
+        NonFiniteError, match=r"non-finite logits .* the first layer whose output is not finite is stem"
+    ):
+        backend.forward(model, x)
+    with pytest.raises(NonFiniteError, match=r"the output of layer stem is not finite"):
+        backend.named_outputs(model, x)
+
+
+@pytest.mark.parametrize("backend, device", CASES)
+def test_training_forward_on_huge_input_names_the_running_statistic(backend, device):
+    model = backend.build("d2l-resnet18", device=device, **TINY)
+    x, _ = batch()
+    with pytest.raises(NonFiniteError, match=r"running statistics no network can use: stem\.bn\.running_"):
+        backend.forward(model, x * np.float32(1e30), training=True)
+
+
+@pytest.mark.parametrize("backend, device", CASES)
+def test_fit_from_overflowing_weights_stops_with_where(backend, device, tiny_data, tmp_path):
+    model = backend.build("d2l-resnet18", device=device, **TINY)
+    backend.set_weights(model, overflowing_weights())
+    with pytest.raises(train.TrainingDiverged, match=r"training diverged.*epoch 1.*no epoch had finished"):
+        train.fit(backend, model, tiny_data, epochs=2, lr=0.05, batch_size=16, resize=SIZE, out=tmp_path / "run")
+    assert not (tmp_path / "run" / train.CHECKPOINT).exists()
+
+
+def _weights_file(tmp_path, weights, name="w.safetensors"):
+    return canonical.save_weights(tmp_path / name, weights, SPEC, preprocess=data.preprocessing(SIZE))
+
+
+def test_evaluate_and_trace_refuse_overflowing_weights(tmp_path, capsys):
+    path = _weights_file(tmp_path, overflowing_weights())
+    code, out, err = run(capsys, "evaluate", "--backend", "numpy", "--weights", path, "--subset", "--limit", "32")
+    assert code == 1 and out == "" and f"no accuracy for {path}" in err and "layer" in err, err
+    assert one_line(err)[0], err
+    trace_file = tmp_path / "t.safetensors"
+    code, out, err = run(
+        capsys, "trace", "--backend", "numpy", "--weights", path, "--steps", "2", "--batch-size", "8",
+        "--resize", SIZE, "--out", trace_file,
+    )  # fmt: skip
+    assert code == 1 and "nothing traced" in err and "at step 0" in err and one_line(err)[0], err
+    assert not trace_file.exists()
+
+
+@pytest.fixture(scope="module")
+def numpy_trace(tmp_path_factory, tiny_data):
+    """A two-step NumPy trace (tensors, metadata) and its file."""
+    oracle = load_backend("numpy")
+    model = oracle.build("d2l-resnet18", **TINY)
+    batches = trace.training_batches(tiny_data, steps=2, batch_size=8, seed=0, resize=SIZE)
+    tensors, meta = trace.record(oracle, model, batches, lr=0.05, activation_images=2)
+    path = trace.save(tmp_path_factory.mktemp("trace") / "numpy.safetensors", tensors, meta)
+    return tensors, meta, path
+
+
+def _variant(tmp_path, numpy_trace, name, change_tensors=None, change_meta=None):
+    """The NumPy trace relabelled as another backend's, with changes."""
+    tensors, meta, _ = numpy_trace
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    meta = json.loads(json.dumps({**meta, "backend": name}))
+    if change_tensors:
+        change_tensors(tensors)
+    if change_meta:
+        change_meta(meta)
+    return trace.save(tmp_path / f"{name}.safetensors", tensors, meta)
+
+
+def _nan(key, index=(0,)):
+    def change(tensors):
+        tensors[key][index] = np.nan
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, quantity",
+    [
+        (_nan("loss"), "loss"),
+        (_nan("step.1.logits", (0, 3)), "logits"),
+        (_nan("grad_norm", (0, 5)), "grad norms"),
+        (_nan("bn.stem.bn.running_var", (1, 0)), "bn stats"),
+        (_nan("step.0.act.stages.1", (0, 0, 0, 0)), "stages.1"),
+    ],
+    ids=["loss", "logits", "grad-norm", "bn", "stage"],
+)
+@pytest.mark.parametrize("side", ["trace", "reference"])
+def test_compare_counts_a_non_finite_value_as_a_difference(tmp_path, numpy_trace, capsys, change, quantity, side):
+    clean = _variant(tmp_path, numpy_trace, "torch")
+    broken = _variant(tmp_path, numpy_trace, "tf", change)
+    paths = [clean, broken] if side == "trace" else [broken, clean]
+    code, out, err = run(capsys, "compare", *paths, "--tolerance", "1e-3", "--no-plot")
+    assert code == 1 and "non-finite value (NaN or Inf)" in err, (out, err)
+    assert f"{quantity} (non-finite on one side (NaN or Inf))" in out, out
+    assert "none in" not in out.split("first difference above")[1].splitlines()[0], out
+
+
+def test_compare_says_which_stage_outputs_it_could_not_compare(tmp_path, numpy_trace, capsys):
+    def no_layers(meta):
+        meta["layers"], meta["activation_images"] = [], 0
+
+    def drop_acts(tensors):
+        for key in [k for k in tensors if ".act." in k]:
+            del tensors[key]
+
+    a = _variant(tmp_path, numpy_trace, "torch")
+    b = _variant(tmp_path, numpy_trace, "tf", drop_acts, no_layers)
+    code, out, err = run(capsys, "compare", a, b, "--no-plot")
+    assert code == 0 and f"stage outputs not compared for tf: {b} records no stage outputs" in out, out
+    assert "--activation-images N" in out
