@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import frameworks, memory, shapes, validate
+from . import files, frameworks, memory, shapes, validate
 from .backend import load_backend
 from .errors import InputError, NonFiniteError
 from .spec import ARCHS, get_arch
@@ -99,6 +99,13 @@ _learning_rate = _checked(validate.check_learning_rate)
 _epochs = _checked(validate.check_epochs, int)
 _timeout = _checked(validate.check_timeout)
 _perturb = _checked(validate.check_perturb)
+
+
+def _path(text: str) -> Path:
+    """An argparse type: a path, never the empty string (which Path() reads as the current directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a path, got an empty string")
+    return Path(text)
 
 
 def _input_shape(text: str) -> tuple[int, ...]:
@@ -427,6 +434,8 @@ def cmd_bench(args) -> int:
     from . import bench
     from .train import PRESETS
 
+    if args.json is not None:
+        files.check_output(args.json, "--json")  # before any work, as every writer checks it again
     backend = _backend(args.backend)
     device = _device(backend, args.device)
     # By default the preset that suits the device: quick (32x32) on a CPU, the chapter's 96x96 on a GPU.
@@ -460,6 +469,8 @@ def cmd_trace(args) -> int:
     from . import weights as canonical
     from .train import PRESETS
 
+    default = f"traces/{args.backend}{'-perturbed' if args.perturb else ''}.safetensors"
+    out = files.check_output(args.out or Path(default), "--out")  # before any work
     if args.threads is not None:
         trace.pin_threads(args.threads)  # before the framework starts its thread pools
     backend = _backend(args.backend)
@@ -511,8 +522,7 @@ def cmd_trace(args) -> int:
             f"nothing traced, from {start}: {e.short}; these weights and this lr overflow float32: "
             f"trace from the weights of a run that did not diverge, or with a lower --lr"
         ) from None
-    default = f"traces/{backend.name}{'-perturbed' if args.perturb else ''}.safetensors"
-    out = trace.save(args.out or Path(default), tensors, meta)
+    out = trace.save(out, tensors, meta)
     print(f"loss {tensors['loss'][0]:.4f} -> {tensors['loss'][-1]:.4f} over {len(tensors['loss'])} steps; trace {out}")
     return 0
 
@@ -520,10 +530,12 @@ def cmd_trace(args) -> int:
 def cmd_compare(args) -> int:
     from . import compare
 
+    plot = None
+    if args.plot is not None or not args.no_plot:
+        plot = files.check_output(args.plot or Path(args.traces[0]).parent / "compare.png", "--plot")
     result = compare.compare(args.traces, reference=args.reference, steps=args.steps)
     print(compare.format_report(result, threshold=args.threshold))
-    if args.plot is not None or not args.no_plot:
-        plot = args.plot or Path(args.traces[0]).parent / "compare.png"
+    if plot is not None:
         print(f"plot {compare.save_plot(result, plot)}", file=sys.stderr)
     if args.tolerance is not None and result.worst() > args.tolerance:
         worst = result.worst()
@@ -613,9 +625,9 @@ def _add_train(sub):
         default=None,
         help="the bundled 2,000/500 subset instead of the full data",
     )
-    p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
+    p.add_argument("--data-dir", type=_path, help="folder with the four Fashion-MNIST files")
     p.add_argument("--limit", type=_positive_int, help="only the first N train and N test images")
-    p.add_argument("--out", type=Path, help="run directory (default runs/BACKEND-PRESET)")
+    p.add_argument("--out", type=_path, help="run directory (default runs/BACKEND-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -662,7 +674,7 @@ def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test accuracy of saved weights, from any backend, on any backend")
     _backend_option(p)
     _device_option(p)
-    p.add_argument("--weights", required=True, type=Path, help="a .safetensors file saved by resnet-multi")
+    p.add_argument("--weights", required=True, type=_path, help="a .safetensors file saved by resnet-multi")
     p.add_argument("--resize", type=_nonneg_int, help="image side, 0 for 28 (default: the one recorded in the weights)")
     p.add_argument(
         "--subset",
@@ -670,7 +682,7 @@ def _add_evaluate(sub):
         default=None,
         help="the bundled 500 test images (default: the data the weights were trained on)",
     )
-    p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
+    p.add_argument("--data-dir", type=_path, help="folder with the four Fashion-MNIST files")
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
     _eager(p)
@@ -696,7 +708,7 @@ def _add_bench(sub):
     p.add_argument("--warmup", type=_nonneg_int, default=2, help="untimed steps after the first")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights and batches")
     p.add_argument("--no-textbook", action="store_true", help="only the package's model")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--json", type=_path, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     _eager(p)
     _max_memory(p)
@@ -712,7 +724,7 @@ def _add_trace(sub):
     _model_options(p)
     p.add_argument(
         "--weights",
-        type=Path,
+        type=_path,
         help="start from these canonical weights (default: the spec's initial weights for --seed)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="initial weights (without --weights) and batch order")
@@ -726,7 +738,7 @@ def _add_trace(sub):
         default=None,
         help="the bundled 2,000/500 subset (the default unless --data-dir)",
     )
-    p.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
+    p.add_argument("--data-dir", type=_path, help="folder with the four Fashion-MNIST files")
     p.add_argument("--limit", type=_positive_int, help="only the first N train images")
     p.add_argument(
         "--activation-images",
@@ -749,7 +761,7 @@ def _add_trace(sub):
         "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
         "rounding-sized differences alone grow",
     )
-    p.add_argument("--out", type=Path, help="trace file (default traces/BACKEND.safetensors)")
+    p.add_argument("--out", type=_path, help="trace file (default traces/BACKEND.safetensors)")
     _eager(p)
     _max_memory(p)
     p.set_defaults(func=cmd_trace)
@@ -766,7 +778,7 @@ def _add_compare(sub):
         "feeding a BN, on the largest gradient's scale). Then where each trace, and each "
         "pair, first differs by more than --threshold.",
     )
-    p.add_argument("traces", nargs="+", type=Path, help="trace files written by resnet-multi trace")
+    p.add_argument("traces", nargs="+", type=_path, help="trace files written by resnet-multi trace")
     p.add_argument("--reference", help="backend to compare against (default numpy if traced, else the first)")
     p.add_argument("--steps", type=_positive_int, help="compare only the first N steps")
     p.add_argument(
@@ -778,7 +790,7 @@ def _add_compare(sub):
     p.add_argument(
         "--tolerance", type=_positive_float, help="exit with status 1 if any relative difference exceeds this"
     )
-    p.add_argument("--plot", type=Path, help="plot file (default compare.png beside the first trace)")
+    p.add_argument("--plot", type=_path, help="plot file (default compare.png beside the first trace)")
     p.add_argument("--no-plot", action="store_true", help="write no plot")
     p.set_defaults(func=cmd_compare)
 

@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import InputError
+from .files import OutputError, check_output
 
 __all__ = [
     "DataError",
@@ -237,6 +238,10 @@ def download_fashion_mnist(dest_dir: str | os.PathLike) -> Path:
 
 
 def _download_one(url: str, target: Path, expected_md5: str) -> None:
+    try:
+        check_output(target, "download target")  # the rename below must not replace a link or a device
+    except OutputError as exc:
+        raise DataError(f"{exc}.\n{_HOW_TO_GET_DATA}") from None
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     moved = False

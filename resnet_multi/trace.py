@@ -65,7 +65,7 @@ import numpy as np
 from . import validate
 from .data import Dataset, iterate_batches
 from .errors import InputError, NonFiniteError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, input_problem
 
 FORMAT = "resnet_multi.trace.v1"
 # Environment variables that set CPU thread counts in the frameworks' runtimes
@@ -297,8 +297,9 @@ def load(path) -> Trace:
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise TraceError(f"trace file {path} does not exist; write one with resnet-multi trace")
+    problem = input_problem(path)
+    if problem is not None:
+        raise TraceError(f"trace file {path} {problem}; write one with resnet-multi trace")
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta_text = (f.metadata() or {}).get("trace")

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import shapes, validate
+from . import files, shapes, validate
 from . import weights as canonical
 from .backend import Backend, Model
 from .data import Dataset, iterate_batches, num_batches, preprocessing
@@ -83,7 +83,10 @@ def recipe(preset: str = "chapter", *, data_dir=None, **overrides) -> dict:
 
 
 def check_start(out: Path, resume: bool) -> None:
-    """Before any work: ``resume`` needs a checkpoint in ``out``, a new run needs none."""
+    """Before any work: ``out`` is a directory (or nothing yet) whose files are the run's
+    own regular files (:func:`check_run_files`); ``resume`` needs a checkpoint in it, a
+    new run needs none."""
+    check_run_files(out)
     state = read_checkpoint(out)
     if resume and state is None:
         raise RunError(f"nothing to resume: {out / CHECKPOINT} does not exist")
@@ -227,8 +230,13 @@ def read_checkpoint(out) -> dict | None:
     """The run state in ``out``, or None if there is none; RunError if it is unreadable
     or does not fit the checkpoint schema (:data:`resnet_multi.validate.CHECKPOINT`)."""
     path = Path(out) / CHECKPOINT
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    problem = files.input_problem(path)
+    if problem is not None:
+        raise RunError(
+            f"{path} {problem}: a run directory's checkpoint is a regular file; remove it or choose another --out"
+        )
     try:
         state = validate.parse_json(path.read_bytes(), "the file")
         if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -413,6 +421,7 @@ def check_run(
         why=backend.min_training_batch_why if backend else "",
     )
     if out is not None:
+        check_run_files(Path(out))
         os.close(_open_lock_file(Path(out)))
 
 
@@ -475,12 +484,30 @@ def _run_directory(out: Path):
         os.close(fd)  # releases the lock
 
 
+def check_run_files(out) -> Path:
+    """A run directory resnet-multi may write in: a directory or nothing yet, whose own
+    files (checkpoint, history, plot, weights, lock) are regular files where they exist,
+    so that no write replaces a link, a device or a directory: OutputError otherwise."""
+    out = files.check_output_dir(out, "the run directory (--out)")
+    if out.is_dir():
+        files.check_lock(out / ".lock")
+        for name in _OWN_FILES:
+            files.check_output(out / name, "in the run directory,", _NOT_OURS)
+        for path in sorted(out.glob("epoch-*.safetensors")):
+            files.check_output(path, "in the run directory,", _NOT_OURS)
+    return out
+
+
+_NOT_OURS = "a run directory holds only the files a run writes: remove it, or choose another --out"
+
+
 def _open_lock_file(out: Path) -> int:
     """Create ``out`` and its lock file: the first write a run makes, so a directory that
-    cannot be written is found before any training."""
+    cannot be written is found before any training. The lock is a regular file opened
+    without following links (:func:`resnet_multi.files.open_lock`)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        return files.open_lock(out / ".lock")
     except OSError as e:
         raise RunError(
             f"cannot write the run directory {out}: {e.strerror or e}; choose another --out or make it writable"
@@ -498,11 +525,16 @@ def _link_final(out: Path, weights_file: str) -> None:
     """``weights.safetensors``: the last checkpoint's file under the name users look for,
     as a hard link (no second copy on disk), replaced atomically; a copy where the file
     system has no hard links."""
-    src, dst = out / weights_file, out / FINAL_WEIGHTS
+    src, dst = out / weights_file, files.check_output(out / FINAL_WEIGHTS, "in the run directory,", _NOT_OURS)
     tmp = out / f".{FINAL_WEIGHTS}.{os.getpid()}.link.tmp"
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
+        try:
+            files.check_output(dst, "in the run directory,", _NOT_OURS)  # nothing else appeared there meanwhile
+        except files.OutputError:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, dst)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -560,6 +592,8 @@ def fit(
     lr = validate.check_learning_rate(lr)
     if resume and out is None:
         raise InputError("resume needs the run directory (out) to resume from")
+    if out is not None and processes.writes:
+        out = check_run_files(out)  # before Path("") turns an empty path into the current directory
     recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
     if precision != "float32":  # recorded (and so checked on resume) where it is not the default
         recipe["precision"] = precision

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import validate
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, input_problem
 from .spec import ArchSpec, bn_for
 
 FORMAT = "resnet_multi.canonical.v1"
@@ -311,8 +311,9 @@ def read_arch(path) -> ArchSpec:
 
 def _existing(path) -> Path:
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    problem = input_problem(path)
+    if problem is not None:
+        raise WeightsError(f"weights file {path} {problem}; pass a .safetensors file saved by resnet-multi")
     return path
 
 

@@ -12,14 +12,17 @@
 Tiny settings throughout, as in tests/test_validation.py: ResNet-18 at width 4, 16x16 images.
 """
 
+import errno
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cases import BACKEND_CASES
 
-from resnet_multi import data, trace, train, validate
+from resnet_multi import data, files, trace, train, validate
 from resnet_multi import weights as canonical
 from resnet_multi.backend import load_backend
 from resnet_multi.cli import main
@@ -274,3 +277,141 @@ def test_compare_says_which_stage_outputs_it_could_not_compare(tmp_path, numpy_t
     code, out, err = run(capsys, "compare", a, b, "--no-plot")
     assert code == 0 and f"stage outputs not compared for tf: {b} records no stage outputs" in out, out
     assert "--activation-images N" in out
+
+
+# ---- 2. only regular files, inside directories the package owns ------------------------------
+def _not_regular(tmp_path, kind):
+    """A path holding something other than a regular file, and a way to see it is unchanged."""
+    path = tmp_path / f"target-{kind}"
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, lambda: stat.S_ISFIFO(os.lstat(path).st_mode)
+    if kind == "dir":
+        path.mkdir()
+        return path, lambda: path.is_dir() and not any(path.iterdir())
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    path.symlink_to(victim)
+    return path, lambda: path.is_symlink() and victim.read_text() == "keep me"
+
+
+KINDS = ["fifo", "dir", "symlink"] if hasattr(os, "mkfifo") else ["dir", "symlink"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_atomic_write_never_replaces_what_is_not_a_regular_file(tmp_path, kind):
+    path, unchanged = _not_regular(tmp_path, kind)
+    with pytest.raises(files.OutputError, match=rf"{path} is a (FIFO|directory|symbolic link).*regular files"):
+        files.atomic_write_bytes(path, b"data")
+    assert unchanged()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench", "--backend", "numpy", "--width", "4", "--size", "16", "--batch-size", "4", "--steps", "1", "--json"],
+        ["trace", "--backend", "numpy", "--width", "4", "--steps", "1", "--batch-size", "8", "--out"],
+        ["compare", "--plot"],
+    ],
+    ids=["bench-json", "trace-out", "compare-plot"],
+)
+def test_commands_refuse_an_output_that_is_not_a_regular_file_before_any_work(
+    tmp_path, capsys, monkeypatch, kind, command
+):
+    path, unchanged = _not_regular(tmp_path, kind)
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda *a, **k: pytest.fail("the data was read"))
+    argv = [*command, path]
+    if command[0] == "compare":
+        argv = ["compare", tmp_path / "missing-a.safetensors", tmp_path / "missing-b.safetensors", "--plot", path]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and f"{path} is a" in err and "writes only regular files" in err, err
+    assert one_line(err)[0] and "tracing" not in err, err
+    assert unchanged()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--backend", "numpy", "--out", ""],
+        ["trace", "--backend", "numpy", "--out", ""],
+        ["bench", "--backend", "numpy", "--json", ""],
+        ["compare", "a", "b", "--plot", ""],
+        ["evaluate", "--backend", "numpy", "--weights", ""],
+    ],
+    ids=["train", "trace", "bench", "compare", "evaluate"],
+)
+def test_an_empty_path_is_refused(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "must be a path, got an empty string" in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_fit_refuses_an_empty_run_directory(oracle, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = oracle.build("d2l-resnet18", **TINY)
+    with pytest.raises(files.OutputError, match="empty path"):
+        train.fit(oracle, model, tiny_data, epochs=1, batch_size=16, resize=SIZE, out="")
+    assert not list(tmp_path.iterdir())
+
+
+CLI_TRAIN = ["train", "--backend", "numpy", "--preset", "quick", "--width", "4", "--resize", SIZE, "--limit", "32",
+             "--batch-size", "16", "--epochs", "1", "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"] if hasattr(os, "mkfifo") else ["symlink"])
+def test_the_run_directory_lock_cannot_be_redirected(tmp_path, capsys, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    outside = tmp_path / "outside"
+    if kind == "symlink":
+        (out / ".lock").symlink_to(outside)
+    else:
+        os.mkfifo(out / ".lock")
+    code, stdout, err = run(capsys, *CLI_TRAIN, "--out", out)
+    assert code == 2 and f"{out / '.lock'} is a" in err and "remove it" in err and one_line(err)[0], err
+    assert not outside.exists() and sorted(p.name for p in out.iterdir()) == [".lock"]
+    with pytest.raises(files.OutputError, match="lock the run directory"):
+        files.open_lock(out / ".lock")
+
+
+@pytest.mark.parametrize(
+    "name", [train.CHECKPOINT, train.HISTORY, train.PLOT, train.FINAL_WEIGHTS, "epoch-001.safetensors"]
+)
+def test_run_files_that_are_links_are_refused_before_training(tmp_path, capsys, monkeypatch, name):
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (out / name).symlink_to(victim)
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda *a, **k: pytest.fail("the data was read"))
+    code, stdout, err = run(capsys, *CLI_TRAIN, "--out", out)
+    assert code in (1, 2) and str(out / name) in err and one_line(err)[0], err
+    assert (out / name).is_symlink() and victim.read_text() == "keep me"
+
+
+def test_a_checkpoint_that_is_a_directory_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / train.CHECKPOINT).mkdir(parents=True)
+    with pytest.raises(train.RunError, match=r"checkpoint.json is a directory, not a file"):
+        train.read_checkpoint(out)
+    code, stdout, err = run(capsys, *CLI_TRAIN, "--out", out, "--resume")
+    assert code == 2 and "checkpoint.json is a directory" in err and one_line(err)[0], err
+
+
+def test_a_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "bench.json"
+    with pytest.raises(files.WriteError, match=rf"cannot write {target}: No space left on device \(the disk is full\)"):
+        files.atomic_write_bytes(target, b"{}")
+    assert list(tmp_path.iterdir()) == []
+    code, out, err = run(
+        capsys, "bench", "--backend", "numpy", "--width", "4", "--size", "16", "--batch-size", "4", "--steps", "1",
+        "--warmup", "0", "--quiet", "--json", target,
+    )  # fmt: skip
+    assert code == 1 and f"cannot write {target}: No space left on device" in err and "[Errno" not in err, err
