@@ -136,6 +136,18 @@ def uncompared_layers(traces: list[Trace]) -> list[str]:
 
 
 def diff_step(trace: Trace, ref: Trace, k: int) -> StepDiff:
+    """Step ``k`` of ``trace`` against ``ref``; TraceError naming both files where a
+    quantity's shapes differ."""
+    try:
+        return _diff_step(trace, ref, k)
+    except TraceError as e:
+        raise TraceError(
+            f"{trace.path} and {ref.path} differ in shape at step {k} ({e}): trace both with the "
+            f"same settings, or the same version of resnet-multi"
+        ) from None
+
+
+def _diff_step(trace: Trace, ref: Trace, k: int) -> StepDiff:
     out = StepDiff(k)
     for layer in common_layers(trace, ref):
         a, r = trace.activation(k, layer), ref.activation(k, layer)

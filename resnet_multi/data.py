@@ -24,8 +24,8 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import io
 import os
-import struct
 import sys
 import tempfile
 import urllib.error
@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import validate
 from .errors import InputError
-from .files import OutputError, check_output
+from .files import OutputError, check_output, input_problem
 
 __all__ = [
     "DataError",
@@ -111,8 +112,7 @@ SUBSET_SHA256 = {
     TEST_LABELS: "88398b7b9c2714fdc99dcd01d17e01b1facc4aafd00b0c445cea3ca5f35f5823",
 }
 
-IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+IMAGE_MAGIC, LABEL_MAGIC = validate.IDX_IMAGES[0], validate.IDX_LABELS[0]  # the schema's (resnet_multi.validate)
 IMAGE_SIDE = 28
 NUM_CLASSES = len(FASHION_MNIST_CLASSES)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -305,67 +305,45 @@ def _error(path: Path, problem: str) -> DataError:
 
 
 def _read_bytes(path: Path) -> bytes:
-    """File contents, gunzipped when they start with the gzip magic bytes."""
+    """File contents, gunzipped when they start with the gzip magic bytes; at most
+    :data:`resnet_multi.validate.MAX_IDX_BYTES` either way (a gzip bomb stops there)."""
+    limit = validate.MAX_IDX_BYTES
+    problem = input_problem(path)
+    if problem is not None:
+        raise _error(path, f"the path {problem}")
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
     except OSError as exc:
-        raise _error(path, f"cannot read the file ({exc})") from exc
+        raise _error(path, f"cannot read the file ({exc.strerror or exc})") from exc
     if raw[:2] != _GZIP_MAGIC:
+        if len(raw) > limit:
+            raise _error(path, f"larger than {limit:,} bytes, which no Fashion-MNIST file is")
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = stream.read(limit + 1)  # decompresses no further than that
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise _error(path, f"corrupt or truncated gzip data ({exc})") from exc
-
-
-def _check_length(path: Path, data: bytes, header: int, count: int, item: int, what: str) -> None:
-    expected = header + count * item
-    if len(data) < expected:
-        raise _error(
-            path,
-            f"truncated: header declares {count} {what} ({expected} bytes) but the file holds only {len(data)} bytes",
-        )
-    if len(data) > expected:
-        raise _error(
-            path, f"too long: header declares {count} {what} ({expected} bytes) but the file holds {len(data)} bytes"
-        )
+    if len(data) > limit:
+        raise _error(path, f"decompresses to more than {limit:,} bytes, which no Fashion-MNIST file does")
+    return data
 
 
 def _parse_images(data: bytes, path: Path) -> np.ndarray:
-    if len(data) < 16:
-        raise _error(path, f"truncated: {len(data)} bytes is shorter than the 16-byte IDX image header")
-    magic, count, rows, cols = struct.unpack(">IIII", data[:16])
-    if magic != IMAGE_MAGIC:
-        raise _error(
-            path,
-            f"bad magic number 0x{magic:08x}, expected 0x{IMAGE_MAGIC:08x} "
-            f"(IDX unsigned-byte images); is this an images file?",
-        )
-    if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE):
-        raise _error(path, f"images are {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}")
-    _check_length(path, data, 16, count, rows * cols, "images")
-    return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols).copy()
+    try:
+        count = validate.idx_count(data, "images", side=IMAGE_SIDE, classes=NUM_CLASSES)
+    except validate.SchemaError as e:
+        raise _error(path, str(e)) from None
+    return np.frombuffer(data, np.uint8, offset=16).reshape(count, IMAGE_SIDE, IMAGE_SIDE).copy()
 
 
 def _parse_labels(data: bytes, path: Path) -> np.ndarray:
-    if len(data) < 8:
-        raise _error(path, f"truncated: {len(data)} bytes is shorter than the 8-byte IDX label header")
-    magic, count = struct.unpack(">II", data[:8])
-    if magic != LABEL_MAGIC:
-        raise _error(
-            path,
-            f"bad magic number 0x{magic:08x}, expected 0x{LABEL_MAGIC:08x} "
-            f"(IDX unsigned-byte labels); is this a labels file?",
-        )
-    _check_length(path, data, 8, count, 1, "labels")
-    labels = np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
-    bad = np.flatnonzero(labels >= NUM_CLASSES)
-    if bad.size:
-        raise _error(
-            path,
-            f"label {labels[bad[0]]} at index {bad[0]} is outside 0..{NUM_CLASSES - 1} ({bad.size} bad labels in all)",
-        )
-    return labels
+    try:
+        validate.idx_count(data, "labels", side=IMAGE_SIDE, classes=NUM_CLASSES)
+    except validate.SchemaError as e:
+        raise _error(path, str(e)) from None
+    return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
 
 
 def _check_digest(data: bytes, path: Path, expected: str) -> None:

@@ -40,6 +40,11 @@ def _one_of(value, allowed: tuple, what: str) -> None:
         raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, allowed))}")
 
 
+# BatchNorm divides by sqrt(variance + eps); for the unit-variance features it makes, an
+# eps of 0.01 already changes that by half a percent.
+MAX_BN_EPS = 0.01
+
+
 @dataclass(frozen=True)
 class BatchNormSpec:
     """Batch normalisation in PyTorch's convention, which every backend translates.
@@ -55,8 +60,12 @@ class BatchNormSpec:
     momentum: float = 0.1
 
     def __post_init__(self):
-        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0 < self.eps < float("inf")):
-            raise InputError(f"BatchNorm eps must be a positive number, got {self.eps!r}")
+        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0 < self.eps <= MAX_BN_EPS):
+            raise InputError(
+                f"BatchNorm eps must be a positive number up to {MAX_BN_EPS:g}, got {self.eps!r}: it only keeps "
+                f"sqrt(variance + eps) away from zero (frameworks use 1e-5 to 1e-3); a larger one changes "
+                f"the normalisation itself"
+            )
         if isinstance(self.momentum, bool) or not (isinstance(self.momentum, (int, float)) and 0 < self.momentum <= 1):
             raise InputError(
                 f"BatchNorm momentum must be in (0, 1] in the convention "

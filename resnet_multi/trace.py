@@ -293,25 +293,45 @@ class Trace:
 
 
 def load(path) -> Trace:
-    """Read a trace file; TraceError if it is not one."""
+    """Read a trace file; TraceError, naming the file, the key and the fix, if it is not
+    one: its metadata is parsed with limits and checked against
+    :data:`resnet_multi.validate.TRACE`, its tensors against the metadata."""
     from safetensors import safe_open
+
+    from .weights import tensor_specs
 
     path = Path(path)
     problem = input_problem(path)
     if problem is not None:
         raise TraceError(f"trace file {path} {problem}; write one with resnet-multi trace")
     try:
+        header = validate.safetensors_metadata(path)
         with safe_open(str(path), framework="numpy") as f:
-            meta_text = (f.metadata() or {}).get("trace")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
+    except Exception as e:  # SchemaError, OSError, and safetensors' own error types
         raise TraceError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
-    if meta_text is None:
+    if "trace" not in header:
         raise TraceError(
             f"{path} is a safetensors file but not a trace (no 'trace' metadata); "
             f"is it a weights file? Write traces with resnet-multi trace"
         )
-    meta = json.loads(meta_text)
-    if meta.get("format") != FORMAT:
-        raise TraceError(f"{path} has trace format {meta.get('format')!r}, not {FORMAT!r}")
+    try:
+        meta = validate.parse_json(header["trace"], "metadata")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise validate.SchemaError("format", f"is {found!r}, not {FORMAT!r}")
+        validate.check_trace(meta, tensors, tensor_names=_tensor_names(tensor_specs))
+    except validate.SchemaError as e:
+        raise TraceError(
+            f"{path}: {e}; the file was not written by this version of resnet-multi trace, or it "
+            f"has been edited or cut short: trace again with resnet-multi trace"
+        ) from None
     return Trace(path, meta, tensors)
+
+
+def _tensor_names(tensor_specs):
+    def names(spec):
+        specs = tensor_specs(spec)
+        return [t.name for t in specs if t.trainable], [t.name for t in specs if not t.trainable]
+
+    return names

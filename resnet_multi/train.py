@@ -238,7 +238,7 @@ def read_checkpoint(out) -> dict | None:
             f"{path} {problem}: a run directory's checkpoint is a regular file; remove it or choose another --out"
         )
     try:
-        state = validate.parse_json(path.read_bytes(), "the file")
+        state = validate.parse_json(validate.read_limited(path), "the file")
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise validate.SchemaError("format", f"is not {FORMAT!r}")
         validate.check_checkpoint(state)
@@ -254,7 +254,7 @@ def read_history(path) -> History:
     :data:`resnet_multi.validate.HISTORY_FILE`; RunError if it does not fit."""
     path = Path(path)
     try:
-        obj = validate.check_history_file(validate.parse_json(path.read_bytes(), "the file"))
+        obj = validate.check_history_file(validate.parse_json(validate.read_limited(path), "the file"))
     except (validate.SchemaError, OSError) as e:
         raise RunError(
             f"{path} is not a usable history ({e}); the run's checkpoint.json holds the same history"
@@ -264,12 +264,12 @@ def read_history(path) -> History:
 
 def _still_usable(out: Path) -> str:
     """What a run directory with a broken checkpoint.json still offers."""
-    files = sorted(p.name for p in out.glob("*.safetensors") if canonical.readable(p))
-    if not files:
+    usable = sorted(p.name for p in out.glob("*.safetensors") if canonical.readable(p))
+    if not usable:
         return "no readable weights file remains in it: start again with another --out"
     return (
-        f"its weights ({', '.join(files)}) do not depend on it and can still be evaluated "
-        f"(resnet-multi evaluate --weights {out / files[-1]}); to train again, choose another --out"
+        f"its weights ({', '.join(usable)}) do not depend on it and can still be evaluated "
+        f"(resnet-multi evaluate --weights {out / usable[-1]}); to train again, choose another --out"
     )
 
 

@@ -7,22 +7,32 @@ so that the code that uses it can index it without ``try``/``except``: a bad
 file gives one line naming the file, the offending key and the fix, never a
 ``KeyError`` from deep inside.
 
+Every file is parsed with limits first (:func:`parse_json`: size, nesting depth,
+duplicate keys, non-standard NaN/Infinity; :func:`safetensors_metadata`: the header's
+size; :data:`MAX_IDX_BYTES`: a data file's decompressed size), so that a hostile or
+broken file is a message, never a RecursionError or an exhausted memory. One schema per
+kind of file: weights metadata (:data:`WEIGHTS_METADATA`, :data:`ARCH`,
+:data:`PREPROCESS`), checkpoints (:func:`check_checkpoint`), traces (:func:`check_trace`)
+and data (:func:`idx_count`).
+
 Also here: the checks on numbers that a schema cannot see (NaN/Inf in tensors,
-negative BN variances).
+negative BN variances), and on the numbers a user passes (learning rate, epochs, timeouts).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError, InputTypeError
-from .spec import BLOCK_KINDS, INITS, MAX_BLOCKS_PER_STAGE, SHORTCUTS, STRIDE_PLACEMENTS, ArchSpec
+from .spec import BLOCK_KINDS, INITS, MAX_BLOCKS_PER_STAGE, MAX_BN_EPS, SHORTCUTS, STRIDE_PLACEMENTS, ArchSpec
 
 _TYPE_NAMES = {
     int: "an integer",
@@ -32,6 +42,16 @@ _TYPE_NAMES = {
     list: "a list",
     dict: "an object",
 }
+
+
+# Bounds on the numbers a user passes (checked by check_learning_rate and the like, below).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Below this a float32 is zero or a denormal, and accelerators (and XLA on CPUs) flush
+# denormals to zero: a learning rate this small changes no weight.
+FLOAT32_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+MAX_EPOCHS = 100_000
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: far beyond any wait for another process
+MAX_PERTURB = 1.0  # a relative change of the weights; above 1 it flips their signs
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,8 @@ def _type_ok(value, kind) -> bool:
 
 
 def _check(value, f: Field, path: str) -> None:
+    if f.choices == (None,) and value is not None:
+        raise SchemaError(path, f"must be null, got {_short(value)}")
     if value is None:
         if not f.nullable:
             raise SchemaError(path, f"must be {_TYPE_NAMES[f.kind]}, got null")
@@ -127,12 +149,84 @@ def _short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def parse_json(text, what: str) -> Any:
-    """JSON text, or SchemaError saying it is not JSON (and where it breaks)."""
+# ---- parsing with limits -----------------------------------------------------------------
+# Far above what the package writes (a checkpoint of 100,000 epochs is a few MB; a spec or a
+# preprocessing record is under 1 kB, nested 3 deep), far below what would exhaust a machine.
+MAX_JSON_BYTES = 64 << 20
+MAX_JSON_DEPTH = 16
+MAX_HEADER_BYTES = 64 << 20  # a safetensors header: names, shapes, offsets and metadata
+_BRACKETS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _depth(data: bytes) -> int:
+    """The deepest nesting of ``[`` and ``{`` outside strings (stops counting past the limit)."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate key(s) {', '.join(map(repr, twice))} (which one counts would be a guess)")
+    return dict(pairs)
+
+
+def parse_json(text, what: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """JSON text, or SchemaError saying why not: larger than ``max_bytes``, nested deeper
+    than :data:`MAX_JSON_DEPTH`, a key given twice, or not JSON at all (and where it
+    breaks). NaN and Infinity parse, so that the schema names the key holding one."""
+    data = text.encode() if isinstance(text, str) else bytes(text)
+    if len(data) > max_bytes:
+        raise SchemaError(what, f"is {len(data):,} bytes, more than the {max_bytes:,} this kind of file can need")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise SchemaError(
+            what, f"is nested more than {MAX_JSON_DEPTH} levels deep, which no file resnet-multi writes is"
+        )
     try:
-        return json.loads(text)
-    except (ValueError, TypeError) as e:  # JSONDecodeError and bytes that are not UTF-8
+        return json.loads(data, object_pairs_hook=_unique_keys)
+    except RecursionError:  # the depth scan should have stopped it; never a traceback
+        raise SchemaError(what, "is nested too deeply") from None
+    except (ValueError, TypeError) as e:  # JSONDecodeError, bytes that are not UTF-8, the hooks above
         raise SchemaError(what, f"is not valid JSON ({e})") from None
+
+
+def read_limited(path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """At most ``max_bytes + 1`` bytes of a file: enough for :func:`parse_json` to refuse
+    one that is too large without reading all of it."""
+    with open(path, "rb") as f:
+        return f.read(max_bytes + 1)
+
+
+def safetensors_metadata(path) -> dict[str, str]:
+    """A safetensors file's ``__metadata__``, read from its header with limits (size,
+    depth, duplicate keys), before any tensor is: a dict of strings (the format's rule).
+    SchemaError naming the problem; OSError if the file cannot be read."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SchemaError("header", f"is missing: the file has {len(head)} bytes")
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER_BYTES or size > os.fstat(f.fileno()).st_size - 8:
+            raise SchemaError(
+                "header", f"declares {size:,} bytes, more than the file or the {MAX_HEADER_BYTES:,} allowed"
+            )
+        header = parse_json(f.read(size), "header", max_bytes=MAX_HEADER_BYTES)
+    if not isinstance(header, dict):
+        raise SchemaError("header", f"must be an object, got {type(header).__name__}")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise SchemaError("metadata", "must map names to strings")
+    return meta
 
 
 # ---- the schemas -----------------------------------------------------------------------
@@ -143,7 +237,7 @@ MAX_CHANNELS = 1 << 16
 MAX_CLASSES = 1 << 20
 MAX_IMAGE_SIDE = 1 << 14
 
-BN = Schema({"eps": Field(float, min=1e-12, max=1.0), "momentum": Field(float, min=1e-12, max=1.0)})
+BN = Schema({"eps": Field(float, min=1e-12, max=MAX_BN_EPS), "momentum": Field(float, min=1e-12, max=1.0)})
 
 ARCH = Schema(
     {
@@ -168,11 +262,29 @@ ARCH = Schema(
 PREPROCESS = Schema(
     {
         "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
-        "scale": Field(float, min=0),
+        "scale": Field(float, min=1e-12),  # 0 would map every image to the same input
         "mean": Field(float),
         "std": Field(float, min=1e-12),
     }
 )
+# The largest |input| a preprocessing may map a pixel (0..255) to: normalised inputs lie
+# within a few units of 0; 1e6 is far beyond that, far below float32's overflow.
+MAX_INPUT = 1e6
+
+
+def check_preprocess(obj, path: str = "preprocess") -> dict:
+    """A preprocessing record: the schema, and pixels 0..255 map to inputs within
+    +-:data:`MAX_INPUT` (else float32 arithmetic on them is meaningless or overflows)."""
+    check_schema(obj, PREPROCESS, path)
+    ends = [abs((pixel * obj["scale"] - obj["mean"]) / obj["std"]) for pixel in (0, 255)]
+    if not max(ends) <= MAX_INPUT:  # not <=: also a NaN from the arithmetic
+        raise SchemaError(
+            path,
+            f"maps pixels 0..255 to inputs as large as {max(ends):.3g}, beyond +-{MAX_INPUT:g} "
+            f"(x = (pixel * scale - mean) / std): no network is trained on such inputs",
+        )
+    return obj
+
 
 # A weights file's metadata: strings (safetensors' rule), two of them JSON.
 # Extra keys are allowed: other tools add their own (e.g. a license).
@@ -204,7 +316,7 @@ HISTORY_FILE = Schema({**HISTORY.fields, "backend": Field(str), "device": Field(
 
 RECIPE = Schema(
     {
-        "lr": Field(float, min=0),
+        "lr": Field(float, min=FLOAT32_SMALLEST_NORMAL, max=FLOAT32_MAX),
         "batch_size": Field(int, min=1),
         "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
         "seed": Field(int, min=0),
@@ -225,13 +337,16 @@ RUN_META = Schema(
     extra=True,
 )
 
+BATCH_ORDER = "numpy default_rng([seed, epoch])"  # resnet_multi.data.iterate_batches's
+NULL = Field(dict, nullable=True, choices=(None,))  # a key whose only value is null
+
 CHECKPOINT = Schema(
     {
         "format": Field(str),
-        "epoch": Field(int, min=0),
+        "epoch": Field(int, min=1),
         "steps": Field(int, min=0),
         "seed": Field(int, min=0),
-        "lr": Field(float, min=0),
+        "lr": Field(float, min=FLOAT32_SMALLEST_NORMAL, max=FLOAT32_MAX),
         "recipe": Field(dict, schema=RECIPE),
         "arch": Field(str),
         "spec": Field(dict, schema=ARCH),
@@ -246,12 +361,187 @@ CHECKPOINT = Schema(
         # a bare file name in the run directory: never a path that leads out of it
         "weights": Field(str, pattern=r"epoch-[0-9]{3,}\.safetensors"),
         "weights_sha256": Field(str, pattern=r"[0-9a-f]{64}"),
-        "rng": Field(dict),
-        "optimizer": Field(dict),
+        # what the run's resume relies on, written as is: nothing else would be honoured
+        "rng": Field(dict, schema=Schema({"batch_order": Field(str, choices=(BATCH_ORDER,)), "state": NULL})),
+        "optimizer": Field(
+            dict,
+            schema=Schema(
+                {
+                    "name": Field(str, choices=("sgd",)),
+                    "lr": Field(float, min=FLOAT32_SMALLEST_NORMAL, max=FLOAT32_MAX),
+                    "momentum": Field(float, choices=(0.0,)),
+                    "weight_decay": Field(float, choices=(0.0,)),
+                    "state": NULL,
+                }
+            ),
+        ),
         "history": Field(dict, schema=HISTORY),
         "meta": Field(dict, schema=RUN_META),
     }
 )
+
+
+# ---- traces (resnet_multi.trace) ---------------------------------------------------------
+HEX64 = r"[0-9a-f]{64}"
+_NAME = Field(str, pattern=r"[A-Za-z0-9_.]{1,200}")
+_LINE = r"[^\n]{0,200}"  # one line, as printed in compare's report
+
+TRACE_RECIPE = Schema(
+    {
+        "steps": Field(int, min=1),
+        "lr": Field(float, min=FLOAT32_SMALLEST_NORMAL, max=FLOAT32_MAX),
+        "batch_size": Field(int, required=False, min=1),
+        "resize": Field(int, required=False, nullable=True, min=1, max=MAX_IMAGE_SIDE),
+        "seed": Field(int, required=False, min=0),
+        "data": Field(str, required=False),
+        "weights": Field(str, required=False),
+        "init_seed": Field(int, required=False, min=0),
+    },
+    extra=True,
+)
+
+TRACE_THREADS = Schema(
+    {
+        "cpu_count": Field(int, required=False, nullable=True, min=1),
+        "env": Field(dict, required=False),
+        "affinity": Field(int, required=False, min=0),
+        "torch_num_threads": Field(int, required=False, min=0),
+        "tf_intra_op": Field(int, required=False, min=0),
+        "tf_inter_op": Field(int, required=False, min=0),
+    },
+    extra=True,
+)
+
+# A trace file's metadata (the JSON in its "trace" key); see resnet_multi.trace.
+TRACE = Schema(
+    {
+        "format": Field(str),
+        "backend": Field(str, pattern=r"[A-Za-z0-9_.-]{1,40}"),
+        "framework_version": Field(str, pattern=_LINE),
+        "device": Field(str, pattern=r"[^\n]{1,100}"),
+        "eager": Field(bool),
+        "threads": Field(dict, schema=TRACE_THREADS),
+        "python": Field(str, pattern=_LINE),
+        "numpy": Field(str, pattern=_LINE),
+        "platform": Field(str, pattern=_LINE),
+        "spec": Field(dict),  # checked against ARCH by check_trace
+        "recipe": Field(dict, schema=TRACE_RECIPE),
+        "initial_weights_sha256": Field(str, pattern=HEX64),
+        "batches_sha256": Field(list, min_len=1, items=Field(str, pattern=HEX64)),
+        "layers": Field(list, items=_NAME),
+        "params": Field(list, min_len=1, items=_NAME),
+        "bn_stats": Field(list, items=_NAME),
+        "activation_images": Field(int, min=0),
+        "full_grads": Field(bool),
+        "twin_loss_gap": Field(float, min=0),
+        "perturb": Field(float, min=0, max=MAX_PERTURB),
+    }
+)
+
+
+def check_trace(meta, tensors: dict, *, tensor_names) -> ArchSpec:
+    """A trace's metadata against :data:`TRACE`, and its tensors against the metadata:
+    every tensor the steps need, of its shape and kind, and no other. ``tensor_names``
+    maps an ArchSpec to its (trainable, statistic) canonical tensor names (from
+    resnet_multi.weights, a layer above this one). Non-finite values are allowed: compare
+    counts them as differences. Returns the trace's architecture."""
+    check_schema(meta, TRACE)
+    spec = arch_from_dict(meta["spec"], "spec")
+    steps = meta["recipe"]["steps"]
+    if len(meta["batches_sha256"]) != steps:
+        raise SchemaError("batches_sha256", f"has {len(meta['batches_sha256'])} entries for {steps} steps")
+    params, stats = tensor_names(spec)
+    for key, want in (("params", params), ("bn_stats", stats)):
+        if meta[key] != want:
+            raise SchemaError(key, f"must list {spec.name}'s {len(want)} tensors in canonical order")
+    unknown = [name for name in meta["layers"] if name not in spec.layer_names()]
+    if unknown:
+        raise SchemaError("layers", f"names no layer of {spec.name}: {describe(unknown)}")
+    if (meta["activation_images"] == 0) != (not meta["layers"]):
+        raise SchemaError("layers", "must list the recorded layers exactly when activation_images is above 0")
+    floats = ("f",)
+    expected = {"loss": ((steps,), floats), "grad_norm": ((steps, len(params)), floats)}
+    expected.update({f"bn.{name}": ((steps + 1, None), floats) for name in stats})
+    for k in range(steps):
+        expected[f"step.{k}.logits"] = ((None, spec.num_classes), floats)
+        expected[f"step.{k}.labels"] = ((None,), ("i", "u"))
+        expected.update({f"step.{k}.act.{layer}": (None, floats) for layer in meta["layers"]})
+    if meta["full_grads"]:
+        expected.update({f"grad.{name}": (None, floats) for name in params})
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise SchemaError("tensors", f"missing {describe(missing)}")
+    unexpected = [name for name in tensors if name not in expected]
+    if unexpected:
+        raise SchemaError("tensors", f"unexpected {describe(unexpected)}")
+    for name, (shape, kinds) in expected.items():
+        value = tensors[name]
+        if value.dtype.kind not in kinds:
+            raise SchemaError(f"tensor {name}", f"has dtype {value.dtype}")
+        if shape is not None and (
+            len(value.shape) != len(shape) or any(w is not None and d != w for d, w in zip(value.shape, shape))
+        ):
+            want = "(" + ", ".join("N" if w is None else str(w) for w in shape) + ")"
+            raise SchemaError(f"tensor {name}", f"has shape {value.shape}, not {want}")
+    for k in range(steps):
+        n, labels = len(tensors[f"step.{k}.logits"]), tensors[f"step.{k}.labels"]
+        if n < 1 or len(labels) != n:
+            raise SchemaError(f"tensor step.{k}.labels", f"has {len(labels)} labels for {n} rows of logits")
+        for layer in meta["layers"]:  # the first images' outputs: NCHW maps, or the pooled features
+            value = tensors[f"step.{k}.act.{layer}"]
+            if value.ndim not in (2, 4) or len(value) != min(meta["activation_images"], n):
+                raise SchemaError(
+                    f"tensor step.{k}.act.{layer}",
+                    f"has shape {value.shape}, not the outputs of the batch's first "
+                    f"{min(meta['activation_images'], n)} image(s) (N, C, H, W or N, C)",
+                )
+    return spec
+
+
+# ---- data (IDX files, resnet_multi.data) --------------------------------------------------
+# The largest IDX file read, decompressed: about 340,000 28x28 images, over five times
+# Fashion-MNIST's 60,000 (47 MB); a gzip bomb stops here instead of exhausting memory.
+MAX_IDX_BYTES = 256 << 20
+IDX_IMAGES = (0x00000803, 16)  # (magic: unsigned bytes, 3 dimensions; header bytes)
+IDX_LABELS = (0x00000801, 8)  # unsigned bytes, 1 dimension
+
+
+def idx_count(data: bytes, kind: str, *, side: int = 28, classes: int = 10) -> int:
+    """The number of items in an IDX file's bytes (``kind`` "images" or "labels"), checked:
+    magic number, image size, length, label values. SchemaError (path "") on the first problem."""
+    magic, header = IDX_IMAGES if kind == "images" else IDX_LABELS
+    if len(data) < header:
+        raise SchemaError("", f"truncated: {len(data)} bytes is shorter than the {header}-byte IDX {kind[:-1]} header")
+    found, count = struct.unpack(">II", data[:8])
+    if found != magic:
+        raise SchemaError(
+            "",
+            f"bad magic number 0x{found:08x}, expected 0x{magic:08x} (IDX unsigned-byte {kind}); "
+            f"is this a {kind} file?",
+        )
+    item = 1
+    if kind == "images":
+        rows, cols = struct.unpack(">II", data[8:16])
+        if (rows, cols) != (side, side):
+            raise SchemaError("", f"images are {rows}x{cols}, expected {side}x{side}")
+        item = rows * cols
+    expected = header + count * item
+    if len(data) != expected:
+        how = "truncated" if len(data) < expected else "too long"
+        held = "only " if len(data) < expected else ""
+        raise SchemaError(
+            "",
+            f"{how}: header declares {count} {kind} ({expected} bytes) but the file holds {held}{len(data)} bytes",
+        )
+    if kind == "labels" and count:
+        labels = np.frombuffer(data, np.uint8, offset=header)
+        bad = np.flatnonzero(labels >= classes)
+        if bad.size:
+            raise SchemaError(
+                "",
+                f"label {labels[bad[0]]} at index {bad[0]} is outside 0..{classes - 1} ({bad.size} bad labels in all)",
+            )
+    return count
 
 
 def check_history(history: dict, path: str = "history", epochs: int | None = None, *, schema: Schema = HISTORY) -> dict:
@@ -273,9 +563,20 @@ def check_history_file(obj) -> dict:
 
 
 def check_checkpoint(state) -> dict:
-    """A run's checkpoint.json, parsed: the schema, and the history fits its epoch."""
+    """A run's checkpoint.json, parsed: the schema, the history fits its epoch, and the
+    keys that repeat each other agree (a resume would otherwise honour one and not the other)."""
     check_schema(state, CHECKPOINT)
     check_history(state["history"], "history", epochs=state["epoch"])
+    recipe = state["recipe"]
+    for key, value, want in (
+        ("lr", state["lr"], recipe["lr"]),
+        ("seed", state["seed"], recipe["seed"]),
+        ("optimizer.lr", state["optimizer"]["lr"], recipe["lr"]),
+        ("arch", state["arch"], state["spec"]["name"]),
+        ("weights", state["weights"], f"epoch-{state['epoch']:03d}.safetensors"),
+    ):
+        if value != want:
+            raise SchemaError(key, f"is {_short(value)}, but the checkpoint's recipe (or epoch) says {_short(want)}")
     return state
 
 
@@ -328,13 +629,6 @@ def nonfinite_summary(value) -> str | None:
 
 
 # ---- numbers the user passes: one check each, for the Python API and the command line ----
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-# Below this a float32 is zero or a denormal, and accelerators (and XLA on CPUs) flush
-# denormals to zero: a learning rate this small changes no weight.
-FLOAT32_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
-MAX_EPOCHS = 100_000
-MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: far beyond any wait for another process
-MAX_PERTURB = 1.0  # a relative change of the weights; above 1 it flips their signs
 
 
 def _number(value, what: str) -> float:

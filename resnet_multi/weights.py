@@ -225,7 +225,7 @@ def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec, *, prepro
         raise WeightsError(f"refusing to save weights that no trained network has: {validate.describe(bad)}")
     metadata = {"format": FORMAT, "arch": _json(asdict(spec))}
     if preprocess is not None:
-        validate.check_schema(preprocess, validate.PREPROCESS, "preprocess")
+        validate.check_preprocess(preprocess, "preprocess")
         metadata["preprocess"] = _json(preprocess)
     data = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=metadata)
     atomic_write_bytes(Path(path), *_sorted_header(data))
@@ -269,14 +269,8 @@ def read_metadata(path) -> Metadata:
     """The architecture and preprocessing recorded in a weights file, checked against the
     schemas in :mod:`resnet_multi.validate` before anything is built from them. Reads
     only the header, so an oversized network is refused before any tensor is loaded."""
-    from safetensors import safe_open
-
     path = _existing(path)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own SafetensorError and OSError subclasses
-        raise _unreadable(path, e) from e
+    meta = _metadata(path)
     try:
         validate.check_schema(meta, validate.WEIGHTS_METADATA, "metadata")
         if meta["format"] != FORMAT:
@@ -284,10 +278,8 @@ def read_metadata(path) -> Metadata:
         spec = validate.arch_from_dict(validate.parse_json(meta["arch"], "metadata.arch"), "metadata.arch")
         preprocess = None
         if "preprocess" in meta:
-            preprocess = validate.check_schema(
-                validate.parse_json(meta["preprocess"], "metadata.preprocess"),
-                validate.PREPROCESS,
-                "metadata.preprocess",
+            preprocess = validate.check_preprocess(
+                validate.parse_json(meta["preprocess"], "metadata.preprocess"), "metadata.preprocess"
             )
     except validate.SchemaError as e:
         raise _damaged(path, str(e)) from None
@@ -324,13 +316,23 @@ def _unreadable(path, e) -> WeightsError:
     )
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    """The header's metadata, parsed with limits (validate.safetensors_metadata)."""
+    try:
+        return validate.safetensors_metadata(path)
+    except validate.SchemaError as e:
+        raise _unreadable(path, e) from None
+    except OSError as e:
+        raise _unreadable(path, e) from e
+
+
 def _read(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     from safetensors import safe_open
 
     path = _existing(path)
+    meta = _metadata(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own SafetensorError and OSError subclasses
         raise _unreadable(path, e) from e

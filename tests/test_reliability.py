@@ -12,6 +12,7 @@
 Tiny settings throughout, as in tests/test_validation.py: ResNet-18 at width 4, 16x16 images.
 """
 
+import dataclasses
 import errno
 import json
 import os
@@ -415,3 +416,181 @@ def test_a_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
         "--warmup", "0", "--quiet", "--json", target,
     )  # fmt: skip
     assert code == 1 and f"cannot write {target}: No space left on device" in err and "[Errno" not in err, err
+
+
+# ---- 3. every file parsed with limits, against its kind's schema -----------------------------
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def write_raw(path, tensors, metadata):
+    """A safetensors file exactly as given: one someone else could send."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def good_metadata(**changes):
+    meta = {
+        "format": canonical.FORMAT,
+        "arch": json.dumps(dataclasses.asdict(SPEC)),
+        "preprocess": json.dumps(data.preprocessing(SIZE)),
+    }
+    meta.update(changes)
+    return meta
+
+
+def _arch_with(**fields):
+    return json.dumps({**json.loads(json.dumps(dataclasses.asdict(SPEC))), **fields})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"arch": DEEP}, "metadata.arch: is nested more than 16 levels deep"),
+        ({"preprocess": DEEP}, "metadata.preprocess: is nested more than 16 levels deep"),
+        ({"arch": _arch_with()[:-1] + ', "width": 8}'}, "metadata.arch: is not valid JSON (duplicate key(s) 'width'"),
+        ({"arch": _arch_with(bn={"eps": 1.0, "momentum": 0.1})}, "metadata.arch.bn.eps: must be at most 0.01"),
+        ({"preprocess": json.dumps({**data.preprocessing(SIZE), "scale": 0})}, "metadata.preprocess.scale"),
+        ({"preprocess": json.dumps({**data.preprocessing(SIZE), "mean": 1e300})}, "inputs as large as 1e+300"),
+        ({"preprocess": json.dumps({**data.preprocessing(SIZE), "scale": 1e300})}, "inputs as large as"),
+    ],
+    ids=["deep-arch", "deep-preprocess", "duplicate-key", "bn-eps-1", "scale-0", "mean-1e300", "scale-1e300"],
+)
+def test_weights_metadata_is_parsed_with_limits(tmp_path, capsys, changes, message):
+    path = write_raw(tmp_path / "w.safetensors", canonical.init_weights(SPEC), good_metadata(**changes))
+    with pytest.raises(canonical.WeightsError) as info:
+        canonical.read_metadata(path)
+    assert message in str(info.value) and str(path) in str(info.value) and "save_weights" in str(info.value)
+    code, out, err = run(capsys, "evaluate", "--backend", "numpy", "--weights", path, "--subset", "--limit", "8")
+    assert code == 1 and message in err and one_line(err)[0], err
+
+
+def test_a_safetensors_header_larger_than_its_file_is_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(canonical.WeightsError, match=r"header: declares 1,099,511,627,776 bytes"):
+        canonical.read_metadata(path)
+
+
+def test_batch_norm_eps_has_a_ceiling():
+    from resnet_multi.spec import BatchNormSpec
+
+    with pytest.raises(InputError, match=r"eps must be a positive number up to 0.01, got 1.0"):
+        get_arch("d2l-resnet18", bn=BatchNormSpec(eps=1.0))
+    get_arch("d2l-resnet18", bn=BatchNormSpec(eps=1e-3))  # TensorFlow's default stays valid
+
+
+@pytest.fixture
+def run_dir(tmp_path, oracle, tiny_data):
+    """A one-epoch run directory and its checkpoint, parsed."""
+    out = tmp_path / "run"
+    model = oracle.build("d2l-resnet18", **TINY)
+    train.fit(oracle, model, tiny_data, epochs=1, lr=0.05, batch_size=16, resize=SIZE, out=out, plot=False)
+    return out, json.loads((out / train.CHECKPOINT).read_text())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: DEEP, "the file: is nested more than 16 levels deep"),
+        (lambda s: {**s, "optimizer": {**s["optimizer"], "name": "adam"}}, "optimizer.name: must be one of 'sgd'"),
+        (lambda s: {**s, "optimizer": {**s["optimizer"], "momentum": 0.9}}, "optimizer.momentum: must be one of 0.0"),
+        (lambda s: {**s, "rng": {**s["rng"], "state": [1, 2]}}, "rng.state: must be null, got [1, 2]"),
+        (lambda s: {**s, "lr": 0.5}, "lr: is 0.5, but the checkpoint's recipe"),
+        (lambda s: {**s, "weights": "epoch-007.safetensors"}, "weights: is 'epoch-007.safetensors'"),
+        (lambda s: {**s, "recipe": {**s["recipe"], "lr": 1e-320}}, "recipe.lr: must be at least"),
+        (lambda s: json.dumps(s)[:-40], "the file: is not valid JSON"),
+        (lambda s: json.dumps(s)[:-1] + ', "epoch": 1}', "duplicate key(s) 'epoch'"),
+    ],
+    ids=["deep", "adam", "momentum", "rng-state", "lr", "weights", "tiny-lr", "cut-off", "duplicate"],
+)
+def test_checkpoints_are_parsed_with_limits(run_dir, capsys, edit, message):
+    out, state = run_dir
+    changed = edit(state)
+    (out / train.CHECKPOINT).write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    with pytest.raises(train.RunError) as info:
+        train.read_checkpoint(out)
+    assert message in str(info.value) and str(out / train.CHECKPOINT) in str(info.value), str(info.value)
+    assert "resnet-multi evaluate --weights" in str(info.value)  # the fix: what remains usable
+
+
+def _trace_file(tmp_path, numpy_trace, change_tensors=None, meta_text=None):
+    tensors, meta, _ = numpy_trace
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    if change_tensors:
+        change_tensors(tensors)
+    path = tmp_path / "bad.safetensors"
+    write_raw(path, tensors, {"trace": meta_text if meta_text is not None else json.dumps(meta)})
+    return path
+
+
+def _meta_text(numpy_trace, change):
+    meta = json.loads(json.dumps(numpy_trace[1]))
+    result = change(meta)
+    return result if isinstance(result, str) else json.dumps(meta)
+
+
+def _drop(key):
+    def change(tensors):
+        del tensors[key]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "tensors, meta, message",
+    [
+        (None, lambda m: "[1, 2]", "format: is 'list'"),
+        (None, lambda m: DEEP, "metadata: is nested more than 16 levels deep"),
+        (None, lambda m: json.dumps(m)[:-30], "metadata: is not valid JSON"),
+        (None, lambda m: m.pop("spec"), "missing key(s) 'spec'"),
+        (None, lambda m: m.update(params=5), "params: must be a list, got int 5"),
+        (None, lambda m: m.update(layers="stem"), "layers: must be a list"),
+        (None, lambda m: m["recipe"].update(steps=3), "batches_sha256: has 2 entries for 3 steps"),
+        (None, lambda m: m.update(threads={"env": [1]}), "threads.env: must be an object"),
+        (_drop("step.0.logits"), None, "tensors: missing step.0.logits"),
+        (_drop("loss"), None, "tensors: missing loss"),
+        (lambda t: t.update(grad_norm=t["grad_norm"][:1]), None, "tensor grad_norm: has shape (1, "),
+        (lambda t: t.update(extra=np.zeros(1, np.float32)), None, "tensors: unexpected extra"),
+    ],
+    ids=[
+        "a-list", "deep", "cut-off", "no-spec", "int-for-list", "str-for-list", "steps", "threads",
+        "no-logits", "no-loss", "short-grad-norm", "extra-tensor",
+    ],
+)  # fmt: skip
+def test_malformed_traces_name_the_file_and_the_key(tmp_path, numpy_trace, capsys, tensors, meta, message):
+    path = _trace_file(tmp_path, numpy_trace, tensors, None if meta is None else _meta_text(numpy_trace, meta))
+    with pytest.raises(trace.TraceError) as info:
+        trace.load(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and message in text and "trace again with resnet-multi trace" in text, text
+    code, out, err = run(capsys, "compare", numpy_trace[2], path, "--no-plot")
+    assert code == 1 and message in err and one_line(err)[0], err
+
+
+def test_an_empty_trace_is_refused(tmp_path, numpy_trace):
+    def empty(meta):
+        meta["recipe"]["steps"], meta["batches_sha256"] = 0, []
+
+    def no_steps(tensors):
+        for key in [k for k in tensors if k.startswith("step.")]:
+            del tensors[key]
+        tensors["loss"], tensors["grad_norm"] = tensors["loss"][:0], tensors["grad_norm"][:0]
+
+    path = _trace_file(tmp_path, numpy_trace, no_steps, _meta_text(numpy_trace, empty))
+    with pytest.raises(trace.TraceError, match=r"recipe.steps: must be at least 1"):
+        trace.load(path)
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gzip-bomb", "raw"])
+def test_data_files_are_read_with_a_size_limit(tmp_path, monkeypatch, compressed):
+    import gzip
+
+    monkeypatch.setattr(validate, "MAX_IDX_BYTES", 1 << 20)  # the same check, on a small file
+    zeros = bytes(3 << 20)
+    path = tmp_path / ("train-images-idx3-ubyte.gz" if compressed else "train-images-idx3-ubyte")
+    path.write_bytes(gzip.compress(zeros, compresslevel=1) if compressed else zeros)
+    what = "decompresses to more than 1,048,576 bytes" if compressed else "larger than 1,048,576 bytes"
+    with pytest.raises(data.DataError, match=rf"{path}: {what}"):
+        data.read_idx_images(path)
