@@ -226,3 +226,166 @@ def test_random_input_shapes_raise_only_value_error(shape, training):
     spec = get_arch("d2l-resnet18", width=4)
     if not _refused(lambda: shapes.check_input_shape(spec, shape, training=training)):
         assert shape[1] == 1 and min(shape[0], shape[2], shape[3]) >= 1
+
+
+# ---- files: traces, checkpoints, preprocessing, with deep nesting and non-finite values ------
+DEEP = st.integers(validate.MAX_JSON_DEPTH + 1, 20_000).map(lambda n: "[" * n + "]" * n)
+NUMBERS = st.one_of(st.floats(), st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e300, -1e300, 0.0]))
+
+
+def _mutated(document: dict, data) -> tuple[dict, str]:
+    """``document`` (JSON) with one key at any depth replaced by random JSON, a number
+    that may be NaN or huge, or dropped; and the dotted path of that key."""
+    doc = json.loads(json.dumps(document))
+    node, path = doc, []
+    while True:
+        key = data.draw(st.sampled_from(sorted(node)))
+        path.append(key)
+        if isinstance(node[key], dict) and node[key] and data.draw(st.booleans()):
+            node = node[key]
+            continue
+        break
+    action = data.draw(st.sampled_from(["json", "number", "drop"]))
+    if action == "drop":
+        del node[key]
+    else:
+        node[key] = data.draw(JSON if action == "json" else NUMBERS)
+    return doc, ".".join(path)
+
+
+@pytest.fixture(scope="module")
+def trace_parts():
+    """A two-step NumPy trace of a tiny network: (tensors, metadata)."""
+    from resnet_multi import data, trace
+    from resnet_multi.backend import load_backend
+
+    oracle = load_backend("numpy")
+    model = oracle.build("d2l-resnet18", width=2)
+    ds = data.load_fashion_mnist(subset=True)
+    batches = trace.training_batches(ds, steps=2, batch_size=4, seed=0, resize=16)
+    return trace.record(oracle, model, batches, lr=0.05, activation_images=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_state(tmp_path_factory):
+    """A one-epoch run's checkpoint.json, parsed."""
+    from resnet_multi import data, train
+    from resnet_multi.backend import load_backend
+
+    oracle = load_backend("numpy")
+    model = oracle.build("d2l-resnet18", width=2)
+    ds = data.load_fashion_mnist(subset=True)
+    ds = data.Dataset(ds.train_images[:8], ds.train_labels[:8], ds.test_images[:8], ds.test_labels[:8], ds.source)
+    out = tmp_path_factory.mktemp("run")
+    train.fit(oracle, model, ds, epochs=1, lr=0.05, batch_size=8, resize=16, out=out, plot=False)
+    return json.loads((out / train.CHECKPOINT).read_text())
+
+
+def _save_trace(directory, tensors, meta_text):
+    from safetensors.numpy import save_file
+
+    path = os.path.join(directory, "t.safetensors")
+    save_file(tensors, path, metadata={"trace": meta_text})
+    return path
+
+
+@given(data=st.data())
+def test_random_trace_metadata_is_refused_naming_the_file(trace_parts, data):
+    """Any change to a trace's metadata: it loads (a change the schema allows) or gives a
+    TraceError that starts with the file's path; never another exception."""
+    import tempfile
+
+    from resnet_multi import trace
+
+    tensors, meta = trace_parts
+    changed, key = _mutated(meta, data)
+    text = data.draw(st.one_of(st.just(json.dumps(changed)), DEEP))
+    with tempfile.TemporaryDirectory() as directory:
+        path = _save_trace(directory, tensors, text)
+        try:
+            trace.load(path)
+        except trace.TraceError as e:
+            assert str(e).startswith(f"{path}: ") and "resnet-multi trace" in str(e), (key, str(e))
+
+
+@given(data=st.data())
+def test_random_trace_tensors_load_or_are_refused_and_non_finite_ones_differ(trace_parts, data):
+    """Tensors dropped, reshaped or filled with NaN/Inf: a TraceError naming the tensor,
+    or a trace whose non-finite values compare as an infinite difference."""
+    import tempfile
+
+    from resnet_multi import compare, trace
+
+    tensors, meta = trace_parts
+    name = data.draw(st.sampled_from(sorted(tensors)))
+    changed = dict(tensors)
+    action = data.draw(st.sampled_from(["drop", "reshape", "non-finite"]))
+    if action == "drop":
+        del changed[name]
+    elif action == "reshape":
+        changed[name] = tensors[name].reshape(-1)[: max(tensors[name].size - 1, 0)]
+    elif tensors[name].dtype.kind == "f":
+        value = tensors[name].copy()
+        first = value[0].size if name.startswith("bn.") else 0  # row 0: the statistics before step 0
+        value.flat[data.draw(st.integers(first, value.size - 1))] = data.draw(
+            st.sampled_from([np.nan, np.inf, -np.inf])
+        )
+        changed[name] = value
+    with tempfile.TemporaryDirectory() as directory:
+        good = _save_trace(directory, tensors, json.dumps(meta))
+        other = dict(meta, backend="other")
+        path = os.path.join(directory, "other.safetensors")
+        from safetensors.numpy import save_file
+
+        save_file(changed, path, metadata={"trace": json.dumps(other)})
+        try:
+            trace.load(path)
+        except trace.TraceError as e:
+            assert str(e).startswith(f"{path}: ") and ("tensor" in str(e)), str(e)
+            return
+        result = compare.compare([good, path])
+        finite = all(np.isfinite(v).all() for v in changed.values() if v.dtype.kind == "f")
+        if not finite and not name.startswith("grad."):  # step 0's full gradients are recorded, not compared
+            assert result.worst() == float("inf"), name
+
+
+@given(data=st.data())
+def test_random_checkpoints_fields_are_refused_with_a_schema_error(checkpoint_state, data):
+    """A real checkpoint with one key anywhere replaced (NaN and huge numbers included),
+    dropped, or the whole file nested deep: a valid checkpoint or a SchemaError naming
+    where, never another exception."""
+    changed, key = _mutated(checkpoint_state, data)
+    text = data.draw(st.one_of(st.just(json.dumps(changed)), DEEP))
+    try:
+        state = validate.check_checkpoint(validate.parse_json(text, "the file"))
+    except validate.SchemaError as e:
+        assert str(e).strip()
+    else:
+        for value in (state["lr"], state["recipe"]["lr"], *state["history"]["train_loss"]):
+            assert np.isfinite(value), key
+
+
+@given(
+    resize=st.one_of(st.none(), st.integers(-3, 1 << 15), JSON),
+    scale=st.one_of(NUMBERS, JSON),
+    mean=st.one_of(NUMBERS, JSON),
+    std=st.one_of(NUMBERS, JSON),
+)
+def test_random_preprocessing_maps_pixels_to_finite_inputs_or_is_refused(resize, scale, mean, std):
+    record = {"resize": resize, "scale": scale, "mean": mean, "std": std}
+    try:
+        validate.check_preprocess(record, "metadata.preprocess")
+    except validate.SchemaError as e:
+        assert str(e).startswith("metadata.preprocess")
+    else:
+        for pixel in (0, 255):
+            x = np.float32((pixel * scale - mean) / std)
+            assert np.isfinite(x) and abs(x) <= validate.MAX_INPUT
+        assert scale > 0
+
+
+@given(depth=st.integers(validate.MAX_JSON_DEPTH + 1, 100_000), opener=st.sampled_from(["[", '{"a":']))
+def test_deep_nesting_is_a_schema_error_at_any_depth(depth, opener):
+    closer = "]" if opener == "[" else "}"
+    with pytest.raises(validate.SchemaError, match="nested more than"):
+        validate.parse_json(opener * depth + "1" + closer * depth, "metadata.arch")
