@@ -35,13 +35,14 @@ BACKENDS = {f.name: (f.module, f.extra) for f in frameworks.FRAMEWORKS.values()}
 
 
 def require(module: str, backend: str):
-    """Import a framework, or raise an ImportError that says which extra installs it."""
+    """Import a framework, or raise an ImportError (one line) that says where to get it:
+    its own tox environment, or its install line (:meth:`Framework.install_hint`)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(
-            f"resnet_multi.{backend} needs {module}, which is not installed: "
-            f"pip install 'resnet-multi[{BACKENDS[backend][1]}]'"
+            f"resnet_multi.{backend} needs {module}, which is not installed in this environment; "
+            f"{frameworks.get(backend).install_hint()}"
         ) from e
 
 

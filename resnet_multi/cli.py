@@ -26,13 +26,16 @@ in :mod:`resnet_multi.train`, :mod:`resnet_multi.trace`, :mod:`resnet_multi.benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import files, frameworks, memory, shapes, validate
 from .backend import load_backend
-from .errors import InputError, NonFiniteError
+from .errors import InputError, NonFiniteError, Terminated
 from .spec import ARCHS, get_arch
 
 PROG = "resnet-multi"
@@ -164,14 +167,23 @@ def _overrides(args) -> dict:
     return {} if args.width is None else {"width": args.width}
 
 
-def _load_data(*, subset: bool, data_dir, limit: int | None):
-    from .data import Dataset, load_fashion_mnist
+def _load_data(*, subset: bool, data_dir, limit: int | None, instead: str = "--subset"):
+    """The data set; where the full data is missing, the error also names ``instead``: the
+    flag that trains (or evaluates) on the subset bundled with the package."""
+    from .data import DataError, Dataset, load_fashion_mnist
 
     if subset and data_dir is not None:
         raise UsageError(
             "--data-dir reads the full dataset; drop --subset (or the quick preset's subset) with --no-subset"
         )
-    dataset = load_fashion_mnist(subset=True) if subset else load_fashion_mnist(data_dir)
+    try:
+        dataset = load_fashion_mnist(subset=True) if subset else load_fashion_mnist(data_dir)
+    except DataError as e:
+        if subset:
+            raise
+        raise DataError(
+            f"{e.template}\nOr use the 2,000/500-image subset that comes with resnet-multi (no download): {instead}"
+        ) from e
     if limit is not None:  # the first images of each split, for smoke runs
         dataset = Dataset(
             dataset.train_images[:limit],
@@ -266,7 +278,9 @@ def cmd_train(args) -> int:
     else:  # built now so that the training options fail before any work (fit sets them again)
         model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
         backend.configure_training(model, **training)
-    dataset = _load_data(subset=settings["subset"], data_dir=args.data_dir, limit=args.limit)
+    dataset = _load_data(
+        subset=settings["subset"], data_dir=args.data_dir, limit=args.limit, instead="--preset quick (or --subset)"
+    )
     train.check_run(
         spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None, backend=backend
     )
@@ -834,7 +848,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM raises Terminated in the main thread while a command runs (the previous
+    handler comes back after), so that it is reported as Ctrl-C is: where the run stands."""
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
+    with _stop_on_sigterm():
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     from .data import DataError
     from .trace import TraceError
     from .train import RunError, standing
@@ -858,17 +895,20 @@ def main(argv=None) -> int:
     except (DataError, WeightsError, RunError, TraceError, NonFiniteError, OSError) as e:  # a run that cannot go on
         if debug:
             raise
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e.for_command_line if isinstance(e, DataError) else e}", file=sys.stderr)
         return 1
     except InputError as e:  # the spec's and the seam's checks of what was asked
         if debug:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         if debug:
             raise
         where = f"; {standing(_run_directory(args))}" if getattr(args, "command", None) == "train" else ""
+        if isinstance(e, Terminated):
+            print(f"{PROG}: terminated by {signal.Signals(e.signal).name}{where}", file=sys.stderr)
+            return 128 + e.signal
         print(f"{PROG}: interrupted{where}", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: still one line, and the way to see more

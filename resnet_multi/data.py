@@ -122,13 +122,42 @@ _HOW_TO_GET_DATA = (
     "To get Fashion-MNIST, either\n"
     "  * install the Debian package:  sudo apt install dataset-fashion-mnist\n"
     f"  * or download {', '.join(s + '.gz' for s in FILE_STEMS)}\n"
-    f"    from {MIRROR_URL} into a folder and pass data_dir=FOLDER\n"
+    f"    from {MIRROR_URL} into a folder and pass <<data_dir>> FOLDER\n"
     f"    (or set {ENV_VAR}=FOLDER)."
 )
 
+# A message's fixes in the words of its reader: a Python caller passes arguments, a user of
+# the command line passes flags (which have no verify=False).
+_WORDS = {
+    "api": {"<<data_dir>> FOLDER": "data_dir=FOLDER", "<<data_dir>>": "data_dir", "<<own files>>": "pass verify=False"},
+    "cli": {
+        "<<data_dir>>": "--data-dir",
+        "<<own files>>": (
+            "the commands read only the official files: load yours in Python with "
+            "resnet_multi.data.load_fashion_mnist(FOLDER, verify=False)"
+        ),
+    },
+}
+
+
+def _words(template: str, reader: str) -> str:
+    for token, words in _WORDS[reader].items():
+        template = template.replace(token, words)
+    return template
+
 
 class DataError(ValueError):
-    """A data file is missing, corrupt, or not what it claims to be."""
+    """A data file is missing, corrupt, or not what it claims to be. ``str()`` gives the
+    fixes as a Python caller makes them (``data_dir=FOLDER``); :attr:`for_command_line`
+    as a user of ``resnet-multi`` does (``--data-dir FOLDER``)."""
+
+    def __init__(self, message: str):
+        self.template = message
+        super().__init__(_words(message, "api"))
+
+    @property
+    def for_command_line(self) -> str:
+        return _words(self.template, "cli")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing arrays with == is ambiguous
@@ -196,18 +225,19 @@ def _search() -> Path | None:
     return None
 
 
-def _not_found_message() -> str:
+def _not_found_message(then: str = "") -> str:
+    """Where the data was looked for, ``then`` (what happened next), and how to get it: once."""
     return (
         f"Fashion-MNIST not found: {ENV_VAR} is not set, and neither "
         f"{default_cache_dir()} nor {SYSTEM_DATA_DIR} holds the four files.\n"
-        f"{_HOW_TO_GET_DATA}"
+        f"{then + chr(10) if then else ''}{_HOW_TO_GET_DATA}"
     )
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding the four files, by the module's search order (no download)."""
     if data_dir is not None:
-        return _require_complete(Path(data_dir).expanduser(), "data_dir")
+        return _require_complete(Path(data_dir).expanduser(), "<<data_dir>>")
     found = _search()
     if found is None:
         raise DataError(_not_found_message())
@@ -226,11 +256,19 @@ def download_fashion_mnist(dest_dir: str | os.PathLike) -> Path:
     download goes to a temp file in ``dest_dir`` and is moved into place only
     after its checksum matches, so a failure never leaves a partial file.
     """
+    try:
+        return _download_all(dest_dir)
+    except DataError as exc:
+        raise DataError(f"{exc.template}\n{_HOW_TO_GET_DATA}") from exc
+
+
+def _download_all(dest_dir) -> Path:
+    """download_fashion_mnist's work; its errors say what failed, without how to get the data."""
     dest = Path(dest_dir).expanduser()
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"cannot create download folder {dest}: {exc}.\n{_HOW_TO_GET_DATA}") from exc
+        raise DataError(f"cannot create download folder {dest}: {exc}.") from exc
     for stem in FILE_STEMS:
         if _file_in(dest, stem) is None:
             _download_one(MIRROR_URL + stem + ".gz", dest / (stem + ".gz"), GZ_MD5[stem])
@@ -241,7 +279,7 @@ def _download_one(url: str, target: Path, expected_md5: str) -> None:
     try:
         check_output(target, "download target")  # the rename below must not replace a link or a device
     except OutputError as exc:
-        raise DataError(f"{exc}.\n{_HOW_TO_GET_DATA}") from None
+        raise DataError(f"{exc}.") from None
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     moved = False
@@ -252,12 +290,12 @@ def _download_one(url: str, target: Path, expected_md5: str) -> None:
             raise DataError(
                 f"downloaded {url} has MD5 {actual_md5}, expected {expected_md5}: the download "
                 f"is corrupt or the mirror changed; nothing was saved to {target.parent}. "
-                f"Try again later.\n{_HOW_TO_GET_DATA}"
+                f"Try again later."
             )
         os.replace(tmp, target)
         moved = True
     except (urllib.error.URLError, OSError) as exc:  # URLError/timeouts are OSErrors
-        raise DataError(f"could not download {url}: {exc}.\n{_HOW_TO_GET_DATA}") from exc
+        raise DataError(f"could not download {url}: {exc}.") from exc
     finally:
         if not moved:
             tmp.unlink(missing_ok=True)
@@ -296,7 +334,7 @@ def _fix_hint(path: Path) -> str:
         )
     return (
         f"Delete or replace it with the official file from {MIRROR_URL}, or pass "
-        f"data_dir / set {ENV_VAR} to a folder with good copies."
+        f"<<data_dir>> (or set {ENV_VAR}) to a folder with good copies."
     )
 
 
@@ -353,7 +391,7 @@ def _check_digest(data: bytes, path: Path, expected: str) -> None:
             path,
             f"decompressed contents have SHA-256 {actual}, expected {expected}: "
             f"the file is corrupt or not the official data (for your own IDX "
-            f"files pass verify=False)",
+            f"files <<own files>>)",
         )
 
 
@@ -390,7 +428,7 @@ def _read_split(
         raise DataError(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
             f"labels: the pair does not belong together. Replace both files with matching "
-            f"official copies (from {MIRROR_URL}, or pass data_dir / set {ENV_VAR})."
+            f"official copies (from {MIRROR_URL}, or pass <<data_dir>> or set {ENV_VAR})."
         )
     return images, labels
 
@@ -424,13 +462,13 @@ def load_fashion_mnist(
 
 def _download_or_explain(download: bool) -> Path:
     if not download:
-        raise DataError(_not_found_message() + "\n(download=False, so nothing was downloaded.)")
+        raise DataError(_not_found_message("(download=False, so nothing was downloaded.)"))
     cache = default_cache_dir()
     print(f"Fashion-MNIST not found locally; downloading it into {cache}", file=sys.stderr)
     try:
-        return download_fashion_mnist(cache)
+        return _download_all(cache)
     except DataError as exc:
-        raise DataError(f"{_not_found_message()}\nThe automatic download failed: {exc}") from exc
+        raise DataError(_not_found_message(f"The automatic download failed: {exc.template}")) from exc
 
 
 # --------------------------------------------------------------------------

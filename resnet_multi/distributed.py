@@ -34,6 +34,7 @@ The command line imports this module only for a data-parallel run of the torch b
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from datetime import timedelta
 
@@ -41,7 +42,7 @@ import numpy as np
 
 from . import validate
 from .backend import Backend
-from .errors import InputError
+from .errors import InputError, Terminated
 from .torch import F, TorchBackend, nn, torch
 from .train import RunError
 
@@ -146,8 +147,10 @@ def launch(nproc: int, argv: list[str]) -> int:
             f"process {rank} of {nproc} {how} (its own error is above); the others were stopped",
             failure.exitcode if failure.exitcode > 0 else 1,
         ) from None
-    except SignalException:  # Ctrl-C (or a kill) reached the agent, which stopped the processes
-        raise KeyboardInterrupt from None
+    except SignalException as e:  # Ctrl-C or SIGTERM reached the agent, which stopped the processes
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise Terminated(int(e.sigval)) from None
     return 0
 
 

@@ -31,3 +31,12 @@ class NonFiniteError(ValueError):
     def __init__(self, message: str, short: str | None = None):
         super().__init__(message)
         self.short = short or message
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM): handled where Ctrl-C is, so that the command
+    line says where a run stands either way; ``signal`` is the signal's number."""
+
+    def __init__(self, signal: int):
+        super().__init__(signal)
+        self.signal = signal

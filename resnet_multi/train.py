@@ -108,7 +108,13 @@ def trained_resize(preprocess: dict | None, run: dict) -> tuple[bool, int | None
 
 
 def standing(out: Path) -> str:
-    """Where a stopped run stands: the checkpoint to resume from, or none."""
+    """Where a stopped run stands: another run holds the directory, or the checkpoint to
+    resume from, or none."""
+    if _locked_by_another(Path(out)):
+        return (
+            f"another run is writing to {out} (it holds the run directory's lock), so this one did not "
+            f"start there: wait for it to finish, or choose another --out"
+        )
     try:
         state = read_checkpoint(out)
     except RunError as e:
@@ -438,9 +444,22 @@ def _check_batches(
     gh, gw = shapes.final_grid(spec, side, side)
     need_bn = shapes.bn_min_batch(gh, gw)
     need = max(need_bn, min_batch)
+    if n_train < need:  # no batch size helps: every batch holds at most n_train images
+        reason = (
+            f"BatchNorm needs batches of at least {need_bn} ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side})"
+            if n_train < need_bn
+            else f"{why}: batches of at least {need}"
+        )
+        raise InputError(
+            f"the data holds {n_train:,} training image(s), and {reason}; train on more images "
+            f"(raise --limit, or leave it out)"
+        )
     last = n_train % batch_size
     if 0 < last < need:
-        better = next((b for b in range(batch_size - 1, need - 1, -1) if n_train % b == 0 or n_train % b >= need), None)
+        # a smaller batch size that leaves no partial batch or a large enough one; else one batch of all
+        better = next(
+            (b for b in range(batch_size - 1, need - 1, -1) if n_train % b == 0 or n_train % b >= need), n_train
+        )
         reason = (
             f"BatchNorm cannot train on it ({spec.name}'s last stage sees {gh}x{gw} at {side}x{side}, "
             f"so it would have one value per channel)"
@@ -499,6 +518,25 @@ def check_run_files(out) -> Path:
 
 
 _NOT_OURS = "a run directory holds only the files a run writes: remove it, or choose another --out"
+
+
+def _locked_by_another(out: Path) -> bool:
+    """Whether a process holds ``out``'s lock now (this one holds none once fit returns)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = files.open_lock(out / ".lock") if (out / ".lock").is_file() else None
+    except (OSError, files.OutputError):
+        return False
+    if fd is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases it, if this probe took it
+    return False
 
 
 def _open_lock_file(out: Path) -> int:

@@ -16,7 +16,11 @@ import dataclasses
 import errno
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -594,3 +598,126 @@ def test_data_files_are_read_with_a_size_limit(tmp_path, monkeypatch, compressed
     what = "decompresses to more than 1,048,576 bytes" if compressed else "larger than 1,048,576 bytes"
     with pytest.raises(data.DataError, match=rf"{path}: {what}"):
         data.read_idx_images(path)
+
+
+# ---- 5. messages that lead somewhere ----------------------------------------------------------
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    """No Fashion-MNIST anywhere the package looks, and no network (the download fails)."""
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "no-system-data")
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+
+
+def test_missing_data_tells_a_command_line_user_the_flags(no_data, capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--backend", "numpy", "--out", tmp_path / "run")
+    assert code == 1, err
+    assert err.count("To get Fashion-MNIST") == 1, err  # the how-to block once, after the download's failure
+    assert "pass --data-dir FOLDER" in err and "data_dir=" not in err, err
+    assert "The automatic download failed: could not download" in err
+    assert "--preset quick (or --subset)" in err  # the bundled subset needs no download
+    with pytest.raises(data.DataError) as info:  # the Python API keeps its own words
+        data.load_fashion_mnist()
+    assert "pass data_dir=FOLDER" in str(info.value) and str(info.value).count("To get Fashion-MNIST") == 1
+
+
+def test_data_errors_name_no_option_the_command_line_lacks(tmp_path, capsys):
+    from test_data import write_set  # hand-built IDX files: not the official data
+
+    folder = tmp_path / "mine"
+    write_set(folder, n_train=32, n_test=8)
+    weights = _weights_file(tmp_path, canonical.init_weights(SPEC))
+    code, out, err = run(capsys, "evaluate", "--backend", "numpy", "--weights", weights, "--data-dir", folder)
+    assert code == 1 and "SHA-256" in err and "verify=False)" in err, err
+    assert "pass verify=False" not in err and "load yours in Python with" in err, err
+    with pytest.raises(data.DataError, match="pass verify=False"):
+        data.load_fashion_mnist(folder)
+
+
+def test_install_hints_name_the_frameworks_own_environment():
+    import configparser
+
+    from resnet_multi import frameworks
+
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    deps = [line.split(":", 1) for line in tox["testenv"]["deps"].splitlines() if ":" in line and "#" not in line]
+    for fw in frameworks.FRAMEWORKS.values():
+        hint = fw.install_hint()
+        if fw.install is None:
+            assert "pip install -e ." in hint
+            continue
+        assert f"tox -e {fw.name}" in hint and "resnet-multi[" not in hint, hint
+        pins = [req.strip() for env, req in deps if env.strip() == fw.name]
+        assert pins, f"tox.ini names no pins for {fw.name}"
+        for pin in pins:  # the same versions as the framework's tox environment
+            assert pin in fw.install.replace("'", ""), (fw.name, pin, fw.install)
+
+
+@pytest.mark.parametrize("name, module", [("tf", "tensorflow"), ("torch", "torch"), ("jax", "jax")])
+def test_a_missing_framework_says_which_environment_installs_it(name, module):
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        f"try:\n    import resnet_multi.{name}\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=_env()
+    ).stdout
+    assert f"tox -e {name}" in out and "not installed in this environment" in out and "resnet-multi[" not in out, out
+    if name == "tf":
+        assert "pip install tensorflow-cpu==2.21.0 -e ." in out, out
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize(
+    "limit, batch, message",
+    [
+        ("1", "256", "the data holds 1 training image(s), and BatchNorm needs batches of at least 2"),
+        ("3", "2", "choose a batch size that leaves none or at least 2, e.g. 3"),
+    ],
+)
+def test_a_tiny_data_set_gets_a_batch_size_that_exists(capsys, tmp_path, limit, batch, message):
+    argv = ["train", "--backend", "numpy", "--preset", "quick", "--width", "4", "--resize", SIZE, "--limit", limit,
+            "--batch-size", batch, "--out", tmp_path / "run"]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and one_line(err)[0], err
+
+
+def _train_process(out, epochs):
+    argv = [sys.executable, "-m", "resnet_multi.cli", *map(str, CLI_TRAIN), "--epochs", str(epochs), "--out", str(out)]
+    return subprocess.Popen(argv, cwd=ROOT, env={**_env(), "MPLBACKEND": "Agg"}, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_says_where_the_run_stands(tmp_path):
+    out = tmp_path / "run"
+    process = _train_process(out, epochs=200)
+    deadline = time.monotonic() + 120
+    while not (out / train.CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "resnet-multi: terminated by SIGTERM; " in err and "the same command with --resume continues" in err, err
+    assert "Traceback" not in err
+
+
+def test_the_loser_of_a_race_for_a_run_directory_is_told_so(tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = files.open_lock(out / ".lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the winner's lock
+        assert train.standing(out).startswith(f"another run is writing to {out}")
+    finally:
+        os.close(fd)
+    assert train.standing(out).startswith("no epoch had finished")  # once the winner is gone
