@@ -23,7 +23,7 @@ LAYERS = [
     {"memory", "data"},
     {"backend"},
     {"numpy", "torch", "tf", "mxnet", "paddle", "mindspore", "jax", "nhwc", "jax_cpu", "torch_device", "textbook"},
-    {"train"},
+    {"train", "lab"},
     {"trace", "bench", "distributed"},
     {"compare"},
     {"cli"},
