@@ -566,6 +566,21 @@ def cmd_conventions(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from .lab import grade, report
+
+    if args.json is not None:
+        files.check_output(args.json, "results file")
+    results = grade.check_file(
+        args.submission, args.exercise, args.framework, time_limit=args.time_limit, quiet=True, points=args.points
+    )
+    print("\n\n".join(r.report() for r in results))
+    if args.json is not None:
+        output = results[0].output if results and results[0].output else ""
+        report.write_gradescope(args.json, results, output=output)
+    return 0 if all(r.passed for r in results) else 1
+
+
 def _max_memory(p):
     p.add_argument(
         "--max-memory",
@@ -824,6 +839,32 @@ def _add_conventions(sub):
     p.set_defaults(func=cmd_conventions)
 
 
+def _add_check(sub):
+    from .lab.exercises import EXERCISES
+
+    p = sub.add_parser(
+        "check",
+        help="check a student's ResNet (a .py file or notebook) against the NumPy reference, "
+        "naming the known mistake behind each difference",
+        description="Runs the submission's code with your rights: run it inside a sandbox. "
+        "Exit status 0 only when every test of every exercise passes.",
+    )
+    p.add_argument("submission", type=_path, help="a .py file or .ipynb notebook defining the chapter's classes")
+    p.add_argument(
+        "--exercise",
+        action="append",
+        choices=list(EXERCISES),
+        help="the exercise to check (repeatable; default: every exercise whose names the file defines)",
+    )
+    p.add_argument("--framework", choices=list(frameworks.NAMES), help="(default: found from the submission)")
+    p.add_argument("--json", type=_path, metavar="PATH", help="also write Gradescope's results.json")
+    p.add_argument(
+        "--time-limit", type=_positive_float, default=60.0, metavar="SECONDS", help="per call into the submission"
+    )
+    p.add_argument("--points", type=_positive_float, help="points per exercise (default: one per test)")
+    p.set_defaults(func=cmd_check)
+
+
 COMMANDS = (
     _add_backends,
     _add_summary,
@@ -833,6 +874,7 @@ COMMANDS = (
     _add_trace,
     _add_compare,
     _add_conventions,
+    _add_check,
 )
 
 
