@@ -254,6 +254,15 @@ def cmd_train(args) -> int:
     resize = settings["resize"] or None  # --resize 0: keep 28x28
     backend = _backend(args.backend)
     group, launch_device = _process_group(args)
+    try:
+        return _train(args, train, preset, settings, resize, backend, group, launch_device)
+    except BaseException:
+        if group:
+            group.abandon()  # leave without waiting for the others, which fail in their turn
+        raise
+
+
+def _train(args, train, preset, settings, resize, backend, group, launch_device) -> int:
     device = group.device if group else launch_device or _device(backend, args.device)
     writes = group is None or group.writes  # rank 0 alone reads and writes the run directory, and prints
     out = _run_directory(args)
@@ -289,6 +298,21 @@ def cmd_train(args) -> int:
 
         distributed.check_shards(
             spec, len(dataset.train_images), settings["batch_size"], resize, group.world_size if group else args.nproc
+        )
+    if launch_device and args.resume:  # what fit checks in rank 0, before any process starts
+        train.check_resume(
+            out,
+            backend,
+            spec,
+            dataset,
+            epochs=settings["epochs"],
+            recipe=train.run_recipe(
+                settings["lr"],
+                settings["batch_size"],
+                resize,
+                args.seed,
+                bn_statistics=train.bn_statistics(args.nproc, args.sync_bn),
+            ),
         )
     if launch_device:  # every check passed: start the processes, each runs this command
         try:

@@ -23,18 +23,28 @@ that is :class:`torch.nn.SyncBatchNorm`; PyTorch's is GPU-only, so on the CPU (G
 :class:`CPUSyncBatchNorm` computes the same statistics with two differentiable all-reduces.
 
 Only rank 0 reads and writes the run directory (:func:`resnet_multi.train.fit` asks
-:meth:`ProcessGroup.share` for rank 0's opening state and lets only the writer write),
-prints, and shows the progress bar. A process that fails ends the others: under the
-launcher the agent stops them; a peer that is gone or silent for ``timeout`` seconds
-turns into a :class:`PeerLost` error in the others. The last complete checkpoint stays.
+:meth:`ProcessGroup.share` for rank 0's opening state, sent to the others as JSON bytes,
+never pickled, and lets only the writer write), prints, and shows the progress bar. A
+process that fails ends the others: under the launcher the agent stops them; a peer that
+is gone or silent for ``timeout`` seconds turns into a :class:`PeerLost` error in the
+others; a rank whose launcher dies, even by SIGKILL, dies with it. The last complete
+checkpoint stays. ``--nproc``'s launcher listens on no socket, and its processes only on
+127.0.0.1 (:func:`launch`).
+
+BatchNorm without ``sync_bn`` over several processes gives another run than one process
+does: the checkpoint's recipe records it (``bn_statistics``), so a resume cannot switch.
 
 The command line imports this module only for a data-parallel run of the torch backend.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
+import sys
 import uuid
 from datetime import timedelta
 
@@ -44,7 +54,7 @@ from . import validate
 from .backend import Backend
 from .errors import InputError, Terminated
 from .torch import F, TorchBackend, nn, torch
-from .train import RunError
+from .train import RunError, bn_statistics
 
 dist = torch.distributed
 
@@ -109,24 +119,45 @@ def choose_device(device: str | None, local_rank: int, local_world: int) -> str:
 
 
 # ---- the launcher: --nproc N ------------------------------------------------------------
+# Set by launch() in every process it starts: its own process id (a rank whose launcher is
+# already gone exits), and that the run is local, so its sockets listen on loopback only.
+LAUNCHER_PID = "RESNET_MULTI_LAUNCHER_PID"
+
+
+def _loopback_interface() -> str | None:
+    """The loopback interface's name ("lo" on Linux, "lo0" on macOS), for Gloo and NCCL."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (AttributeError, OSError):
+        return None
+    return next((name for name in names if name.startswith("lo")), None)
+
+
 def launch(nproc: int, argv: list[str]) -> int:
-    """Start ``nproc`` local processes running ``python -m resnet_multi.cli ARGV``, as
-    ``torchrun --standalone --nproc-per-node NPROC`` does (the same parser and elastic
-    agent); wait for them. A failed process stops the others: WorkerFailed names it."""
+    """Start ``nproc`` local processes running ``python -m resnet_multi.cli ARGV`` with
+    torchrun's parser and elastic agent; wait for them. A failed process stops the others:
+    WorkerFailed names it.
+
+    Unlike ``torchrun --standalone``, nothing listens beyond this machine: the agents meet
+    through a file in a private temporary directory (the c10d rendezvous's FileStore, not a
+    TCPStore, which listens on every interface), torch's shared TCP store is off, and the
+    processes' own store (:func:`_loopback_store`) and Gloo/NCCL sockets use 127.0.0.1."""
+    import tempfile
+
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
 
-    # Split the CPU's cores between the processes (torchrun would give each one thread).
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    # torchrun --standalone: a rendezvous on a free local port (what torch.distributed.run.run sets)
+    meeting = tempfile.mkdtemp(prefix="resnet-multi-rendezvous-")  # 0700: this user's alone
     args = get_args_parser().parse_args(
         [
             f"--nproc-per-node={nproc}",
             "--max-restarts=0",
             "--rdzv-backend=c10d",
-            "--rdzv-endpoint=localhost:0",
+            f"--rdzv-endpoint={os.path.join(meeting, 'store')}",
+            "--rdzv-conf=store_type=file",
+            "--local-addr=127.0.0.1",  # the processes' MASTER_ADDR
             f"--rdzv-id={uuid.uuid4()}",
             "-m",
             "resnet_multi.cli",
@@ -134,6 +165,16 @@ def launch(nproc: int, argv: list[str]) -> int:
     )
     args.training_script_args = list(argv)  # not through torchrun's parser: --nproc abbreviates its own
     config, cmd, cmd_args = config_from_args(args)
+    loopback = _loopback_interface()
+    settings = {
+        # Split the CPU's cores between the processes (torchrun would give each one thread).
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc)),
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # no agent store on every interface
+        LAUNCHER_PID: str(os.getpid()),
+        **({"GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback} if loopback else {}),
+    }
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)  # the agent reads them here; the processes inherit them
     try:
         elastic_launch(config, cmd)(*cmd_args)
     except ChildFailedError as e:
@@ -151,7 +192,49 @@ def launch(nproc: int, argv: list[str]) -> int:
         if e.sigval == signal.SIGINT:
             raise KeyboardInterrupt from None
         raise Terminated(int(e.sigval)) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(meeting, ignore_errors=True)
     return 0
+
+
+def _die_with_launcher() -> None:
+    """Make this rank end when the process that started it ends, even by SIGKILL (Linux:
+    prctl PR_SET_PDEATHSIG), so that no rank is left running alone; a rank whose launcher
+    is already gone exits at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher is not None and os.getppid() != int(launcher):
+        print(f"rank {os.environ.get('RANK')}: its launcher (process {launcher}) is gone; exiting", file=sys.stderr)
+        os._exit(1)
+
+
+def _loopback_store(rank: int, world_size: int, timeout: float):
+    """The processes' key-value store for a run :func:`launch` started, on 127.0.0.1 only:
+    rank 0 binds the socket itself (a TCPStore binds every interface) and hands it over."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    wait = timedelta(seconds=timeout)
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, is_master=False, timeout=wait)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen()
+    return dist.TCPStore(
+        host, port, world_size, is_master=True, timeout=wait, master_listen_fd=sock.detach(), wait_for_workers=False
+    )
 
 
 # ---- one rank ------------------------------------------------------------------------------
@@ -160,6 +243,7 @@ class ProcessGroup:
     that :func:`resnet_multi.train.fit` and :class:`DataParallelTorch` use."""
 
     def __init__(self, *, device: str | None, sync_bn: bool, timeout: float = DEFAULT_TIMEOUT):
+        _die_with_launcher()
         self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.local_rank = int(os.environ["LOCAL_RANK"])
         self.device = choose_device(device, self.local_rank, int(os.environ["LOCAL_WORLD_SIZE"]))
@@ -171,8 +255,11 @@ class ProcessGroup:
             torch.cuda.set_device(self.device)
             kwargs["device_id"] = torch.device(self.device)
         try:
-            dist.init_process_group(self.comm, timeout=timedelta(seconds=timeout), **kwargs)
-        except (RuntimeError, dist.DistError) as e:
+            if LAUNCHER_PID in os.environ:  # started by launch(): everything on loopback
+                kwargs.update(store=_loopback_store(self.rank, self.world_size, self.timeout))
+                kwargs.update(rank=self.rank, world_size=self.world_size)
+            dist.init_process_group(self.comm, timeout=timedelta(seconds=self.timeout), **kwargs)
+        except (RuntimeError, OSError, dist.DistError) as e:
             raise PeerLost(
                 f"rank {self.rank} could not join the other {self.world_size - 1} process(es) "
                 f"within {timeout:g} s ({_first_line(e)}); check that every node was started "
@@ -190,6 +277,11 @@ class ProcessGroup:
 
     def meta(self) -> dict:
         return {"processes": self.world_size, "comm": self.comm, "sync_bn": self.sync_bn}
+
+    @property
+    def bn_statistics(self) -> str | None:
+        """What BatchNorm normalises over (:func:`resnet_multi.train.bn_statistics`)."""
+        return bn_statistics(self.world_size, self.sync_bn)
 
     def backend(self) -> DataParallelTorch:
         return DataParallelTorch(self)
@@ -217,22 +309,48 @@ class ProcessGroup:
         return torch.cat([p[:k] for p, k in zip(parts, sizes)])
 
     def share(self, make):
-        """``make()`` run on rank 0, its result (or its exception) on every rank."""
-        box = [None]
+        """``make()`` run on rank 0, its result (plain JSON data) on every rank; if it
+        raises, rank 0 raises that and every other rank a RunError with its message. Sent
+        as JSON bytes in a tensor: no pickle, so no rank runs code another one sent."""
+        result, error = None, None
         if self.writes:
             try:
-                box[0] = ("ok", make())
-            except Exception as e:  # every rank raises it, so none waits for the others
-                box[0] = ("error", e)
+                result = make()
+                message = {"ok": result}
+            except Exception as e:  # every rank raises, so none waits for the others
+                error, message = e, {"error": f"{type(e).__name__}: {e}"}
+            payload = torch.frombuffer(bytearray(json.dumps(message, allow_nan=False).encode()), dtype=torch.uint8)
+            size = torch.tensor([len(payload)], dtype=torch.int64)
+        else:
+            size = torch.zeros(1, dtype=torch.int64)
+        device = self.device if self.comm == "nccl" else "cpu"
         with self.collective("sharing rank 0's run state"):
-            dist.broadcast_object_list(box, src=0)
-        kind, value = box[0]
-        if kind == "error":
-            raise value
-        return value
+            size = size.to(device)
+            dist.broadcast(size, src=0)
+            buffer = (
+                payload.to(device) if self.writes else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+            )
+            dist.broadcast(buffer, src=0)
+        if self.writes:
+            if error is not None:
+                raise error
+            return result
+        message = json.loads(bytes(buffer.cpu().numpy()))
+        if "error" in message:
+            raise RunError(f"rank {self.rank} stops: rank 0 could not open the run (its error: {message['error']})")
+        return message["ok"]
 
     def collective(self, what: str):
         return _Collective(self, what)
+
+    def abandon(self) -> None:
+        """Leave after a failure, without waiting for the others: a process that exits with
+        its process group still open is aborted by the C++ runtime instead."""
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # leaving anyway; the failure that brought us here is the one to report
+                pass
 
     def finish(self) -> None:
         """Wait for every rank (rank 0 writes the last checkpoint meanwhile), then leave."""

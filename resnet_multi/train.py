@@ -307,7 +307,48 @@ def save_plot(history: History, path, *, epochs: int | None = None, title: str =
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def run_recipe(
+    lr: float, batch_size: int, resize: int | None, seed: int, *, precision: str = "float32", bn_statistics=None
+) -> dict:
+    """What a checkpoint records of the settings, and a resume must match."""
+    recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
+    if precision != "float32":  # recorded (and so checked on resume) where it is not the default
+        recipe["precision"] = precision
+    if bn_statistics is not None:
+        recipe["bn_statistics"] = bn_statistics
+    return recipe
+
+
+def bn_statistics(processes: int | None, sync_bn: bool) -> str | None:
+    """What BatchNorm normalises over in a run of ``processes`` data-parallel processes,
+    where it is not the global batch: without SyncBatchNorm each process's shard, which
+    gives another run than one process (and --sync-bn) does, so it is recorded in the
+    recipe and a resume cannot change it. None for the global batch."""
+    if sync_bn or not processes or processes == 1:
+        return None
+    return f"each process's shard, {processes} processes"
+
+
+def check_resume(out, backend: Backend, spec, dataset: Dataset, *, epochs: int, recipe: dict) -> dict:
+    """What :func:`fit` checks before it resumes the run in ``out``, for a caller that
+    starts processes first: the checkpoint fits this backend, recipe, spec and data."""
+    spec_dict = json.loads(json.dumps(dataclasses.asdict(spec)))
+    return _resume_state(backend, Path(out), recipe, spec_dict, _fingerprint(dataset), epochs)
+
+
 def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print: dict, epochs: int):
+    state = _resume_state(backend, out, recipe, spec_dict, data_print, epochs)
+    path = out / state["weights"]
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != state["weights_sha256"]:
+        raise RunError(
+            f"{path}, named by {out / CHECKPOINT}, is missing or does not match its "
+            f"recorded SHA-256; the run cannot be resumed"
+        )
+    backend.load_weights(model, path)
+    return state
+
+
+def _resume_state(backend, out: Path, recipe: dict, spec_dict: dict, data_print: dict, epochs: int) -> dict:
     state = read_checkpoint(out)
     if state is None:
         raise RunError(f"nothing to resume: {out / CHECKPOINT} does not exist")
@@ -320,7 +361,7 @@ def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print
     recorded = {**state["recipe"], "spec": state["spec"], "data": state["data"]}
     wanted = {**recipe, "spec": spec_dict, "data": data_print}
     diff = [
-        f"{k}: checkpoint has {recorded.get(k)!r}, this run {wanted.get(k)!r}"
+        f"{k}: checkpoint has {_setting(k, recorded.get(k))}, this run {_setting(k, wanted.get(k))}"
         for k in {**recorded, **wanted}
         if recorded.get(k) != wanted.get(k)
     ]
@@ -332,14 +373,18 @@ def _resume(backend, model, out: Path, recipe: dict, spec_dict: dict, data_print
         )
     if state["epoch"] > epochs:
         raise RunError(f"{out} is already at epoch {state['epoch']}, past the {epochs} asked for")
-    path = out / state["weights"]
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != state["weights_sha256"]:
-        raise RunError(
-            f"{path}, named by {out / CHECKPOINT}, is missing or does not match its "
-            f"recorded SHA-256; the run cannot be resumed"
-        )
-    backend.load_weights(model, path)
-    return state["epoch"], state["steps"], History.from_dict(state["history"])
+    return state
+
+
+def _setting(key: str, value) -> str:
+    if key == "bn_statistics":  # absent: one process, or several with --sync-bn
+        return repr(value) if value is not None else "'global batch' (one process, or --sync-bn)"
+    return repr(value)
+
+
+def _resumed_meta(recorded: dict, session: dict) -> dict:
+    """A resumed run's record: what the run was started with, and each resumed session's own."""
+    return {**recorded, "resumed": [*recorded.get("resumed", []), session]}
 
 
 def _checkpoint(
@@ -632,9 +677,9 @@ def fit(
         raise InputError("resume needs the run directory (out) to resume from")
     if out is not None and processes.writes:
         out = check_run_files(out)  # before Path("") turns an empty path into the current directory
-    recipe = {"lr": float(lr), "batch_size": int(batch_size), "resize": resize, "seed": int(seed)}
-    if precision != "float32":  # recorded (and so checked on resume) where it is not the default
-        recipe["precision"] = precision
+    recipe = run_recipe(
+        lr, batch_size, resize, seed, precision=precision, bn_statistics=getattr(processes, "bn_statistics", None)
+    )
     backend.configure_training(model, precision=precision, channels_last=channels_last, device_batches=device_batches)
     check_run(model.spec, len(dataset.train_images), int(batch_size), resize, backend=backend)
     if out is None or not processes.writes:  # only the writer locks the run directory
@@ -677,17 +722,29 @@ def _fit(backend, model, dataset, *, epochs, recipe, out, resume, progress, plot
     history, start, steps, weights_file = History(), 0, 0, None
     if out is not None:
 
-        def opening():
+        def opening() -> dict:  # plain JSON data: a data-parallel run sends it to every process
             if resume:
-                return _resume(backend, model, out, recipe, spec_dict, data_print, epochs)
+                state = _resume(backend, model, out, recipe, spec_dict, data_print, epochs)
+                return {
+                    "epoch": state["epoch"],
+                    "steps": state["steps"],
+                    "history": state["history"],
+                    "meta": _resumed_meta(state["meta"], meta or {}),
+                }
             if (out / CHECKPOINT).exists():
                 raise RunError(
                     f"{out} already holds a run (at epoch {read_checkpoint(out)['epoch']}); "
                     f"resume it or choose another output directory"
                 )
-            return start, steps, history
+            return {"epoch": 0, "steps": 0, "history": history.to_dict(), "meta": meta or {}}
 
-        start, steps, history = processes.share(opening)
+        opened = processes.share(opening)
+        start, steps, history, meta = (
+            opened["epoch"],
+            opened["steps"],
+            History.from_dict(opened["history"]),
+            opened["meta"],
+        )
         if resume:
             weights_file = f"epoch-{start:03d}.safetensors"
     per_epoch = num_batches(len(dataset.train_images), batch_size)

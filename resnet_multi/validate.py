@@ -321,6 +321,8 @@ RECIPE = Schema(
         "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
         "seed": Field(int, min=0),
         "precision": Field(str, required=False, choices=("bf16",)),  # only where not float32 (torch)
+        # only for a data-parallel run without SyncBatchNorm: each process's statistics
+        "bn_statistics": Field(str, required=False, pattern=r"[^\n]{1,200}"),
     }
 )
 

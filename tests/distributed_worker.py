@@ -4,7 +4,8 @@ Trains the tiny net of the distributed tests from damped random weights (as the
 training-parity test does, so that float32 rounding stays at its own size over the
 steps) with :func:`resnet_multi.train.fit`; rank 0 writes the run directory.
 ``--fail-step K`` makes ``--fail-rank`` raise at its K-th step; ``--hang-step K`` makes
-it stop answering there instead.
+it stop answering there instead. The collectives that pickle Python objects are switched
+off, so every run checks that the ranks exchange plain data only.
 """
 
 import argparse
@@ -28,7 +29,24 @@ def tiny_dataset():
     )
 
 
+def _no_pickling_collectives():
+    import torch.distributed as dist
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a collective that pickles Python objects was called")
+
+    for name in (
+        "broadcast_object_list",
+        "all_gather_object",
+        "gather_object",
+        "scatter_object_list",
+        "send_object_list",
+    ):
+        setattr(dist, name, refuse)
+
+
 def main():
+    _no_pickling_collectives()
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--sync-bn", action="store_true")

@@ -226,3 +226,104 @@ def test_cli_refuses_other_backends(capsys, tmp_path):
 def test_cli_refuses_gpus_it_does_not_have(capsys, tmp_path):
     code, err = run_cli(capsys, *CLI, "--out", str(tmp_path), "--nproc", "2", "--device", "cuda")
     assert code == 2 and "PyTorch sees no GPU here" in err, err
+
+
+# ---- processes and network --------------------------------------------------------------------
+def _children(pid):
+    """The process ids whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _listening(pids):
+    """(address, port) of every listening TCP socket the processes hold, from /proc/net/tcp{,6}."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    address, port = fields[1].split(":")
+                    found.append((address, int(port, 16)))
+    return found
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1, as /proc writes them
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and relies on PR_SET_PDEATHSIG (Linux)")
+def test_the_launcher_listens_on_loopback_only_and_its_processes_die_with_it(tmp_path):
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "resnet_multi.cli", *CLI, "--epochs", "500", "--nproc", "2", "--out", str(out)],
+        env=ENV,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        ranks, sockets = [], []
+        while time.monotonic() < deadline and launcher.poll() is None:
+            ranks = _children(launcher.pid)
+            if len(ranks) == 2 and (out / train.CHECKPOINT).exists():  # both ranks are training
+                sockets = _listening([launcher.pid, *ranks])
+                break
+            time.sleep(0.2)
+        assert len(ranks) == 2 and sockets, (ranks, launcher.poll())
+        assert all(address in LOOPBACK for address, _ in sockets), f"listening beyond loopback: {sockets}"
+        launcher.kill()  # SIGKILL: the launcher can clean nothing up
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in ranks):
+            time.sleep(0.2)
+        alive = [pid for pid in ranks if os.path.exists(f"/proc/{pid}") and "Z" not in _state(pid)]
+        assert not alive, f"processes {alive} outlived their launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.wait()
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_resuming_with_other_batch_norm_statistics_is_refused_before_starting(tmp_path, capsys, monkeypatch):
+    """A run of two processes without --sync-bn normalised over each shard: resuming it with
+    --sync-bn (or on one process) would change what the history measures."""
+
+    class PlainTwoProcesses(train.OneProcess):  # what a 2-process run without --sync-bn records
+        bn_statistics = train.bn_statistics(2, sync_bn=False)
+
+    backend = load_backend("torch")
+    model = backend.build("d2l-resnet18", device="cpu", seed=0, width=WIDTH)
+    out = tmp_path / "run"
+    train.fit(backend, model, tiny_dataset(), epochs=1, lr=LR, batch_size=BATCH, resize=SIZE, seed=0, out=out,
+              processes=PlainTwoProcesses)  # fmt: skip
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("processes were started"))
+    code, err = run_cli(capsys, *CLI, "--out", str(out), "--resume", "--nproc", "2", "--sync-bn")
+    assert code == 1 and 'bn_statistics: checkpoint has "each process\'s shard, 2 processes"' in err, err
+    assert "'global batch' (one process, or --sync-bn)" in err and len(err.strip().splitlines()) == 1, err
