@@ -13,10 +13,12 @@
     resnet-multi conventions
 
 Mistakes (unknown backend or architecture, a backend that is not installed, a
-missing device, a non-positive number, a network too big for --max-memory) get
-one line on stderr and exit status 2; a run that fails for another reason (data,
-weights, run directory, a diverged loss) exits 1, and so does anything else, reported
-as the bug it is. ``--debug`` shows the traceback.
+missing device, a number out of range, an output path that is not a regular file, a
+network too big for --max-memory) get one line on stderr and exit status 2; a run that
+fails for another reason (data, weights, run directory, a number that came out NaN or
+infinite, a full disk) exits 1, and so does anything else, reported as the bug it is.
+Ctrl-C exits 130 and SIGTERM 143, each saying where a training run stands. ``--debug``
+shows the traceback.
 
 The commands only parse, call into the modules and print: what a command does lives
 in :mod:`resnet_multi.train`, :mod:`resnet_multi.trace`, :mod:`resnet_multi.bench` and
