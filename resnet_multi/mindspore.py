@@ -1,46 +1,16 @@
-"""The Residual Networks chapter in MindSpore.
+"""The Residual Networks chapter in MindSpore: the chapter's ``Residual``, its exercises'
+blocks, the stages and the net, then the backend the tests and the command line use.
 
     from resnet_multi import mindspore as rn
     net = rn.net("d2l-resnet18")            # the chapter's network, spec'd weights
     blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
 
-MindSpore is NCHW with OIHW kernels and ``(out, in)`` dense weights, like the
-spec, but five of its defaults differ from it, and this module handles each:
-
-* ``nn.Conv2d`` has no bias by default and pads with ``pad_mode='same'``, which
-  on even sizes pads asymmetrically (7x7/2: 2 before, 3 after). Every conv and
-  the max pool here use ``pad_mode='pad'`` with the spec's symmetric padding,
-  and ``has_bias`` follows the spec.
-* ``nn.BatchNorm2d(momentum=m)`` means ``running = m * running + (1 - m) * batch``
-  (default 0.9), the opposite of the spec's convention: it gets ``1 - momentum``.
-  Its running variance is fed by the unbiased batch variance, as the spec's is.
-* BatchNorm names: gamma/beta/moving_mean/moving_variance for the canonical
-  weight/bias/running_mean/running_var (see :func:`canonical_parameters`).
-* Cells start in inference mode; ``set_train(True)`` makes BN normalise with
-  batch statistics and update its moving statistics during the forward pass.
-* ``Parameter.set_data`` swaps in a new tensor that an existing optimizer never
-  updates; :func:`set_weights` copies into the parameters instead (``copy_``).
-
-Gradients come from ``mindspore.value_and_grad`` and the update from ``nn.SGD``. By
-default the backend compiles each step with ``mindspore.jit`` (graph mode for one
-function, while the process stays in PyNative): the training step (forward, loss,
-gradients, SGD update, BN statistics), the gradient pass and inference, each once per
-model and batch shape, since a compiled graph keeps the shapes and the training flag
-it was traced with. ``build(..., eager=True)`` runs the same cells op by op in
-PyNative mode (MindSpore 2's default), as a reader steps through them.
-
-On x86 CPUs with AVX-512, MindSpore's CPU convolutions hand oneDNN plain NCHW/OIHW
-tensors, for which oneDNN 3.10 (bundled with MindSpore 2.10) picks its reference
-kernel for the forward and backward-data passes (``jit_uni_ncsp:conv+ref:any``);
-capped at AVX2 it picks im2col + JIT GEMM (``gemm:jit``) instead. Importing this module
-caps MindSpore's own oneDNN copy at AVX2 (:func:`cap_onednn_isa`) unless
-``ONEDNN_MAX_CPU_ISA`` is set. Measured on a 2-core AVX-512 CPU (scripts/bench_mindspore.py):
-a d2l-resnet18 training step at 32x32, batch 32, 4.1 CPU-seconds uncapped and 0.55 capped;
-inference at 96x96, batch 8, 7.2 and 0.16.
-
-MindSpore runs a whole process on one device, chosen with
-``mindspore.set_device("GPU", 0)`` before the first kernel runs; see :func:`devices`.
+MindSpore's defaults that differ from the spec's are translated where they arise: padding
+and conv biases (:func:`conv2d`), BatchNorm's momentum (:func:`batch_norm`) and tensor names
+(:data:`BN_NAMES`). Importing this module also keeps its CPU convolutions off oneDNN's
+slow reference kernel (:func:`cap_onednn_isa`).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -53,134 +23,170 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, Model, TrainingPass, require
+from .errors import InputError
 from .shapes import check_block_input_shape, check_input_shape, float32_input_error
-from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
-from .weights import check_weights, init_weights, tensor_specs
+from .spec import ArchSpec, BatchNormSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
+from .weights import check_weights, init_weights, module_paths, tensor_specs
 
 ms = require("mindspore", "mindspore")
-nn, Tensor = ms.nn, ms.Tensor
-
-# dnnl_cpu_isa_t values (oneDNN's dnnl_types.h)
-_DNNL_CPU_ISA_AVX2 = 0x7
-
-
-def _onednn_library():
-    """MindSpore's own oneDNN (mindspore/lib/libdnnl.so.3), or None where it has none."""
-    path = Path(ms.__file__).parent / "lib" / "libdnnl.so.3"
-    return ctypes.CDLL(str(path)) if path.is_file() else None
-
-
-def cap_onednn_isa() -> bool:
-    """Cap MindSpore's oneDNN at AVX2, so that its convolutions avoid the reference kernel.
-
-    MindSpore's CPU Conv2D gives oneDNN plain-layout tensors; on AVX-512 CPUs oneDNN 3.10
-    then routes the forward and backward-data passes through ``jit_uni_ncsp``, whose
-    inner convolution is the reference one (``ref:any``, some 10x slower here). Below
-    AVX-512 it uses im2col + JIT GEMM. Only MindSpore's copy of oneDNN is capped (other
-    frameworks in the process bundle their own), and only before its first kernel runs:
-    oneDNN fixes its ISA then. ``ONEDNN_MAX_CPU_ISA`` in the environment, e.g. ``ALL``,
-    is left to oneDNN and turns the cap off. Returns whether the cap was applied.
-    """
-    if "ONEDNN_MAX_CPU_ISA" in os.environ or "DNNL_MAX_CPU_ISA" in os.environ:
-        return False
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    lib = _onednn_library()
-    if lib is None:
-        return False
-    if lib.dnnl_set_max_cpu_isa(_DNNL_CPU_ISA_AVX2) != 0:
-        warnings.warn("resnet_multi.mindspore was imported after MindSpore ran its first CPU kernel, so "
-                      "its oneDNN ISA cap could not be set and convolutions may use oneDNN's slow reference "
-                      "kernel; import resnet_multi.mindspore before running anything in MindSpore",
-                      RuntimeWarning, stacklevel=2)
-        return False
-    return True
-
-
-ONEDNN_ISA_CAPPED = cap_onednn_isa()
-
-
-def conv2d(cin: int, cout: int, kernel: int, stride: int, padding: int, bias: bool) -> nn.Conv2d:
-    # pad_mode='pad' pads symmetrically, as the spec (and PyTorch) does; the default 'same'
-    # pads (2, 3) for the 7x7/2 stem on an even size. Zero init: the spec's weights are set
-    # right after construction, so MindSpore's own HeUniform draw would be wasted work.
-    return nn.Conv2d(cin, cout, kernel, stride=stride, pad_mode="pad", padding=padding,
-                     has_bias=bias, weight_init="zeros", bias_init="zeros")
-
-
-def batch_norm(channels: int, bn: BatchNormSpec) -> nn.BatchNorm2d:
-    # MindSpore keeps m * running + (1 - m) * batch: the spec's momentum is 1 - MindSpore's.
-    return nn.BatchNorm2d(channels, eps=bn.eps, momentum=1.0 - bn.momentum)
-
-
-def check_input_dtype(x, what: str) -> None:
-    """Refuse a batch that is not float32, naming the fix (MindSpore's own message names
-    the operator's inputs)."""
-    if x.dtype != ms.float32:
-        raise float32_input_error(what, str(x.dtype).lower(), "x.astype(mindspore.float32)")
+nn, ops, Tensor = ms.nn, ms.ops, ms.Tensor
 
 
 class Residual(nn.Cell):
-    """The chapter's residual block: ``relu(F(x) + shortcut(x))``.
-
-    ``Residual(input_channels, num_channels, use_1x1conv=False, strides=1)`` as in
-    the chapter; ``kind="bottleneck"``, ``preact=True``, ``conv_bias``,
-    ``shortcut="conv_bn"`` and ``stride_on`` select the exercises' variants
-    (see :class:`resnet_multi.spec.BlockSpec`).
-    """
+    """The chapter's residual block. ``options`` are the spec's other knobs (``conv_bias``,
+    ``shortcut="conv_bn"``, ``bn``; see :class:`resnet_multi.spec.BlockSpec`)."""
 
     def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("Residual", input_channels, num_channels, use_1x1conv, strides, **options)
         super().__init__()
-        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
-        self.preact = spec.preact
-        self.bottleneck = spec.kind == "bottleneck"
-        bns = dict(spec.bn_names())
-        for name, cin, cout, k, s, p in spec.convs():
-            setattr(self, name, conv2d(cin, cout, k, s, p, spec.conv_bias))
-            setattr(self, "bn" + name[-1], batch_norm(bns["bn" + name[-1]], spec.bn))
-        self.relu = nn.ReLU()
-        self.shortcut = None
+        input_channels, num_channels, strides, bias = spec.in_channels, spec.out_channels, spec.stride, spec.conv_bias
+        self.conv1 = conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
+        self.bn1 = batch_norm(num_channels, spec.bn)
+        self.conv2 = conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
+        self.bn2 = batch_norm(num_channels, spec.bn)
         if spec.projection:
-            layers = OrderedDict(conv=conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, 0,
-                                             spec.conv_bias))
-            if spec.shortcut == "conv_bn":
-                layers["bn"] = batch_norm(spec.out_channels, spec.bn)
-            self.shortcut = nn.SequentialCell(layers)
+            self.conv3 = conv2d(input_channels, num_channels, kernel_size=1, stride=strides, bias=bias)
+        else:
+            self.conv3 = None
+        # torchvision's projection has a BN after the 1x1 conv; the chapter's has none
+        self.bn3 = batch_norm(num_channels, spec.bn) if spec.projection and spec.shortcut == "conv_bn" else None
 
-    def __call__(self, x, *args, **kwargs):
-        # Called from Python (PyNative); inside a compiled graph MindSpore parses construct
-        # and never comes here, so the graph carries no Python checks.
-        check_input_dtype(x, f"Residual({self.spec.in_channels} -> {self.spec.out_channels})")
-        check_block_input_shape(self.spec, x.shape)
-        return super().__call__(x, *args, **kwargs)
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self, X)  # from Python only: a compiled graph parses construct, not this
+        return super().__call__(X, *args, **kwargs)
 
-    def construct(self, x):
-        # Written out layer by layer rather than looped over names, so that graph mode
-        # (mindspore.jit) can compile it too.
-        if self.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
-            pre = self.relu(self.bn1(x))
-            y = self.conv2(self.relu(self.bn2(self.conv1(pre))))
-            if self.bottleneck:
-                y = self.conv3(self.relu(self.bn3(y)))
-            if self.shortcut is not None:
-                return y + self.shortcut(pre)
-            return y + x
-        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        if self.bottleneck:
-            y = self.bn3(self.conv3(self.relu(y)))
+    def construct(self, X):
+        Y = ops.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+            if self.bn3 is not None:
+                X = self.bn3(X)
+        return ops.relu(Y + X)
+
+
+# ---- the exercises' blocks -----------------------------------------------------------------------
+class Bottleneck(nn.Cell):
+    """Exercise 3: 1x1 conv -> 3x3 conv -> 1x1 conv, narrowing to ``num_channels // 4``
+    inside; the stride on the 3x3 conv (torchvision's "v1.5") or, with ``stride_on="1x1"``,
+    on the first 1x1 conv (the paper's). The projection is ``shortcut``: ``conv3`` is taken."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("Bottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        super().__init__()
+        self.spec = spec
+        input_channels, num_channels, mid, bias = spec.in_channels, spec.out_channels, spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(input_channels, mid, kernel_size=1, stride=stride1, bias=bias)
+        self.bn1 = batch_norm(mid, spec.bn)
+        self.conv2 = conv2d(mid, mid, kernel_size=3, padding=1, stride=stride2, bias=bias)
+        self.bn2 = batch_norm(mid, spec.bn)
+        self.conv3 = conv2d(mid, num_channels, kernel_size=1, bias=bias)
+        self.bn3 = batch_norm(num_channels, spec.bn)
+        self.shortcut = projection(spec) if spec.projection else None
+
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self, X)
+        return super().__call__(X, *args, **kwargs)
+
+    def construct(self, X):
+        Y = ops.relu(self.bn1(self.conv1(X)))
+        Y = ops.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
         if self.shortcut is not None:
-            return self.relu(y + self.shortcut(x))
-        return self.relu(y + x)
+            X = self.shortcut(X)
+        return ops.relu(Y + X)
 
 
+class PreActResidual(nn.Cell):
+    """Exercise 4: He et al.'s pre-activation block, BN -> ReLU -> conv twice, no ReLU
+    after the sum; a projection (``conv3``, with ``bn3`` for ``shortcut="conv_bn"``) reads
+    the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("PreActResidual", input_channels, num_channels, use_1x1conv, strides, **options)
+        super().__init__()
+        self.spec = spec
+        input_channels, num_channels, strides, bias = spec.in_channels, spec.out_channels, spec.stride, spec.conv_bias
+        self.conv1 = conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
+        self.bn1 = batch_norm(input_channels, spec.bn)  # normalises conv1's input
+        self.conv2 = conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
+        self.bn2 = batch_norm(num_channels, spec.bn)
+        if spec.projection:
+            self.conv3 = conv2d(input_channels, num_channels, kernel_size=1, stride=strides, bias=bias)
+        else:
+            self.conv3 = None
+        self.bn3 = batch_norm(num_channels, spec.bn) if spec.projection and spec.shortcut == "conv_bn" else None
+
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self, X)
+        return super().__call__(X, *args, **kwargs)
+
+    def construct(self, X):
+        P = ops.relu(self.bn1(X))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(ops.relu(self.bn2(Y)))
+        if self.conv3 is not None:
+            X = self.conv3(P)
+            if self.bn3 is not None:
+                X = self.bn3(X)
+        return Y + X
+
+
+class PreActBottleneck(nn.Cell):
+    """The pre-activation bottleneck: BN -> ReLU before each of the three convs, no ReLU
+    after the sum; the projection (``shortcut``) reads the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("PreActBottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        super().__init__()
+        self.spec = spec
+        input_channels, num_channels, mid, bias = spec.in_channels, spec.out_channels, spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(input_channels, mid, kernel_size=1, stride=stride1, bias=bias)
+        self.bn1 = batch_norm(input_channels, spec.bn)  # each bnK normalises convK's input
+        self.conv2 = conv2d(mid, mid, kernel_size=3, padding=1, stride=stride2, bias=bias)
+        self.bn2 = batch_norm(mid, spec.bn)
+        self.conv3 = conv2d(mid, num_channels, kernel_size=1, bias=bias)
+        self.bn3 = batch_norm(mid, spec.bn)
+        self.shortcut = projection(spec) if spec.projection else None
+
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self, X)
+        return super().__call__(X, *args, **kwargs)
+
+    def construct(self, X):
+        P = ops.relu(self.bn1(X))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(ops.relu(self.bn2(Y)))
+        Y = self.conv3(ops.relu(self.bn3(Y)))
+        if self.shortcut is not None:
+            X = self.shortcut(P)
+        return Y + X
+
+
+BLOCKS = {
+    "Residual": Residual,
+    "Bottleneck": Bottleneck,
+    "PreActResidual": PreActResidual,
+    "PreActBottleneck": PreActBottleneck,
+}
+
+
+def block(spec):
+    """The block ``spec`` describes, built by the class for its kind."""
+    return BLOCKS[block_class(spec)](spec)
+
+
+# ---- the stages and the net ----------------------------------------------------------------------
 class ResnetBlock(nn.SequentialCell):
     """A stage of residual blocks:
     ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``."""
 
     def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
         spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
-        super().__init__([Residual(block) for block in spec.blocks])
+        super().__init__([block(b) for b in spec.blocks])
         self.spec = spec
 
 
@@ -191,23 +197,29 @@ def resnet_block(input_channels, num_channels, num_residuals, first_block=False,
 
 class ResNet(nn.SequentialCell):
     """``stem`` -> ``stages`` -> ``head``, each an ``nn.SequentialCell`` of named layers,
-    so the cell names are the canonical weight names' prefixes."""
+    so iterating over the net walks the chapter's layers in order."""
 
     def __init__(self, spec: ArchSpec):
-        stem = OrderedDict(conv=conv2d(spec.in_channels, spec.width, 7, 2, 3, spec.conv_bias))
+        stem = OrderedDict(
+            conv=conv2d(spec.in_channels, spec.width, kernel_size=7, stride=2, padding=3, bias=spec.conv_bias)
+        )
         if not spec.preact:
             stem.update(bn=batch_norm(spec.width, spec.bn), relu=nn.ReLU())
         # pad_mode='pad' pads with -inf, symmetrically; 'same' would pad (0, 1) on even sizes.
         stem["pool"] = nn.MaxPool2d(3, 2, pad_mode="pad", padding=1)
-        head = OrderedDict(bn=batch_norm(spec.features, spec.bn), relu=nn.ReLU()) if spec.preact \
-            else OrderedDict()
-        head.update(pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(),
-                    fc=nn.Dense(spec.features, spec.num_classes, weight_init="zeros", bias_init="zeros"))
-        super().__init__(OrderedDict(
-            stem=nn.SequentialCell(stem),
-            stages=nn.SequentialCell([ResnetBlock(s) for s in spec.stages]),
-            head=nn.SequentialCell(head),
-        ))
+        head = OrderedDict(bn=batch_norm(spec.features, spec.bn), relu=nn.ReLU()) if spec.preact else OrderedDict()
+        head.update(
+            pool=nn.AdaptiveAvgPool2d((1, 1)),
+            flatten=nn.Flatten(),
+            fc=nn.Dense(spec.features, spec.num_classes, weight_init="zeros", bias_init="zeros"),
+        )
+        super().__init__(
+            OrderedDict(
+                stem=nn.SequentialCell(stem),
+                stages=nn.SequentialCell([ResnetBlock(s) for s in spec.stages]),
+                head=nn.SequentialCell(head),
+            )
+        )
         self.spec = spec
 
     def __call__(self, x, *args, **kwargs):
@@ -243,27 +255,79 @@ def net(arch="d2l-resnet18", *, seed: int = 0, device: str | None = None, **over
     return model
 
 
-# ---- canonical weights ----------------------------------------------------------------
+# ---- layers in the spec's conventions ------------------------------------------------------------
+def conv2d(
+    input_channels: int, num_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True
+) -> nn.Conv2d:
+    # pad_mode='pad' pads symmetrically, as the spec (and PyTorch) does; the default 'same'
+    # pads (2, 3) for the 7x7/2 stem on an even size. has_bias from the spec: MindSpore's
+    # default is no bias. Zero init: the spec's weights are set right after construction,
+    # so MindSpore's own HeUniform draw would be wasted work.
+    return nn.Conv2d(
+        input_channels,
+        num_channels,
+        kernel_size,
+        stride=stride,
+        pad_mode="pad",
+        padding=padding,
+        has_bias=bias,
+        weight_init="zeros",
+        bias_init="zeros",
+    )
+
+
+def batch_norm(channels: int, bn: BatchNormSpec) -> nn.BatchNorm2d:
+    # MindSpore keeps m * running + (1 - m) * batch: the spec's momentum is 1 - MindSpore's.
+    # Its running variance takes the unbiased batch variance, as the spec's does.
+    return nn.BatchNorm2d(channels, eps=bn.eps, momentum=1.0 - bn.momentum)
+
+
+def projection(spec) -> nn.SequentialCell:
+    """A bottleneck's projection shortcut: a strided 1x1 conv, then BN for ``shortcut="conv_bn"``."""
+    layers = OrderedDict(
+        conv=conv2d(spec.in_channels, spec.out_channels, kernel_size=1, stride=spec.stride, bias=spec.conv_bias)
+    )
+    if spec.shortcut == "conv_bn":
+        layers["bn"] = batch_norm(spec.out_channels, spec.bn)
+    return nn.SequentialCell(layers)
+
+
+# ---- input checks: MindSpore's own messages name the operator's inputs ---------------------------
+def check_input_dtype(x, what: str) -> None:
+    """Refuse a batch that is not float32, naming the fix."""
+    if x.dtype != ms.float32:
+        raise float32_input_error(what, str(x.dtype).lower(), "x.astype(mindspore.float32)")
+
+
+def check_block_input(blk: nn.Cell, x) -> None:
+    """A batch that fits one block, called on its own as in the chapter's shape checks. In
+    ``__call__``, which runs from Python (PyNative) only: inside a compiled graph MindSpore
+    parses ``construct`` and never comes here, so the graph carries no Python checks."""
+    check_input_dtype(x, f"Residual({blk.spec.in_channels} -> {blk.spec.out_channels})")
+    check_block_input_shape(blk.spec, x.shape)
+
+
+# ---- canonical weights ---------------------------------------------------------------------------
 # MindSpore's BatchNorm2d names its tensors differently; conv and dense already agree.
-BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-            "running_var": "moving_variance"}
+BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-def canonical_parameters(model: ResNet) -> dict[str, "ms.Parameter"]:
-    """Canonical name -> the model's own Parameter, in the spec's order.
-
-    Cell paths are the canonical prefixes (stem.conv, stages.0.1.bn2, ...): only
-    the BN tensor names are translated.
-    """
+def canonical_parameters(model: ResNet) -> dict[str, ms.Parameter]:
+    """Canonical name -> the model's own Parameter, in the spec's order. Cell paths are
+    attribute paths (``stages.1.0.conv3`` for the canonical ``stages.1.0.shortcut.conv``:
+    :func:`resnet_multi.weights.module_paths`); BN tensor names are translated."""
     cells = dict(model.cells_and_names())
+    paths = module_paths(model.spec)
     out = {}
     for t in tensor_specs(model.spec):
-        prefix, leaf = t.name.rsplit(".", 1)
-        cell = cells[prefix]
+        layer, leaf = t.name.rsplit(".", 1)
+        cell = cells[paths[layer]]
         param = getattr(cell, BN_NAMES[leaf] if isinstance(cell, nn.BatchNorm2d) else leaf, None)
         if not isinstance(param, ms.Parameter):
-            raise RuntimeError(f"canonical name {t.name} has no parameter in the model (cell {prefix}: "
-                               f"{type(cell).__name__}); the module is out of step with the spec")
+            raise RuntimeError(
+                f"canonical name {t.name} has no parameter in the model (cell {paths[layer]}: "
+                f"{type(cell).__name__}); the module is out of step with the spec"
+            )
         out[t.name] = param
     return out
 
@@ -281,6 +345,7 @@ def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
         param.copy_(Tensor(np.array(weights[name], np.float32)))
 
 
+# ---- devices -------------------------------------------------------------------------------------
 def _process_device() -> str:
     target = ms.get_context("device_target")
     kind = {"CPU": "cpu", "GPU": "cuda"}.get(target, target.lower())  # the other backends' names
@@ -300,7 +365,7 @@ def devices() -> list[str]:
 
 def _check_device(device: str) -> str:
     if device not in devices():
-        raise ValueError(
+        raise InputError(
             f"device {device!r} is not available to mindspore in this process; available: {devices()}. "
             f"MindSpore runs a whole process on one device: call mindspore.set_device('GPU', 0) "
             f"(or 'Ascend') before building anything"
@@ -308,7 +373,64 @@ def _check_device(device: str) -> str:
     return device
 
 
+# ---- speed: MindSpore's CPU convolutions and oneDNN's reference kernel ---------------------------
+_DNNL_CPU_ISA_AVX2 = 0x7  # dnnl_cpu_isa_t (oneDNN's dnnl_types.h)
+
+
+def _onednn_library():
+    """MindSpore's own oneDNN (mindspore/lib/libdnnl.so.3), or None where it has none."""
+    path = Path(ms.__file__).parent / "lib" / "libdnnl.so.3"
+    return ctypes.CDLL(str(path)) if path.is_file() else None
+
+
+def cap_onednn_isa() -> bool:
+    """Cap MindSpore's oneDNN at AVX2, so that its convolutions avoid the reference kernel.
+
+    MindSpore's CPU Conv2D gives oneDNN plain-layout (NCHW/OIHW) tensors; on AVX-512 CPUs
+    oneDNN 3.10 (bundled with MindSpore 2.10) then routes the forward and backward-data
+    passes through ``jit_uni_ncsp``, whose inner convolution is the reference one
+    (``ref:any``), many times slower; below AVX-512 it uses im2col + JIT GEMM (``gemm:jit``).
+    scripts/bench_mindspore.py measures both. Only MindSpore's copy of oneDNN is capped (other
+    frameworks in the process bundle their own), and only before its first kernel runs:
+    oneDNN fixes its ISA then, so this runs on import. ``ONEDNN_MAX_CPU_ISA`` in the
+    environment, e.g. ``ALL``, is left to oneDNN and turns the cap off. Returns whether the
+    cap was applied.
+    """
+    if "ONEDNN_MAX_CPU_ISA" in os.environ or "DNNL_MAX_CPU_ISA" in os.environ:
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    lib = _onednn_library()
+    if lib is None:
+        return False
+    if lib.dnnl_set_max_cpu_isa(_DNNL_CPU_ISA_AVX2) != 0:
+        warnings.warn(
+            "resnet_multi.mindspore was imported after MindSpore ran its first CPU kernel, so "
+            "its oneDNN ISA cap could not be set and convolutions may use oneDNN's slow reference "
+            "kernel; import resnet_multi.mindspore before running anything in MindSpore",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+ONEDNN_ISA_CAPPED = cap_onednn_isa()
+
+
+# ---- the backend seam ----------------------------------------------------------------------------
 class MindSporeBackend(Backend):
+    """Gradients from ``mindspore.value_and_grad``, the update from ``nn.SGD``.
+
+    By default each step is compiled with ``mindspore.jit`` (graph mode for one function,
+    while the process stays in PyNative): the training step (forward, loss, gradients, SGD
+    update, BN statistics), the gradient pass and inference, each once per model and batch
+    shape, since a compiled graph keeps the shapes and the training flag it was traced
+    with. ``build(..., eager=True)`` runs the same cells op by op in PyNative mode
+    (MindSpore 2's default), as a reader steps through them. Cells start in inference
+    mode; the seam calls ``set_train`` before every pass.
+    """
+
     name = "mindspore"
     compiles = True  # mindspore.jit steps by default; Model.eager runs them in PyNative
 
@@ -381,8 +503,9 @@ class MindSporeBackend(Backend):
         model.module.set_train(True)
         (loss, logits), grads = model.cache["loss_and_grads"](Tensor(x), Tensor(y.astype(np.int32)))
         names = [t.name for t in tensor_specs(model.spec) if t.trainable]
-        return TrainingPass(float(loss.asnumpy()), logits.asnumpy(),
-                            {n: g.asnumpy() for n, g in zip(names, grads, strict=True)})
+        return TrainingPass(
+            float(loss.asnumpy()), logits.asnumpy(), {n: g.asnumpy() for n, g in zip(names, grads, strict=True)}
+        )
 
     def _sgd_step(self, model, x, y, lr):
         if model.cache.get("lr") != lr:
@@ -403,9 +526,9 @@ class MindSporeBackend(Backend):
         return float(loss.asnumpy()), logits.asnumpy()
 
     def _residual_output_shape(self, x, args, options):
-        block = Residual(*args, **options)
-        block.set_train(True)
-        return tuple(block(Tensor(x)).shape)
+        blk = block(block_spec(*args, **options))
+        blk.set_train(True)
+        return tuple(blk(Tensor(x)).shape)
 
     def count_parameters(self, model):
         # BN's moving statistics are Parameters with requires_grad=False.
@@ -426,21 +549,36 @@ BACKEND = MindSporeBackend()
 # check the machine-readable fields against MindSpore's own defaults.
 CONVENTIONS = {
     "framework": "MindSpore",
-    "padding": {"default": "pad_mode='same' by default: pads the smaller half before, (2, 3) for 7x7/2 on "
-                           "even sizes", "pads": [2, 3], "here": "pad_mode='pad' with the spec's symmetric padding"},
+    "padding": {
+        "default": "pad_mode='same' by default: pads the smaller half before, (2, 3) for 7x7/2 on even sizes",
+        "pads": [2, 3],
+        "here": "pad_mode='pad' with the spec's symmetric padding",
+    },
     "bn_eps": {"default": 1e-05, "eps": 1e-05, "here": "the spec's eps, passed through"},
-    "bn_momentum": {"default": "0.9: running = m * running + (1 - m) * batch", "momentum": 0.9, "keeps": "old",
-                    "here": "momentum = 1 - the spec's (batch_norm)"},
+    "bn_momentum": {
+        "default": "0.9: running = m * running + (1 - m) * batch",
+        "momentum": 0.9,
+        "keeps": "old",
+        "here": "momentum = 1 - the spec's (batch_norm)",
+    },
     "bn_running_var": {"default": "unbiased batch variance", "variance": "unbiased", "here": "nothing to do"},
     "data_layout": {"default": "NCHW", "layout": "NCHW", "here": "nothing to do"},
     "kernel_layout": {"default": "OIHW", "layout": "OIHW", "here": "nothing to do"},
     "dense_layout": {"default": "(out, in)", "layout": "(out, in)", "here": "nothing to do"},
-    "param_names": {"default": "weight, bias; BN gamma, beta, moving_mean, moving_variance",
-                    "bn": ["gamma", "beta", "moving_mean", "moving_variance"],
-                    "here": "translated in canonical_parameters (BN_NAMES)"},
-    "init": {"default": "HeUniform weights; conv has no bias (has_bias=False), dense bias U(+-1/sqrt fan_in)",
-             "conv_bias": False, "conv_weight": ["uniform", "1/sqrt(fan_in)"],
-             "here": "has_bias from the spec; weights overwritten by the spec's"},
-    "mode_switch": {"default": "cell.set_train(True / False); starts in inference", "starts": "inference",
-                    "here": "the seam calls set_train(training) before every pass"},
+    "param_names": {
+        "default": "weight, bias; BN gamma, beta, moving_mean, moving_variance",
+        "bn": ["gamma", "beta", "moving_mean", "moving_variance"],
+        "here": "translated in canonical_parameters (BN_NAMES)",
+    },
+    "init": {
+        "default": "HeUniform weights; conv has no bias (has_bias=False), dense bias U(+-1/sqrt fan_in)",
+        "conv_bias": False,
+        "conv_weight": ["uniform", "1/sqrt(fan_in)"],
+        "here": "has_bias from the spec; weights overwritten by the spec's",
+    },
+    "mode_switch": {
+        "default": "cell.set_train(True / False); starts in inference",
+        "starts": "inference",
+        "here": "the seam calls set_train(training) before every pass",
+    },
 }

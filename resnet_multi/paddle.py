@@ -1,45 +1,15 @@
-"""The Residual Networks chapter in PaddlePaddle.
+"""The Residual Networks chapter in PaddlePaddle: the chapter's ``Residual``, its exercises'
+blocks, the stages and the net, then the backend the tests and the command line use.
 
     from resnet_multi import paddle as rn
     net = rn.net("d2l-resnet18")            # the chapter's network, spec'd weights
     blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
 
-Paddle is NCHW with OIHW kernels like the spec, but four things differ, and this
-module translates each at one place:
-
-* ``nn.Linear`` stores its weight as ``(in, out)``; canonical weights are
-  ``(out, in)``, so :func:`get_weights` / :func:`set_weights` transpose it.
-* BatchNorm names its statistics ``_mean`` / ``_variance`` (canonical
-  ``running_mean`` / ``running_var``), keeps them as non-trainable parameters,
-  takes momentum in the other convention (``running = m * running + (1 - m) *
-  batch``) and feeds the *biased* batch variance into the running variance;
-  :class:`BatchNorm2D` converts the momentum and updates the variance with the
-  unbiased one, as the spec says.
-* ``set_state_dict`` only warns on a shape mismatch and keeps the old tensor;
-  :func:`set_weights` checks every tensor first and refuses.
-* The device is global (``paddle.set_device``); :func:`on_device` sets it for one
-  call and puts the caller's back afterwards.
-
-No compiled mode (``compiles = False``): ``paddle.jit.to_static`` was tried on the
-net's forward (``full_graph=True``; backward and SGD stay in dygraph) and keeps
-parity, but did not pay. Side by side with ``scripts/bench_paddle.py``
-(interleaved rounds in one process, medians, d2l-resnet18, a 2-core machine
-shared with other jobs), in the least loaded of three runs (the textbook's loop
-at 71 examples/s): to_static ran at 0.93x dygraph for training at 32x32, batch
-256, and 0.92x for inference at 96x96, batch 64; the two heavily loaded runs
-disagreed with each other (0.97 and 1.22, 1.17 and 0.92). And each new input
-shape and train/eval mode costs a trace of about 11 s. Two traps met on the way:
-to_static keys its programs by train/eval mode but not by whether gradients are
-recorded (a training-mode program first traced under ``no_grad`` later gives a
-training step no gradients),
-and traced tensors have no ``set_value`` (:class:`BatchNorm2D` uses
-``paddle.assign(..., output=)`` there; in dygraph that trips backward's
-inplace-version check). ``paddle.jit.to_static(net)`` on this module's net works
-and matches dygraph (tested).
-
-Initial weights come from the spec (:func:`resnet_multi.weights.init_weights`),
-not from Paddle's defaults (Normal for conv, XavierUniform for dense).
+Where Paddle's conventions differ from the spec's, one place translates each: BatchNorm's
+momentum and running variance (:class:`BatchNorm2D`), its tensor names and the dense
+layer's ``(in, out)`` weight (:func:`canonical_tensors`), the process-wide device (:func:`on_device`).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -48,147 +18,159 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import Backend, TrainingPass, require
+from .errors import InputError
 from .shapes import check_block_input_shape, check_input_shape, float32_input_error
-from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
-from .weights import WeightsError, check_weights, init_weights
+from .spec import ArchSpec, BatchNormSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
+from .weights import WeightsError, check_weights, init_weights, module_paths
 
 paddle = require("paddle", "paddle")
 nn = paddle.nn
 F = paddle.nn.functional
 
 
-# ---- devices: Paddle's is process-wide, so every entry point restores the caller's ---------
-def devices() -> list[str]:
-    # 'cuda:i' like every other backend's seam; Paddle itself calls it 'gpu:i'
-    return ["cpu"] + [f"cuda:{i}" for i in range(paddle.device.cuda.device_count())]
-
-
-def paddle_device(device: str) -> str:
-    """Paddle's name for a device: 'cpu', or 'gpu:i' for 'cuda:i' (both accepted)."""
-    kind, _, index = str(device).partition(":")
-    if kind == "cpu" and not index:
-        return "cpu"
-    if kind in ("cuda", "gpu") and (index or "0").isdigit():
-        return f"gpu:{int(index or 0)}"
-    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda:<index>' (Paddle's 'gpu:<index>')")
-
-
-@contextmanager
-def on_device(device: str):
-    """Run the block with Paddle's global device set to ``device``; the caller's comes back
-    afterwards, also when the block raises."""
-    previous = paddle.get_device()
-    paddle.set_device(paddle_device(device))
-    try:
-        yield
-    finally:
-        paddle.set_device(previous)
-
-
-# ---- layers ---------------------------------------------------------------------------------
-class BatchNorm2D(nn.BatchNorm2D):
-    """``nn.BatchNorm2D`` in the spec's convention.
-
-    Paddle's momentum is ``1 - m`` of the spec's, and its running variance is fed
-    with the biased batch variance (divided by n), where the spec (PyTorch's
-    convention) feeds the unbiased one (divided by n - 1). The batch is still
-    normalised by Paddle's kernel with the biased variance, as in every framework;
-    only the batch's share of the running-variance update is scaled by n / (n - 1).
-    """
-
-    def __init__(self, channels: int, bn: BatchNormSpec = BatchNormSpec()):
-        super().__init__(channels, momentum=1.0 - bn.momentum, epsilon=bn.eps)
-
-    def forward(self, x):
-        if not self.training:
-            return F.batch_norm(x, self._mean, self._variance, self.weight, self.bias,
-                                training=False, epsilon=self._epsilon)
-        n = x.shape[0] * x.shape[2] * x.shape[3]
-        if n < 2:
-            raise ValueError(f"BatchNorm needs more than one value per channel when training, "
-                             f"got input shape {list(x.shape)}")
-        m = self._momentum  # Paddle's: the share kept of the old value
-        with paddle.no_grad():
-            kept = m * self._variance  # before Paddle's kernel overwrites it
-        # (not super().forward: it warns on every training call that statistics are tracked)
-        y = F.batch_norm(x, self._mean, self._variance, self.weight, self.bias, training=True,
-                         momentum=m, epsilon=self._epsilon)
-        with paddle.no_grad():
-            # The kernel wrote kept + (1 - m) * biased; scale that batch term by n / (n - 1)
-            # to feed the unbiased variance: a few ops on one value per channel, where
-            # computing the variance again would take a pass over the whole batch.
-            variance = kept + (self._variance - kept) * (n / (n - 1))
-            if paddle.in_dynamic_mode():
-                # set_value: paddle.assign(..., output=) would bump the tensor's version,
-                # and backward() then refuses the tensor the kernel saved
-                self._variance.set_value(variance)
-            else:  # traced by paddle.jit.to_static, where tensors have no set_value
-                paddle.assign(variance, output=self._variance)
-        return y
-
-
-def conv(cin: int, cout: int, kernel: int, stride: int, padding: int, bias: bool) -> nn.Conv2D:
-    # bias_attr=False drops the bias; None keeps Paddle's default bias parameter
-    return nn.Conv2D(cin, cout, kernel, stride=stride, padding=padding, bias_attr=None if bias else False)
-
-
-def check_input_dtype(x, what: str) -> None:
-    """Refuse a batch that is not float32, naming the fix (Paddle's own message is about
-    the data in a tensor container)."""
-    if x.dtype != paddle.float32:
-        raise float32_input_error(what, str(x.dtype).replace("paddle.", ""), "x.astype('float32')")
-
-
 class Residual(nn.Layer):
-    """The chapter's residual block: ``relu(F(x) + shortcut(x))``.
-
-    ``Residual(input_channels, num_channels, use_1x1conv=False, strides=1)`` as in
-    the chapter; ``kind="bottleneck"``, ``preact=True``, ``conv_bias``,
-    ``shortcut="conv_bn"`` and ``stride_on`` select the exercises' variants
-    (see :class:`resnet_multi.spec.BlockSpec`).
-    """
+    """The chapter's residual block. ``options`` are the spec's other knobs (``conv_bias``,
+    ``shortcut="conv_bn"``, ``bn``; see :class:`resnet_multi.spec.BlockSpec`)."""
 
     def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("Residual", input_channels, num_channels, use_1x1conv, strides, **options)
         super().__init__()
-        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
-        bns = dict(spec.bn_names())
-        self.convs = [name for name, *_ in spec.convs()]
-        for name, cin, cout, k, s, p in spec.convs():
-            setattr(self, name, conv(cin, cout, k, s, p, spec.conv_bias))
-            setattr(self, "bn" + name[-1], BatchNorm2D(bns["bn" + name[-1]], spec.bn))
-        self.shortcut = None
+        input_channels, num_channels, strides, bias = spec.in_channels, spec.out_channels, spec.stride, spec.conv_bias
+        self.conv1 = conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
+        self.bn1 = BatchNorm2D(num_channels, spec.bn)
+        self.conv2 = conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
+        self.bn2 = BatchNorm2D(num_channels, spec.bn)
         if spec.projection:
-            layers = OrderedDict(conv=conv(spec.in_channels, spec.out_channels, 1, spec.stride, 0,
-                                           spec.conv_bias))
-            if spec.shortcut == "conv_bn":
-                layers["bn"] = BatchNorm2D(spec.out_channels, spec.bn)
-            self.shortcut = nn.Sequential(layers)
+            self.conv3 = conv2d(input_channels, num_channels, kernel_size=1, stride=strides, bias=bias)
+        else:
+            self.conv3 = None
+        # torchvision's projection has a BN after the 1x1 conv; the chapter's has none
+        self.bn3 = BatchNorm2D(num_channels, spec.bn) if spec.projection and spec.shortcut == "conv_bn" else None
 
-    def forward(self, x):
-        check_input_dtype(x, f"Residual({self.spec.in_channels} -> {self.spec.out_channels})")
-        check_block_input_shape(self.spec, x.shape)
-        if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
-            pre = F.relu(self.bn1(x))
-            y = self.conv1(pre)
-            for name in self.convs[1:]:
-                y = getattr(self, name)(F.relu(getattr(self, "bn" + name[-1])(y)))
-            return y + (self.shortcut(pre) if self.shortcut else x)
-        y = x
-        for name in self.convs[:-1]:
-            y = F.relu(getattr(self, "bn" + name[-1])(getattr(self, name)(y)))
-        last = self.convs[-1]
-        y = getattr(self, "bn" + last[-1])(getattr(self, last)(y))
-        return F.relu(y + (self.shortcut(x) if self.shortcut else x))
+    def forward(self, X):
+        check_block_input(self, X)
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+            if self.bn3 is not None:
+                X = self.bn3(X)
+        return F.relu(Y + X)
 
 
+# ---- the exercises' blocks -----------------------------------------------------------------------
+class Bottleneck(nn.Layer):
+    """Exercise 3: 1x1 conv -> 3x3 conv -> 1x1 conv, narrowing to ``num_channels // 4``
+    inside; the stride on the 3x3 conv (torchvision's "v1.5") or, with ``stride_on="1x1"``,
+    on the first 1x1 conv (the paper's). The projection is ``shortcut``: ``conv3`` is taken."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("Bottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        super().__init__()
+        self.spec = spec
+        input_channels, num_channels, mid, bias = spec.in_channels, spec.out_channels, spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(input_channels, mid, kernel_size=1, stride=stride1, bias=bias)
+        self.bn1 = BatchNorm2D(mid, spec.bn)
+        self.conv2 = conv2d(mid, mid, kernel_size=3, padding=1, stride=stride2, bias=bias)
+        self.bn2 = BatchNorm2D(mid, spec.bn)
+        self.conv3 = conv2d(mid, num_channels, kernel_size=1, bias=bias)
+        self.bn3 = BatchNorm2D(num_channels, spec.bn)
+        self.shortcut = projection(spec) if spec.projection else None
+
+    def forward(self, X):
+        check_block_input(self, X)
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.shortcut is not None:
+            X = self.shortcut(X)
+        return F.relu(Y + X)
+
+
+class PreActResidual(nn.Layer):
+    """Exercise 4: He et al.'s pre-activation block, BN -> ReLU -> conv twice, no ReLU
+    after the sum; a projection (``conv3``, with ``bn3`` for ``shortcut="conv_bn"``) reads
+    the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("PreActResidual", input_channels, num_channels, use_1x1conv, strides, **options)
+        super().__init__()
+        self.spec = spec
+        input_channels, num_channels, strides, bias = spec.in_channels, spec.out_channels, spec.stride, spec.conv_bias
+        self.conv1 = conv2d(input_channels, num_channels, kernel_size=3, padding=1, stride=strides, bias=bias)
+        self.bn1 = BatchNorm2D(input_channels, spec.bn)  # normalises conv1's input
+        self.conv2 = conv2d(num_channels, num_channels, kernel_size=3, padding=1, bias=bias)
+        self.bn2 = BatchNorm2D(num_channels, spec.bn)
+        if spec.projection:
+            self.conv3 = conv2d(input_channels, num_channels, kernel_size=1, stride=strides, bias=bias)
+        else:
+            self.conv3 = None
+        self.bn3 = BatchNorm2D(num_channels, spec.bn) if spec.projection and spec.shortcut == "conv_bn" else None
+
+    def forward(self, X):
+        check_block_input(self, X)
+        P = F.relu(self.bn1(X))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        if self.conv3 is not None:
+            X = self.conv3(P)
+            if self.bn3 is not None:
+                X = self.bn3(X)
+        return Y + X
+
+
+class PreActBottleneck(nn.Layer):
+    """The pre-activation bottleneck: BN -> ReLU before each of the three convs, no ReLU
+    after the sum; the projection (``shortcut``) reads the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        spec = block_spec_for("PreActBottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        super().__init__()
+        self.spec = spec
+        input_channels, num_channels, mid, bias = spec.in_channels, spec.out_channels, spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(input_channels, mid, kernel_size=1, stride=stride1, bias=bias)
+        self.bn1 = BatchNorm2D(input_channels, spec.bn)  # each bnK normalises convK's input
+        self.conv2 = conv2d(mid, mid, kernel_size=3, padding=1, stride=stride2, bias=bias)
+        self.bn2 = BatchNorm2D(mid, spec.bn)
+        self.conv3 = conv2d(mid, num_channels, kernel_size=1, bias=bias)
+        self.bn3 = BatchNorm2D(mid, spec.bn)
+        self.shortcut = projection(spec) if spec.projection else None
+
+    def forward(self, X):
+        check_block_input(self, X)
+        P = F.relu(self.bn1(X))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv3(F.relu(self.bn3(Y)))
+        if self.shortcut is not None:
+            X = self.shortcut(P)
+        return Y + X
+
+
+BLOCKS = {
+    "Residual": Residual,
+    "Bottleneck": Bottleneck,
+    "PreActResidual": PreActResidual,
+    "PreActBottleneck": PreActBottleneck,
+}
+
+
+def block(spec):
+    """The block ``spec`` describes, built by the class for its kind."""
+    return BLOCKS[block_class(spec)](spec)
+
+
+# ---- the stages and the net ----------------------------------------------------------------------
 class ResnetBlock(nn.Sequential):
     """A stage of residual blocks:
     ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``."""
 
     def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, **options):
         spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
-        super().__init__(*(Residual(block) for block in spec.blocks))
+        super().__init__(*(block(b) for b in spec.blocks))
         self.spec = spec
 
 
@@ -202,19 +184,23 @@ class ResNet(nn.Sequential):
     so iterating over the net walks the chapter's layers in order."""
 
     def __init__(self, spec: ArchSpec):
-        stem = OrderedDict(conv=conv(spec.in_channels, spec.width, 7, 2, 3, spec.conv_bias))
+        stem = OrderedDict(
+            conv=conv2d(spec.in_channels, spec.width, kernel_size=7, stride=2, padding=3, bias=spec.conv_bias)
+        )
         if not spec.preact:
             stem.update(bn=BatchNorm2D(spec.width, spec.bn), relu=nn.ReLU())
         stem["pool"] = nn.MaxPool2D(3, stride=2, padding=1)  # pads with -inf, like the spec
-        head = OrderedDict(bn=BatchNorm2D(spec.features, spec.bn), relu=nn.ReLU()) if spec.preact \
-            else OrderedDict()
-        head.update(pool=nn.AdaptiveAvgPool2D((1, 1)), flatten=nn.Flatten(),
-                    fc=nn.Linear(spec.features, spec.num_classes))
-        super().__init__(OrderedDict(
-            stem=nn.Sequential(stem),
-            stages=nn.Sequential(*(ResnetBlock(s) for s in spec.stages)),
-            head=nn.Sequential(head),
-        ))
+        head = OrderedDict(bn=BatchNorm2D(spec.features, spec.bn), relu=nn.ReLU()) if spec.preact else OrderedDict()
+        head.update(
+            pool=nn.AdaptiveAvgPool2D((1, 1)), flatten=nn.Flatten(), fc=nn.Linear(spec.features, spec.num_classes)
+        )
+        super().__init__(
+            OrderedDict(
+                stem=nn.Sequential(stem),
+                stages=nn.Sequential(*(ResnetBlock(s) for s in spec.stages)),
+                head=nn.Sequential(head),
+            )
+        )
         self.spec = spec
 
     def forward(self, x):
@@ -235,7 +221,8 @@ class ResNet(nn.Sequential):
 
 
 def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
-    """Build a named architecture on ``device`` with the spec's initial weights for ``seed``."""
+    """Build a named architecture on ``device`` with the spec's initial weights for ``seed``
+    (not Paddle's default initialisers)."""
     spec = get_arch(arch, **overrides)
     with on_device(device):  # parameters are created on the global device
         model = ResNet(spec)
@@ -243,22 +230,132 @@ def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides)
     return model
 
 
-# ---- canonical weights ---------------------------------------------------------------------
+# ---- layers in the spec's conventions ------------------------------------------------------------
+class BatchNorm2D(nn.BatchNorm2D):
+    """``nn.BatchNorm2D`` in the spec's convention.
+
+    Paddle's momentum is ``1 - m`` of the spec's, and its running variance is fed
+    with the biased batch variance (divided by n), where the spec (PyTorch's
+    convention) feeds the unbiased one (divided by n - 1). The batch is still
+    normalised by Paddle's kernel with the biased variance, as in every framework;
+    only the batch's share of the running-variance update is scaled by n / (n - 1).
+    """
+
+    def __init__(self, channels: int, bn: BatchNormSpec = BatchNormSpec()):
+        super().__init__(channels, momentum=1.0 - bn.momentum, epsilon=bn.eps)
+
+    def forward(self, x):
+        if not self.training:
+            return F.batch_norm(
+                x, self._mean, self._variance, self.weight, self.bias, training=False, epsilon=self._epsilon
+            )
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        if n < 2:
+            raise InputError(
+                f"BatchNorm needs more than one value per channel when training, got input shape {list(x.shape)}"
+            )
+        m = self._momentum  # Paddle's: the share kept of the old value
+        with paddle.no_grad():
+            kept = m * self._variance  # before Paddle's kernel overwrites it
+        # (not super().forward: it warns on every training call that statistics are tracked)
+        y = F.batch_norm(
+            x, self._mean, self._variance, self.weight, self.bias, training=True, momentum=m, epsilon=self._epsilon
+        )
+        with paddle.no_grad():
+            # The kernel wrote kept + (1 - m) * biased; scale that batch term by n / (n - 1)
+            # to feed the unbiased variance: a few ops on one value per channel, where
+            # computing the variance again would take a pass over the whole batch.
+            variance = kept + (self._variance - kept) * (n / (n - 1))
+            if paddle.in_dynamic_mode():
+                # set_value: paddle.assign(..., output=) would bump the tensor's version,
+                # and backward() then refuses the tensor the kernel saved
+                self._variance.set_value(variance)
+            else:  # traced by paddle.jit.to_static, where tensors have no set_value
+                paddle.assign(variance, output=self._variance)
+        return y
+
+
+def conv2d(
+    input_channels: int, num_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True
+) -> nn.Conv2D:
+    # bias_attr=False drops the bias; None keeps Paddle's default bias parameter
+    return nn.Conv2D(
+        input_channels, num_channels, kernel_size, stride=stride, padding=padding, bias_attr=None if bias else False
+    )
+
+
+def projection(spec) -> nn.Sequential:
+    """A bottleneck's projection shortcut: a strided 1x1 conv, then BN for ``shortcut="conv_bn"``."""
+    layers = OrderedDict(
+        conv=conv2d(spec.in_channels, spec.out_channels, kernel_size=1, stride=spec.stride, bias=spec.conv_bias)
+    )
+    if spec.shortcut == "conv_bn":
+        layers["bn"] = BatchNorm2D(spec.out_channels, spec.bn)
+    return nn.Sequential(layers)
+
+
+# ---- input checks: Paddle's own messages are about the data in a tensor container ----------------
+def check_input_dtype(x, what: str) -> None:
+    """Refuse a batch that is not float32, naming the fix."""
+    if x.dtype != paddle.float32:
+        raise float32_input_error(what, str(x.dtype).replace("paddle.", ""), "x.astype('float32')")
+
+
+def check_block_input(blk: nn.Layer, x) -> None:
+    """A batch that fits one block, called on its own as in the chapter's shape checks."""
+    check_input_dtype(x, f"Residual({blk.spec.in_channels} -> {blk.spec.out_channels})")
+    check_block_input_shape(blk.spec, x.shape)
+
+
+# ---- devices: Paddle's is process-wide, so every entry point restores the caller's ---------------
+def devices() -> list[str]:
+    # 'cuda:i' like every other backend's seam; Paddle itself calls it 'gpu:i'
+    return ["cpu"] + [f"cuda:{i}" for i in range(paddle.device.cuda.device_count())]
+
+
+def paddle_device(device: str) -> str:
+    """Paddle's name for a device: 'cpu', or 'gpu:i' for 'cuda:i' (both accepted)."""
+    kind, _, index = str(device).partition(":")
+    if kind == "cpu" and not index:
+        return "cpu"
+    if kind in ("cuda", "gpu") and (index or "0").isdigit():
+        return f"gpu:{int(index or 0)}"
+    raise InputError(f"unknown device {device!r}; use 'cpu' or 'cuda:<index>' (Paddle's 'gpu:<index>')")
+
+
+@contextmanager
+def on_device(device: str):
+    """Run the block with Paddle's global device set to ``device``; the caller's comes back
+    afterwards, also when the block raises."""
+    previous = paddle.get_device()
+    paddle.set_device(paddle_device(device))
+    try:
+        yield
+    finally:
+        paddle.set_device(previous)
+
+
+# ---- canonical weights ---------------------------------------------------------------------------
 _BN_STATS = {"_mean": "running_mean", "_variance": "running_var"}
 
 
-def canonical_tensors(model: nn.Layer):
+def canonical_tensors(model: ResNet):
     """(canonical name, Paddle tensor, transposed?) for every parameter, BN statistics included
-    (Paddle keeps those as parameters with ``trainable=False``)."""
-    for prefix, layer in model.named_sublayers(include_self=True):
+    (Paddle keeps those as parameters with ``trainable=False``). Layer paths are attribute
+    paths (``stages.1.0.conv3``), named canonically (``stages.1.0.shortcut.conv``) here."""
+    names = {path: name for name, path in module_paths(model.spec).items()}
+    for path, layer in model.named_sublayers(include_self=True):
+        prefix = names.get(path, path)
         for name, tensor in layer.named_parameters(include_sublayers=False):
             full = f"{prefix}.{_BN_STATS.get(name, name)}" if prefix else _BN_STATS.get(name, name)
             yield full, tensor, isinstance(layer, nn.Linear) and name == "weight"
 
 
-def get_weights(model: nn.Layer) -> dict[str, np.ndarray]:
-    return {name: np.array(t.numpy().T if transposed else t.numpy(), order="C", copy=True)
-            for name, t, transposed in canonical_tensors(model)}
+def get_weights(model: ResNet) -> dict[str, np.ndarray]:
+    return {
+        name: np.array(t.numpy().T if transposed else t.numpy(), order="C", copy=True)
+        for name, t, transposed in canonical_tensors(model)
+    }
 
 
 def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
@@ -271,18 +368,30 @@ def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
             raise WeightsError(f"canonical names out of step with the Paddle layer: {name} has no weight")
         value = np.ascontiguousarray(weights[name].T if transposed else weights[name])
         if tuple(value.shape) != tuple(tensor.shape):
-            raise WeightsError(f"{name}: the Paddle tensor has shape {list(tensor.shape)}, "
-                               f"the canonical weight gives {list(value.shape)}")
+            raise WeightsError(
+                f"{name}: the Paddle tensor has shape {list(tensor.shape)}, "
+                f"the canonical weight gives {list(value.shape)}"
+            )
         plan.append((tensor, value))
     if len(plan) != len(weights):
-        raise WeightsError(f"canonical names out of step with the Paddle layer: "
-                           f"{sorted(set(weights) - {n for n, _, _ in canonical_tensors(model)})}")
+        raise WeightsError(
+            f"canonical names out of step with the Paddle layer: "
+            f"{sorted(set(weights) - {n for n, _, _ in canonical_tensors(model)})}"
+        )
     for tensor, value in plan:
         tensor.set_value(value)
 
 
+# ---- the backend seam ----------------------------------------------------------------------------
 class PaddleBackend(Backend):
     name = "paddle"
+    # Dynamic graph only. paddle.jit.to_static on the net's forward (full_graph=True; backward
+    # and SGD in dygraph) keeps parity (tests/test_paddle_backend.py) but was no faster than
+    # dygraph in scripts/bench_paddle.py's interleaved rounds, and traces again for each new
+    # input shape and train/eval mode. Its programs are keyed by train/eval mode but not by
+    # whether gradients are recorded: a training-mode program first traced under no_grad
+    # later gives a training step no gradients.
+    compiles = False
 
     def framework_version(self):
         return paddle.__version__
@@ -319,8 +428,11 @@ class PaddleBackend(Backend):
         with on_device(model.device):
             loss, logits = self._loss(model, x, y)
             loss.backward()
-            grads = {name: np.ascontiguousarray(t.grad.numpy().T if transposed else t.grad.numpy())
-                     for name, t, transposed in canonical_tensors(module) if t.trainable}
+            grads = {
+                name: np.ascontiguousarray(t.grad.numpy().T if transposed else t.grad.numpy())
+                for name, t, transposed in canonical_tensors(module)
+                if t.trainable
+            }
             return TrainingPass(float(loss), logits.numpy(), grads)
 
     def _sgd_step(self, model, x, y, lr):
@@ -338,7 +450,7 @@ class PaddleBackend(Backend):
 
     def _residual_output_shape(self, x, args, options):
         with on_device("cpu"), paddle.no_grad():
-            return tuple(Residual(*args, **options)(paddle.to_tensor(x)).shape)
+            return tuple(block(block_spec(*args, **options))(paddle.to_tensor(x)).shape)
 
     def count_parameters(self, model):
         params = model.module.parameters()
@@ -377,22 +489,40 @@ if __name__ == "__main__":  # python -m resnet_multi.paddle
 # check the machine-readable fields against Paddle's own defaults.
 CONVENTIONS = {
     "framework": "PaddlePaddle",
-    "padding": {"default": "padding=0; padding='SAME' pads the smaller half before, (2, 3) for 7x7/2 on "
-                           "even sizes", "pads": [2, 3], "here": "the spec's symmetric padding, passed as padding=p"},
+    "padding": {
+        "default": "padding=0; padding='SAME' pads the smaller half before, (2, 3) for 7x7/2 on even sizes",
+        "pads": [2, 3],
+        "here": "the spec's symmetric padding, passed as padding=p",
+    },
     "bn_eps": {"default": 1e-05, "eps": 1e-05, "here": "the spec's eps, passed as epsilon"},
-    "bn_momentum": {"default": "0.9: running = m * running + (1 - m) * batch", "momentum": 0.9, "keeps": "old",
-                    "here": "momentum = 1 - the spec's (BatchNorm2D)"},
-    "bn_running_var": {"default": "biased batch variance", "variance": "biased",
-                       "here": "BatchNorm2D.forward rewrites the running variance with the unbiased one"},
+    "bn_momentum": {
+        "default": "0.9: running = m * running + (1 - m) * batch",
+        "momentum": 0.9,
+        "keeps": "old",
+        "here": "momentum = 1 - the spec's (BatchNorm2D)",
+    },
+    "bn_running_var": {
+        "default": "biased batch variance",
+        "variance": "biased",
+        "here": "BatchNorm2D.forward rewrites the running variance with the unbiased one",
+    },
     "data_layout": {"default": "NCHW", "layout": "NCHW", "here": "nothing to do"},
     "kernel_layout": {"default": "OIHW", "layout": "OIHW", "here": "nothing to do"},
     "dense_layout": {"default": "(in, out)", "layout": "(in, out)", "here": "transposed in get/set_weights"},
-    "param_names": {"default": "weight, bias; BN weight, bias, _mean, _variance (non-trainable parameters)",
-                    "bn": ["weight", "bias", "_mean", "_variance"],
-                    "here": "_mean/_variance read as running_mean/running_var (canonical_tensors)"},
-    "init": {"default": "conv Normal(0, sqrt(2 / fan_in)), dense XavierUniform, zero biases", "conv_bias": True,
-             "conv_weight": ["normal", "sqrt(2/fan_in)"],
-             "here": "overwritten by the spec's weights (set_weights)"},
-    "mode_switch": {"default": "layer.train() / layer.eval(); starts in training", "starts": "training",
-                    "here": "the seam calls train() or eval() before every pass"},
+    "param_names": {
+        "default": "weight, bias; BN weight, bias, _mean, _variance (non-trainable parameters)",
+        "bn": ["weight", "bias", "_mean", "_variance"],
+        "here": "_mean/_variance read as running_mean/running_var (canonical_tensors)",
+    },
+    "init": {
+        "default": "conv Normal(0, sqrt(2 / fan_in)), dense XavierUniform, zero biases",
+        "conv_bias": True,
+        "conv_weight": ["normal", "sqrt(2/fan_in)"],
+        "here": "overwritten by the spec's weights (set_weights)",
+    },
+    "mode_switch": {
+        "default": "layer.train() / layer.eval(); starts in training",
+        "starts": "training",
+        "here": "the seam calls train() or eval() before every pass",
+    },
 }

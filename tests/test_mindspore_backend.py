@@ -1,5 +1,6 @@
 """Checks specific to the MindSpore backend: the conventions it translates and the
 framework defaults that would otherwise differ silently from the spec."""
+
 import importlib
 import os
 import platform
@@ -12,20 +13,23 @@ from helpers import random_weights, rel_err
 from test_parity import kink_free_batch
 
 from resnet_multi import BatchNormSpec, get_arch
+from resnet_multi.spec import block_class, block_spec
 from resnet_multi.weights import count
 
 
-def test_missing_mindspore_names_the_extra():
-    """Without MindSpore, importing the backend says which extra installs it (runs anywhere)."""
-    code = ("import sys; sys.modules['mindspore'] = None\n"
-            "try:\n    import resnet_multi.mindspore\nexcept ImportError as e:\n    print(e)\n")
+def test_missing_mindspore_names_its_environment():
+    """Without MindSpore, importing the backend says which environment has it (runs anywhere)."""
+    code = (
+        "import sys; sys.modules['mindspore'] = None\n"
+        "try:\n    import resnet_multi.mindspore\nexcept ImportError as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'resnet-multi[mindspore]'" in out
+    assert "tox -e mindspore" in out and "not installed in this environment" in out, out
 
 
 @pytest.fixture(scope="module")
 def rn():
-    pytest.importorskip("mindspore", reason="MindSpore not installed: pip install 'resnet-multi[mindspore]'")
+    pytest.importorskip("mindspore", reason="MindSpore is not installed in this environment (tox -e mindspore)")
     return importlib.import_module("resnet_multi.mindspore")
 
 
@@ -65,6 +69,68 @@ def test_bn_statistics_are_canonical_names(rn):
     assert params["stem.bn.running_var"] is model.stem.bn.moving_variance
     assert params["stem.bn.weight"] is model.stem.bn.gamma
     assert params["head.fc.weight"].shape == (10, 512)  # nn.Dense is (out, in), as canonical
+
+
+BLOCK_OPTIONS = [
+    {},
+    {"shortcut": "conv_bn", "conv_bias": False},
+    {"kind": "bottleneck"},
+    {"kind": "bottleneck", "stride_on": "1x1", "shortcut": "conv_bn"},
+    {"preact": True},
+    {"preact": True, "shortcut": "conv_bn"},
+    {"kind": "bottleneck", "preact": True, "shortcut": "conv_bn", "stride_on": "1x1"},
+]
+
+
+@pytest.mark.parametrize("projection", [False, True], ids=["identity", "projection"])
+@pytest.mark.parametrize("options", BLOCK_OPTIONS, ids=lambda o: "-".join(f"{v}" for v in o.values()) or "chapter")
+def test_block_classes_hold_the_specs_layers(ms, rn, options, projection):
+    """Each block class writes its layers out as the book does: they must be the spec's
+    convolutions (channels, kernel, stride, padding, bias) and BatchNorms, under the
+    attribute names weights.module_paths maps the canonical names to, and nothing else."""
+    spec = block_spec(8, 16, True, 2, **options) if projection else block_spec(16, 16, **options)
+    blk = rn.block(spec)
+    assert type(blk).__name__ == block_class(spec) and blk.spec == spec
+    paths = spec.attribute_names()
+    convs = list(spec.convs())
+    if projection:
+        convs.append(("shortcut.conv", spec.in_channels, spec.out_channels, 1, spec.stride, 0))
+    cells = dict(blk.cells_and_names())
+    for name, cin, cout, k, s, p in convs:
+        conv = cells[paths[name]]
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.pad_mode) == (
+            cin,
+            cout,
+            (k, k),
+            (s, s),
+            p,
+            "pad",
+        ), name
+        assert conv.has_bias == spec.conv_bias, name
+    bns = dict(spec.bn_names())
+    if projection and spec.shortcut == "conv_bn":
+        bns["shortcut.bn"] = spec.out_channels
+    for name, channels in bns.items():
+        assert cells[paths[name]].num_features == channels, name
+    with_weights = {path for path, cell in cells.items() if list(cell.get_parameters(expand=False))}
+    assert with_weights == {paths[name] for name, *_ in convs} | {paths[name] for name in bns}
+    blk.set_train(True)
+    out = blk(ms.Tensor(np.random.default_rng(0).random((2, spec.in_channels, 6, 6), dtype=np.float32)))
+    assert out.shape == (2, spec.out_channels, 6 // spec.stride, 6 // spec.stride)
+
+
+def test_block_classes_refuse_another_kind(rn):
+    with pytest.raises(ValueError, match="Residual builds basic blocks.*use PreActResidual"):
+        rn.Residual(8, 16, True, 2, preact=True)
+    assert rn.BACKEND.residual_output_shape((2, 8, 6, 6), 8, 16, True, 2, kind="bottleneck") == (2, 16, 3, 3)
+
+
+def test_the_chapters_projection_is_conv3(rn):
+    """The book calls a basic block's projection conv3; canonical names keep shortcut.conv."""
+    model = rn.net("d2l-resnet18", width=8)
+    params = rn.canonical_parameters(model)
+    assert params["stages.1.0.shortcut.conv.weight"] is model.stages[1][0].conv3.weight
+    assert model.stages[1][0].bn3 is None and model.stages[1][1].conv3 is None
 
 
 def test_every_conv_pads_symmetrically_with_the_specs_bias(ms, rn):
@@ -115,8 +181,7 @@ def test_compiled_steps_match_eager(rn):
     spec_kw = dict(width=8)
     weights = random_weights(get_arch("d2l-resnet18", **spec_kw), seed=5, damp_residuals=True)
     rng = np.random.default_rng(1)
-    batches = [(rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, n))
-               for n in (4, 3, 4)]
+    batches = [(rng.standard_normal((n, 1, 32, 32)).astype(np.float32), rng.integers(0, 10, n)) for n in (4, 3, 4)]
     runs = []
     for eager in (False, True):
         model = backend.build("d2l-resnet18", eager=eager, **spec_kw)
@@ -143,7 +208,7 @@ def test_compiled_steps_match_eager(rn):
 
 def test_compiled_steps_run_as_graphs(rn, monkeypatch):
     """Compiled, a step runs no Python of the model after tracing (the input check in
-    ResNet.construct, which a PyNative call runs, is not part of the graph); eager, it
+    ResNet.__call__, which a PyNative call runs, is not part of the graph); eager, it
     runs once per step."""
     calls = []
     check = rn.check_input_shape
@@ -169,20 +234,31 @@ def test_convolutions_avoid_onednns_reference_kernel(rn):
     its reference kernel (jit_uni_ncsp:conv+ref:any) unless capped at AVX2, which the
     module does on import. Read off oneDNN's verbose log of one training step and one
     inference pass, in a fresh process (the cap only takes before MindSpore's first kernel)."""
-    code = ("import numpy as np\n"
-            "from resnet_multi import mindspore as rn\n"
-            "b = rn.BACKEND\n"
-            "m = b.build('d2l-resnet18', width=8, eager=True)\n"
-            "x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)\n"
-            "b.sgd_step(m, x, np.arange(4), 0.05)\n"
-            "b.forward(m, x)\n"
-            "print('capped', rn.ONEDNN_ISA_CAPPED)\n")
+    code = (
+        "import numpy as np\n"
+        "from resnet_multi import mindspore as rn\n"
+        "b = rn.BACKEND\n"
+        "m = b.build('d2l-resnet18', width=8, eager=True)\n"
+        "x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)\n"
+        "b.sgd_step(m, x, np.arange(4), 0.05)\n"
+        "b.forward(m, x)\n"
+        "print('capped', rn.ONEDNN_ISA_CAPPED)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
     env["ONEDNN_VERBOSE"] = "1"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(rn.__file__))).stdout
-    convs = [line for line in out.splitlines() if line.startswith("onednn_verbose") and ",exec," in line
-             and ",convolution," in line]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(rn.__file__)),
+    ).stdout
+    convs = [
+        line
+        for line in out.splitlines()
+        if line.startswith("onednn_verbose") and ",exec," in line and ",convolution," in line
+    ]
     if not convs:
         pytest.skip("MindSpore ran no oneDNN convolution here (not an x86 CPU build?)")
     passes = {line.split(",")[7] for line in convs}

@@ -1,6 +1,7 @@
 """Checks specific to the Paddle backend: the conventions it translates at the seam and
 the Paddle defaults that would otherwise differ silently. The parity suite covers the
 numbers end to end; these pin down each translation on its own."""
+
 import subprocess
 import sys
 import warnings
@@ -8,16 +9,18 @@ import warnings
 import numpy as np
 import pytest
 
-from resnet_multi.spec import BatchNormSpec
+from resnet_multi.spec import BatchNormSpec, block_class, block_spec
 from resnet_multi.weights import WeightsError, count, init_weights
 
 
-def test_missing_paddle_names_the_extra():
-    """Runs without Paddle too: a blocked import must give the extra to install."""
-    code = ("import sys; sys.modules['paddle'] = None\n"
-            "try:\n    import resnet_multi.paddle\nexcept ImportError as e:\n    print(e)\n")
+def test_missing_paddle_names_its_environment():
+    """Runs without Paddle too: a blocked import must say which environment has it."""
+    code = (
+        "import sys; sys.modules['paddle'] = None\n"
+        "try:\n    import resnet_multi.paddle\nexcept ImportError as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'resnet-multi[paddle]'" in out
+    assert "tox -e paddle" in out and "not installed in this environment" in out, out
 
 
 paddle = pytest.importorskip("paddle", reason="paddlepaddle not installed")
@@ -104,8 +107,11 @@ def test_set_state_dict_would_keep_a_misshaped_tensor_but_set_weights_refuses():
         model.set_state_dict({"head.fc.weight": np.zeros((10, 512), np.float32)})
     np.testing.assert_array_equal(model.head.fc.weight.numpy().T, before["head.fc.weight"])
     # the seam: refused, and nothing at all is written
-    bad = {**before, "stem.conv.weight": np.ones_like(before["stem.conv.weight"]),
-           "head.fc.weight": before["head.fc.weight"].T.copy()}
+    bad = {
+        **before,
+        "stem.conv.weight": np.ones_like(before["stem.conv.weight"]),
+        "head.fc.weight": before["head.fc.weight"].T.copy(),
+    }
     with pytest.raises(WeightsError, match="mis-shaped: head.fc.weight"):
         rn.set_weights(model, bad)
     after = rn.get_weights(model)
@@ -187,7 +193,7 @@ def test_sgd_step_leaves_bn_statistics_to_the_forward_pass():
 def test_chapter_api():
     blocks = rn.resnet_block(64, 128, 2)
     assert len(blocks) == 2 and all(isinstance(b, rn.Residual) for b in blocks)
-    assert blocks[0].shortcut is not None and blocks[1].shortcut is None
+    assert blocks[0].conv3 is not None and blocks[1].conv3 is None
     blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
     assert list(blk(paddle.rand([4, 3, 6, 6])).shape) == [4, 6, 3, 3]
     assert blk.conv1.bias is not None
@@ -197,6 +203,60 @@ def test_chapter_api():
     assert list(model(paddle.zeros([1, 1, 96, 96])).shape) == [1, 10]
     with pytest.raises(ValueError, match="input channel"):
         model(paddle.zeros([1, 3, 96, 96]))
+
+
+BLOCK_OPTIONS = [
+    {},
+    {"shortcut": "conv_bn", "conv_bias": False},
+    {"kind": "bottleneck"},
+    {"kind": "bottleneck", "stride_on": "1x1", "shortcut": "conv_bn"},
+    {"preact": True},
+    {"preact": True, "shortcut": "conv_bn"},
+    {"kind": "bottleneck", "preact": True, "shortcut": "conv_bn", "stride_on": "1x1"},
+]
+
+
+@pytest.mark.parametrize("projection", [False, True], ids=["identity", "projection"])
+@pytest.mark.parametrize("options", BLOCK_OPTIONS, ids=lambda o: "-".join(f"{v}" for v in o.values()) or "chapter")
+def test_block_classes_hold_the_specs_layers(options, projection):
+    """Each block class writes its layers out as the book does: they must be the spec's
+    convolutions (shape, stride, padding, bias) and BatchNorms, under the attribute names
+    weights.module_paths maps the canonical names to, and nothing else."""
+    spec = block_spec(8, 16, True, 2, **options) if projection else block_spec(16, 16, **options)
+    blk = rn.block(spec)
+    assert type(blk).__name__ == block_class(spec) and blk.spec == spec
+    paths = spec.attribute_names()
+    convs = list(spec.convs())
+    if projection:
+        convs.append(("shortcut.conv", spec.in_channels, spec.out_channels, 1, spec.stride, 0))
+    layers = dict(blk.named_sublayers())
+    for name, cin, cout, k, s, p in convs:
+        conv = layers[paths[name]]
+        assert (list(conv.weight.shape), conv._stride, conv._updated_padding) == ([cout, cin, k, k], [s, s], [p, p])
+        assert (conv.bias is not None) == spec.conv_bias, name
+    bns = dict(spec.bn_names())
+    if projection and spec.shortcut == "conv_bn":
+        bns["shortcut.bn"] = spec.out_channels
+    for name, channels in bns.items():
+        assert list(layers[paths[name]].weight.shape) == [channels], name
+    with_weights = {path for path, layer in layers.items() if layer.parameters(include_sublayers=False)}
+    assert with_weights == {paths[name] for name, *_ in convs} | {paths[name] for name in bns}
+    out = blk(paddle.rand([2, spec.in_channels, 6, 6]))
+    assert list(out.shape) == [2, spec.out_channels, 6 // spec.stride, 6 // spec.stride]
+
+
+def test_block_classes_refuse_another_kind():
+    with pytest.raises(ValueError, match="Residual builds basic blocks.*use Bottleneck"):
+        rn.Residual(8, 16, True, 2, kind="bottleneck")
+    assert isinstance(rn.PreActResidual(8, 16, True, 2), rn.PreActResidual)
+
+
+def test_the_chapters_projection_is_conv3():
+    """The book calls a basic block's projection conv3; canonical names keep shortcut.conv."""
+    model = rn.net("d2l-resnet18", width=8)
+    weights = rn.get_weights(model)
+    np.testing.assert_array_equal(weights["stages.1.0.shortcut.conv.weight"], model.stages[1][0].conv3.weight.numpy())
+    assert not any(".conv3." in name for name in weights)
 
 
 def test_net_converts_with_to_static():
