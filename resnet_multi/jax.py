@@ -1,73 +1,24 @@
-"""The Residual Networks chapter in JAX, with Flax NNX modules.
+"""The Residual Networks chapter in JAX, with Flax NNX modules, on NHWC batches.
 
     from resnet_multi import jax as rn
-    net = rn.net("d2l-resnet18")                     # the chapter's network, spec'd weights
+    net = rn.net("d2l-resnet18")                     # the chapter's network, the spec's weights
     logits = net(jnp.zeros((2, 96, 96, 1)), train=False)
-    blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
     print(rn.shape_table(net, (1, 96, 96, 1)))       # or: python -m resnet_multi.jax
 
-Why Flax NNX and not Linen: NNX modules are Python objects that hold their
-parameters from construction on, so ``Residual(input_channels, num_channels, ...)``
-takes the chapter's arguments and can be counted, loaded and called at once, as in
-the other five frameworks; a Linen module is a dataclass of hyperparameters whose
-weights appear only from ``init``, which would make every chapter snippet a two-step
-one. Where JAX's functional idiom matters -- the compiled training step -- the
-backend adapter splits the module into a graph definition and two pytrees
-(``nnx.split(net, nnx.Param, nnx.BatchStat, ...)``), and ``jax.jit`` compiles a pure
-function that takes parameters and BN statistics and returns new ones: parameters
-are immutable arrays, so a step hands back the next state instead of updating it in
-place. The chapter's own Linen code, as the book writes it, is in
-:mod:`resnet_multi.textbook.jax`.
-
-This module follows Flax's conventions: batches NHWC, conv kernels HWIO, dense
-kernels ``(in, out)``, BN ``scale`` / ``bias`` / ``mean`` / ``var``. Only
-:func:`get_weights`, :func:`set_weights` and the backend adapter speak the
-canonical NCHW / OIHW / ``(out, in)`` layout. Where Flax's defaults differ from the
-spec, the code says why at the spot:
-
-* ``padding="SAME"`` at stride 2 pads the smaller half before ((2, 3) for the 7x7
-  stem on an even size): every conv and the max pool here pad symmetrically and
-  explicitly, as ``((p, p), (p, p))``, which ``lax.conv_general_dilated`` and
-  ``lax.reduce_window`` take as they are (no separate pad op).
-* Flax BN uses the opposite momentum convention and feeds the *biased* variance
-  into the running one (:class:`BatchNorm`).
-* ``train=`` is passed explicitly everywhere (default: inference), rather than
-  flipping ``use_running_average`` on the modules: the compiled step is a pure
-  function of its inputs, and the mode is one of them.
-* Explicit PRNG keys: Flax needs an ``nnx.Rngs`` to build layers; the initial
-  weights still come from the spec's NumPy seed (:func:`net` overwrites them), so
-  the key only fills the arrays before that.
-* float32 only: JAX without ``jax_enable_x64`` turns float64 input into float32
-  silently; :class:`ResNet` refuses any input whose dtype is not its parameters'
-  instead, as torch does, so nobody believes they computed in float64.
-
-Speed on the CPU: XLA compiles this network's convolutions and max pool into code far
-slower than PyTorch's oneDNN here (the jitted step trained 10x slower than torch's).
-Three changes, each measured layer by layer (``scripts/bench_jax_conv.py``), and all
-three only in a step compiled for a CPU with :func:`jit_for_cpu`, as the backend's are
-(op by op, and on a GPU, the layers are Flax's and XLA's own): convolutions are kept
-out of YNNPACK (:data:`CPU_COMPILER_OPTIONS`); the convs where Eigen's are slow too
-are one matmul over image patches (:func:`conv_general_dilated`, which ``nnx.Conv``
-takes as its ``conv_general_dilated``); and the max pool is a running maximum of
-strided views (:func:`shifted_max_pool`). Each computes the same function as Flax's
-layer, gradient included, which the tests check.
-
-Through the backend seam (``JaxBackend``) every step is ``jax.jit``-compiled (once per
-batch shape); ``build(..., eager=True)`` (``--eager``) runs the same pure functions
-op by op, which is how JAX runs code outside ``jit``.
+First the chapter's classes, then the exercises' blocks, the stage and the network; then the
+layers that translate Flax's defaults to the spec (each says why), the canonical weights and
+the backend seam. Steps compiled for a CPU use the faster kernels of :mod:`resnet_multi.jax_cpu`.
+The textbook's own Linen code is in :mod:`resnet_multi.textbook.jax`.
 """
-from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
+from __future__ import annotations
 
 import numpy as np
 
-from . import shapes
+from . import jax_cpu, nhwc, shapes
 from .backend import Backend, TrainingPass, require
-from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
-from .weights import check_weights, init_weights
+from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
+from .weights import init_weights
 
 # This file is resnet_multi/jax.py, but absolute imports find the real JAX: the package's
 # module is resnet_multi.jax, and a bare "jax" is looked up on sys.path, not beside this file.
@@ -79,323 +30,188 @@ optax = require("optax", "jax")
 lax = jax.lax
 
 
-def _rngs(rngs):
-    # The key only fills arrays that the spec's weights overwrite (see the module docstring).
-    return rngs if rngs is not None else nnx.Rngs(0)
-
-
-# ---- layers the spec needs and Flax does not have as such ---------------------------------
-def _reads_input(start: int, stride: int, count: int, pad_before: int, size: int) -> bool:
-    """Whether a tap at offset ``start`` of the padded axis reads any real (unpadded) pixel."""
-    return any(pad_before <= start + stride * o < pad_before + size for o in range(count))
-
-
-def _strided_views(padded, taps, strides, output_hw):
-    """For each tap ``(i, j)`` of a window, the strided view of ``padded`` (NHWC) that it
-    reads at every output position: what a conv's patches and a pool's maximum are made of."""
-    n, _, _, c = padded.shape
-    (sh, sw), (ho, wo) = strides, output_hw
-    return [lax.slice(padded, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-            for i, j in taps]
-
-
-def patches_matmul_conv(x, kernel, strides, padding, *, precision=None):
-    """An NHWC x HWIO convolution as one matmul over image patches (im2col): the
-    kernel's strided views of the padded input, side by side on the channel axis, times
-    the kernel's taps stacked to ``(taps * C, K)``. A tap that reads only padding adds
-    zeros and is left out: on a 1x1 map a 3x3 conv is its centre tap, a 1/9 of the work.
-    The same sum as ``lax.conv_general_dilated`` in another order (float32 results agree
-    to ~1e-6); JAX differentiates it into matmuls and pads."""
-    n, h, w, c = x.shape
-    kh, kw, _, k = kernel.shape
-    (sh, sw), (ph, pw) = strides, padding
-    ho, wo = shapes.conv_out(h, kh, sh, ph), shapes.conv_out(w, kw, sw, pw)
-    padded = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-    live = [(i, j) for i in range(kh) for j in range(kw)
-            if _reads_input(i, sh, ho, ph[0], h) and _reads_input(j, sw, wo, pw[0], w)]
-    taps = _strided_views(padded, live, strides, (ho, wo))
-    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
-    if len(live) == kh * kw:
-        weights = kernel.reshape(kh * kw * c, k)
-    else:
-        weights = jnp.concatenate([kernel[i, j] for i, j in live], axis=0)
-    y = jnp.dot(patches.reshape(n * ho * wo, len(live) * c), weights, precision=precision)
-    return y.reshape(n, ho, wo, k)
-
-
-def matmul_is_faster_on_cpu(kernel_hw, output_hw) -> bool:
-    """Where Eigen's convolution loses to :func:`patches_matmul_conv`, measured on the
-    chapter's layers at 32x32 and 96x96, batch 256, forward and gradient
-    (``scripts/bench_jax_conv.py``): a 1x1 conv, which is a matmul (1.3-2.1x faster as one,
-    but for the last stage's at 96x96, 13 ms against 11), and a map of at most 2x2 out,
-    where Eigen's kernel falls off a cliff (a 3x3 conv on 2x2x256: 641 ms against 15).
-    Every other conv, strided or not, the stem included, is faster as Eigen's."""
-    return tuple(kernel_hw) == (1, 1) or output_hw[0] * output_hw[1] <= 4
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-# XLA's CPU compiler (jaxlib 0.10) hands dots, reductions and convolutions to YNNPACK by
-# default; Eigen's convolutions are 1.4-3.0x faster on this chapter's layers, forward and
-# gradient (the same script). The backend compiles its CPU steps with YNNPACK kept for
-# dots and reductions only, the same as XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
-# -individual_convolution (jit_for_cpu passes it).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-
-
-_CPU_KERNELS = contextvars.ContextVar("resnet_multi.jax CPU kernels", default=False)
-
-
-@contextlib.contextmanager
-def _cpu_kernels():
-    """While tracing under this, :func:`conv_general_dilated` and :func:`max_pool` put the
-    CPU's faster formulations in the program (for a CPU only: ``lax.platform_dependent``
-    still picks XLA's own ops when it is lowered for another platform). Outside it, they
-    are Flax's layers as they are, which is what ``--eager`` runs op by op. Private: jit
-    caches a trace by function, not by this context, so only :func:`jit_for_cpu`, which
-    enters it inside a function of its own, uses it."""
-    token = _CPU_KERNELS.set(True)
-    try:
-        yield
-    finally:
-        _CPU_KERNELS.reset(token)
-
-
-def jit_for_cpu(fn, **jit_options):
-    """``jax.jit(fn)`` for a CPU, with this module's CPU kernels traced in and
-    :data:`CPU_COMPILER_OPTIONS`: what the backend compiles its CPU steps with. The kernels
-    are entered inside the traced function, so every trace of it has them (a function it
-    calls that was jitted and traced on its own keeps that trace)."""
-    @functools.wraps(fn)
-    def traced(*args, **kwargs):
-        with _cpu_kernels():
-            return fn(*args, **kwargs)
-    return jax.jit(traced, compiler_options=CPU_COMPILER_OPTIONS, **jit_options)
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **options):
-    """``lax.conv_general_dilated`` with the same arguments, which ``nnx.Conv`` calls.
-    Traced under :func:`jit_for_cpu` for a CPU, the plain NHWC convolutions that
-    :func:`matmul_is_faster_on_cpu` names are :func:`patches_matmul_conv`; every other
-    case, every other platform (cuDNN on a GPU) and every op-by-op call is the
-    convolution itself."""
-    def convolution(x, w):
-        return lax.conv_general_dilated(x, w, window_strides, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count, precision=precision,
-                                        **options)
-
-    if not _CPU_KERNELS.get():
-        return convolution(lhs, rhs)
-    # Flax passes out_sharding=None (and preferred_element_type only when it is set)
-    plain = (all(value is None for value in options.values()) and feature_group_count == 1
-             and isinstance(padding, (tuple, list))
-             and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-             and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    if not plain:
-        return convolution(lhs, rhs)
-    strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-    output_hw = [shapes.conv_out(lhs.shape[1 + i], rhs.shape[i], strides[i], pads[i]) for i in range(2)]
-    if not matmul_is_faster_on_cpu(rhs.shape[:2], output_hw):
-        return convolution(lhs, rhs)
-    return lax.platform_dependent(
-        lhs, rhs, cpu=lambda x, w: patches_matmul_conv(x, w, strides, pads, precision=precision),
-        default=convolution)
-
-
-def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool,
-           padding: int = 0, *, rngs=None) -> nnx.Conv:
-    """``nnx.Conv`` padded ``padding`` on each side of H and W. Flax's ``"SAME"`` pads
-    ``(2, 3)`` for a 7x7/2 conv on an even size and ``(0, 1)`` for a 3x3/2, which shifts
-    every window by a pixel against the spec (and PyTorch): the shapes agree, the
-    logits do not. Explicit pairs are symmetric at every stride."""
-    return nnx.Conv(input_channels, filters, (kernel_size, kernel_size), strides=(strides, strides),
-                    padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                    conv_general_dilated=conv_general_dilated, rngs=_rngs(rngs))
-
-
-def _window(size: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(size) for j in range(size)]  # row-major: the first maximum wins
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def shifted_max_pool(x, window: int, strides: int, padding: int):
-    """Max pool on NHWC as the running maximum of its window's strided views. Its
-    gradient goes to the *first* maximum of each window (row-major), as PyTorch's, the
-    NumPy reference's and ``reduce_window``'s gradient do; ``jnp.maximum``'s own
-    gradient would split ties, which a ReLU's zeros and Fashion-MNIST's flat background
-    make common. On this CPU it is 3.5-7x faster than ``reduce_window`` and its
-    ``select_and_scatter`` gradient (the chapter's stem pool, batch 256: 18 ms against 120
-    at 32x32, 290 against 1,020 at 96x96)."""
-    return _shifted_max_pool_forward(x, window, strides, padding)[0]
-
-
-def _shifted_max_pool_forward(x, window, strides, padding):
-    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    padded = jnp.pad(x, pad, constant_values=-jnp.inf)  # padding never wins the max
-    output_hw = [shapes.conv_out(x.shape[1 + a], window, strides, padding) for a in range(2)]
-    out = functools.reduce(jnp.maximum, _strided_views(padded, _window(window), (strides, strides), output_hw))
-    return out, (padded, out)
-
-
-def _shifted_max_pool_backward(window, strides, padding, residuals, grad):
-    padded, out = residuals
-    _, hp, wp, _ = padded.shape
-    ho, wo = out.shape[1:3]
-    taken = jnp.zeros(out.shape, bool)
-    grad_padded = jnp.zeros_like(padded)
-    taps = _window(window)
-    for (i, j), tap in zip(taps, _strided_views(padded, taps, (strides, strides), (ho, wo))):
-        first = (tap == out) & ~taken
-        taken = taken | first
-        # scatter back to the tap's strided positions: interior padding spaces them by the stride
-        grad_padded = grad_padded + lax.pad(jnp.where(first, grad, 0).astype(grad.dtype), jnp.array(0, grad.dtype), (
-            (0, 0, 0), (i, hp - i - strides * (ho - 1) - 1, strides - 1),
-            (j, wp - j - strides * (wo - 1) - 1, strides - 1), (0, 0, 0)))
-    h, w = hp - 2 * padding, wp - 2 * padding
-    return (grad_padded[:, padding:padding + h, padding:padding + w, :],)
-
-
-shifted_max_pool.defvjp(_shifted_max_pool_forward, _shifted_max_pool_backward)
-
-
-def max_pool(x, window: int = 3, strides: int = 2, padding: int = 1):
-    """Max pool padded symmetrically, never choosing the padding (Flax pads with -inf,
-    ``reduce_window``'s initial value), as pre-activation stems need. Traced under
-    :func:`jit_for_cpu` for a CPU it is :func:`shifted_max_pool`; otherwise Flax's own
-    ``nnx.max_pool``."""
-    def flax_pool(x):
-        return nnx.max_pool(x, (window, window), strides=(strides, strides),
-                            padding=((padding, padding), (padding, padding)))
-
-    if not _CPU_KERNELS.get():
-        return flax_pool(x)
-    return lax.platform_dependent(x, cpu=lambda x: shifted_max_pool(x, window, strides, padding),
-                                  default=flax_pool)
-
-
-class BatchNorm(nnx.BatchNorm):
-    """``nnx.BatchNorm`` in the spec's convention.
-
-    Flax keeps ``running = momentum * running + (1 - momentum) * batch`` (momentum 0.99 by
-    default), so the spec's momentum ``m`` (PyTorch's) is Flax's ``1 - m``; and Flax feeds
-    the *biased* batch variance into the running variance, with no option for the
-    unbiased one the spec (and PyTorch) use. So the training pass is written here: the
-    batch is normalised with the biased variance, as in every framework, and the
-    running variance is fed ``n / (n - 1)`` times it. Inference is Flax's own.
-    The batch variance is the two-pass mean of squared deviations, not Flax's default
-    ``E[x^2] - E[x]^2`` (``use_fast_variance``), which cancels badly in float32.
-    """
-
-    def __init__(self, channels: int, bn: BatchNormSpec, *, rngs=None):
-        super().__init__(channels, momentum=1.0 - bn.momentum, epsilon=bn.eps, use_fast_variance=False,
-                         rngs=_rngs(rngs))
-        self.spec_momentum = bn.momentum  # kept exact: 1 - (1 - m) is not always m in floating point
-
-    def __call__(self, x, train: bool = False):
-        if not train:
-            return super().__call__(x, use_running_average=True)
-        axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x, axes)
-        var = jnp.mean(jnp.square(x - mean), axes)  # biased
-        n = x.size // x.shape[-1]
-        m = self.spec_momentum
-        self.mean[...] = lax.stop_gradient((1 - m) * self.mean[...] + m * mean)
-        self.var[...] = lax.stop_gradient((1 - m) * self.var[...] + m * var * (n / (n - 1)))
-        return (x - mean) * (lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
-
-
-# ---- the chapter's blocks -------------------------------------------------------------------
+# ---- the chapter's block ----------------------------------------------------------------------
 class Residual(nnx.Module):
-    """The chapter's residual block: ``relu(F(x) + shortcut(x))`` on NHWC input.
+    """The Residual block of ResNet models: ``relu(F(X) + X)``, with a 1x1 conv (``conv3``)
+    on the shortcut when ``use_1x1conv``.
 
-    ``Residual(input_channels, num_channels, use_1x1conv=False, strides=1)``: like the
-    chapter's PyTorch code it takes ``input_channels`` (Flax NNX layers need their input
-    size to create their weights). ``kind="bottleneck"``, ``preact=True``, ``conv_bias``,
-    ``shortcut="conv_bn"`` and ``stride_on`` select the exercises' variants (see
-    :class:`resnet_multi.spec.BlockSpec`); ``rngs`` is Flax's usual key holder.
+    Flax NNX rather than the book's Linen: an NNX module holds its parameters from
+    construction on, so ``Residual`` takes ``input_channels`` (as the chapter's PyTorch code
+    does) and can be counted, loaded and called at once; a Linen module's weights appear only
+    from ``init``. ``conv_bias``, ``bn`` and ``shortcut="conv_bn"`` (torchvision's BN after
+    the projection: ``bn3``) are the spec's options (:class:`resnet_multi.spec.BlockSpec`);
+    a BlockSpec may stand for all arguments; ``rngs`` is Flax's usual key holder.
     """
 
-    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, *, rngs=None,
-                 **options):
-        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, *, rngs=None, **options):
+        spec = block_spec_for("Residual", input_channels, num_channels, use_1x1conv, strides, **options)
         rngs = _rngs(rngs)
         self.spec = spec
-        bns = dict(spec.bn_names())
-        self.convs = tuple(name for name, *_ in spec.convs())
-        for name, cin, cout, k, s, p in spec.convs():
-            setattr(self, name, conv2d(cin, cout, k, s, spec.conv_bias, padding=p, rngs=rngs))
-            setattr(self, "bn" + name[-1], BatchNorm(bns["bn" + name[-1]], spec.bn, rngs=rngs))
+        self.conv1 = conv2d(spec.in_channels, spec.out_channels, 3, spec.stride, spec.conv_bias, padding=1, rngs=rngs)
+        self.conv2 = conv2d(spec.out_channels, spec.out_channels, 3, 1, spec.conv_bias, padding=1, rngs=rngs)
         # each attribute is assigned once: NNX fixes on first assignment whether it is data
-        self.shortcut_conv = conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias,
-                                    rngs=rngs) if spec.projection else None
-        self.shortcut_bn = BatchNorm(spec.out_channels, spec.bn, rngs=rngs) \
-            if spec.projection and spec.shortcut == "conv_bn" else None
+        self.conv3 = (
+            conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias, rngs=rngs)
+            if spec.projection
+            else None
+        )
+        self.bn1 = BatchNorm(spec.out_channels, spec.bn, rngs=rngs)
+        self.bn2 = BatchNorm(spec.out_channels, spec.bn, rngs=rngs)
+        self.bn3 = (
+            BatchNorm(spec.out_channels, spec.bn, rngs=rngs) if spec.projection and spec.shortcut == "conv_bn" else None
+        )
 
-    def _bn(self, conv_name, x, train):
-        return getattr(self, "bn" + conv_name[-1])(x, train)
-
-    def _shortcut(self, x, train):
-        y = self.shortcut_conv(x)
-        return self.shortcut_bn(y, train) if self.shortcut_bn is not None else y
-
-    def __call__(self, x, train: bool = False):
-        # at trace time under jax.jit (shapes and dtypes are static), at every call eagerly
-        what = f"Residual({self.spec.in_channels} -> {self.spec.out_channels})"
-        if x.dtype != jnp.float32:
-            raise TypeError(f"{what} expects float32 input, got {x.dtype}; convert with x.astype(jnp.float32) "
-                            f"(JAX without jax_enable_x64 would turn float64 into float32 silently)")
-        shapes.check_block_input_shape(self.spec, np.shape(x), layout="NHWC")
-        if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
-            first, *rest = self.convs
-            pre = nnx.relu(self._bn(first, x, train))
-            y = getattr(self, first)(pre)
-            for name in rest:
-                y = getattr(self, name)(nnx.relu(self._bn(name, y, train)))
-            return y + (self._shortcut(pre, train) if self.shortcut_conv is not None else x)
-        y = x
-        for name in self.convs[:-1]:
-            y = nnx.relu(self._bn(name, getattr(self, name)(y), train))
-        last = self.convs[-1]
-        y = self._bn(last, getattr(self, last)(y), train)
-        return nnx.relu(y + (self._shortcut(x, train) if self.shortcut_conv is not None else x))
-
-    def named_layers(self, prefix=""):
-        """(canonical name, layer) for every layer with weights."""
-        for name in self.convs:
-            bn = "bn" + name[-1]
-            pair = [(prefix + name, getattr(self, name)), (prefix + bn, getattr(self, bn))]
-            yield from (pair[::-1] if self.spec.preact else pair)
-        if self.shortcut_conv is not None:
-            yield prefix + "shortcut.conv", self.shortcut_conv
-        if self.shortcut_bn is not None:
-            yield prefix + "shortcut.bn", self.shortcut_bn
+    def __call__(self, X, train: bool = False):
+        check_block_input(self.spec, X)
+        Y = nnx.relu(self.bn1(self.conv1(X), train))
+        Y = self.bn2(self.conv2(Y), train)
+        if self.conv3 is not None:
+            X = self.conv3(X)
+            if self.bn3 is not None:
+                X = self.bn3(X, train)
+        return nnx.relu(Y + X)
 
 
+# ---- the exercises' blocks --------------------------------------------------------------------
+class Bottleneck(nnx.Module):
+    """Exercise 3, the block of ResNet-50 and deeper: a 1x1 conv narrowing to
+    ``num_channels // 4``, a 3x3 conv, a 1x1 conv widening back. The stride sits on the 3x3
+    conv, or with ``stride_on="1x1"`` on the first 1x1 (the paper's original). The
+    projection is ``shortcut``, since ``conv3`` is taken."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, *, rngs=None, **options):
+        spec = block_spec_for("Bottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        rngs = _rngs(rngs)
+        self.spec = spec
+        mid, bias = spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(spec.in_channels, mid, 1, stride1, bias, rngs=rngs)
+        self.conv2 = conv2d(mid, mid, 3, stride2, bias, padding=1, rngs=rngs)
+        self.conv3 = conv2d(mid, spec.out_channels, 1, 1, bias, rngs=rngs)
+        self.bn1 = BatchNorm(mid, spec.bn, rngs=rngs)
+        self.bn2 = BatchNorm(mid, spec.bn, rngs=rngs)
+        self.bn3 = BatchNorm(spec.out_channels, spec.bn, rngs=rngs)
+        self.shortcut = Shortcut(spec, rngs=rngs) if spec.projection else None
+
+    def __call__(self, X, train: bool = False):
+        check_block_input(self.spec, X)
+        Y = nnx.relu(self.bn1(self.conv1(X), train))
+        Y = nnx.relu(self.bn2(self.conv2(Y), train))
+        Y = self.bn3(self.conv3(Y), train)
+        if self.shortcut is not None:
+            X = self.shortcut(X, train)
+        return nnx.relu(Y + X)
+
+
+class PreActResidual(nnx.Module):
+    """Exercise 4, He et al.'s "Identity Mappings" block: BN -> ReLU -> conv, twice, and no
+    ReLU after the sum; the projection ``conv3`` (with ``bn3`` for ``shortcut="conv_bn"``)
+    reads the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, *, rngs=None, **options):
+        spec = block_spec_for("PreActResidual", input_channels, num_channels, use_1x1conv, strides, **options)
+        rngs = _rngs(rngs)
+        self.spec = spec
+        self.conv1 = conv2d(spec.in_channels, spec.out_channels, 3, spec.stride, spec.conv_bias, padding=1, rngs=rngs)
+        self.conv2 = conv2d(spec.out_channels, spec.out_channels, 3, 1, spec.conv_bias, padding=1, rngs=rngs)
+        self.conv3 = (
+            conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias, rngs=rngs)
+            if spec.projection
+            else None
+        )
+        self.bn1 = BatchNorm(spec.in_channels, spec.bn, rngs=rngs)  # normalises conv1's input
+        self.bn2 = BatchNorm(spec.out_channels, spec.bn, rngs=rngs)
+        self.bn3 = (
+            BatchNorm(spec.out_channels, spec.bn, rngs=rngs) if spec.projection and spec.shortcut == "conv_bn" else None
+        )
+
+    def __call__(self, X, train: bool = False):
+        check_block_input(self.spec, X)
+        P = nnx.relu(self.bn1(X, train))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(nnx.relu(self.bn2(Y, train)))
+        if self.conv3 is not None:
+            X = self.conv3(P)
+            if self.bn3 is not None:
+                X = self.bn3(X, train)
+        return Y + X
+
+
+class PreActBottleneck(nnx.Module):
+    """The bottleneck in pre-activation order (ResNet-50 v2): BN -> ReLU -> conv three times,
+    no ReLU after the sum; the projection ``shortcut`` reads the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, *, rngs=None, **options):
+        spec = block_spec_for("PreActBottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        rngs = _rngs(rngs)
+        self.spec = spec
+        mid, bias = spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(spec.in_channels, mid, 1, stride1, bias, rngs=rngs)
+        self.conv2 = conv2d(mid, mid, 3, stride2, bias, padding=1, rngs=rngs)
+        self.conv3 = conv2d(mid, spec.out_channels, 1, 1, bias, rngs=rngs)
+        self.bn1 = BatchNorm(spec.in_channels, spec.bn, rngs=rngs)  # each normalises its conv's input
+        self.bn2 = BatchNorm(mid, spec.bn, rngs=rngs)
+        self.bn3 = BatchNorm(mid, spec.bn, rngs=rngs)
+        self.shortcut = Shortcut(spec, rngs=rngs) if spec.projection else None
+
+    def __call__(self, X, train: bool = False):
+        check_block_input(self.spec, X)
+        P = nnx.relu(self.bn1(X, train))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(nnx.relu(self.bn2(Y, train)))
+        Y = self.conv3(nnx.relu(self.bn3(Y, train)))
+        if self.shortcut is not None:
+            X = self.shortcut(P, train)
+        return Y + X
+
+
+class Shortcut(nnx.Module):
+    """A bottleneck's projection: a 1x1 conv with the block's stride (``conv``), then, for
+    ``shortcut="conv_bn"``, a BN (``bn``)."""
+
+    def __init__(self, spec: BlockSpec, *, rngs=None):
+        rngs = _rngs(rngs)
+        self.conv = conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias, rngs=rngs)
+        self.bn = BatchNorm(spec.out_channels, spec.bn, rngs=rngs) if spec.shortcut == "conv_bn" else None
+
+    def __call__(self, X, train: bool = False):
+        X = self.conv(X)
+        return X if self.bn is None else self.bn(X, train)
+
+
+BLOCKS = {
+    "Residual": Residual,
+    "Bottleneck": Bottleneck,
+    "PreActResidual": PreActResidual,
+    "PreActBottleneck": PreActBottleneck,
+}
+
+
+def block(spec: BlockSpec, *, rngs=None) -> nnx.Module:
+    """The block ``spec`` describes, built by the class for its kind (:data:`BLOCKS`)."""
+    return BLOCKS[block_class(spec)](spec, rngs=rngs)
+
+
+# ---- the stage and the network ------------------------------------------------------------------
 class ResnetBlock(nnx.Module):
     """A stage of residual blocks:
     ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``.
     The blocks sit in an ``nnx.List``: Flax 0.12 refuses a plain list of modules as an
     attribute (it would be static data, invisible to ``nnx.split``)."""
 
-    def __init__(self, input_channels, num_channels=None, num_residuals=None, first_block=False, *,
-                 rngs=None, **options):
+    def __init__(
+        self, input_channels, num_channels=None, num_residuals=None, first_block=False, *, rngs=None, **options
+    ):
         spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
         rngs = _rngs(rngs)
         self.spec = spec
-        self.residual_layers = nnx.List([Residual(block, rngs=rngs) for block in spec.blocks])
+        self.residual_layers = nnx.List([block(b, rngs=rngs) for b in spec.blocks])
 
     def __call__(self, x, train: bool = False):
         for blk in self.residual_layers:
             x = blk(x, train)
         return x
-
-    def named_layers(self, prefix=""):
-        for j, blk in enumerate(self.residual_layers):
-            yield from blk.named_layers(f"{prefix}{j}.")
 
 
 def resnet_block(input_channels, num_channels, num_residuals, first_block=False, **options) -> list:
@@ -405,7 +221,9 @@ def resnet_block(input_channels, num_channels, num_residuals, first_block=False,
 
 class ResNet(nnx.Module):
     """stem -> stages -> head on NHWC float32 input; :meth:`named_outputs` walks the
-    chapter's layers in order. Call it as ``net(x, train=...)``: the default is inference."""
+    chapter's layers in order. Call it as ``net(x, train=...)``: the default is inference.
+    ``train=`` is passed down explicitly rather than flipping ``use_running_average`` on the
+    modules: the compiled step is a pure function of its inputs, and the mode is one of them."""
 
     def __init__(self, spec: ArchSpec, *, rngs=None):
         rngs = _rngs(rngs)
@@ -421,16 +239,21 @@ class ResNet(nnx.Module):
         accepts; else a TypeError or ValueError saying how to convert it."""
         shape, dtype = tuple(np.shape(x)), self.head_fc.kernel[...].dtype
         if len(shape) != 4:
-            raise ValueError(f"{self.spec.name} expects a 4-d NHWC batch (N, H, W, {self.spec.in_channels}), "
-                             f"got shape {shape}")
+            raise ValueError(
+                f"{self.spec.name} expects a 4-d NHWC batch (N, H, W, {self.spec.in_channels}), got shape {shape}"
+            )
         n, h, w, c = shape
         if c != self.spec.in_channels and h == self.spec.in_channels:
-            raise ValueError(f"{self.spec.name} takes NHWC batches (N, H, W, {self.spec.in_channels}), "
-                             f"got {shape}, which looks NCHW: use x.transpose(0, 2, 3, 1)")
+            raise ValueError(
+                f"{self.spec.name} takes NHWC batches (N, H, W, {self.spec.in_channels}), "
+                f"got {shape}, which looks NCHW: use x.transpose(0, 2, 3, 1)"
+            )
         if x.dtype != dtype:
-            raise TypeError(f"expected {dtype} input (the net's parameters are {dtype}), got {x.dtype}; "
-                            f"convert with x.astype(jnp.{dtype}). JAX computes in float32 unless "
-                            f"jax_enable_x64 is set, and would otherwise turn float64 into float32 silently")
+            raise TypeError(
+                f"expected {dtype} input (the net's parameters are {dtype}), got {x.dtype}; "
+                f"convert with x.astype(jnp.{dtype}). JAX computes in float32 unless "
+                f"jax_enable_x64 is set, and would otherwise turn float64 into float32 silently"
+            )
         shapes.check_input_shape(self.spec, (n, c, h, w), training=train)
 
     def named_outputs(self, x, train: bool = False):
@@ -456,20 +279,106 @@ class ResNet(nnx.Module):
         yield "head.fc", self.head_fc(x)
 
     def __call__(self, x, train: bool = False):
-        for _, x in self.named_outputs(x, train):
-            pass
-        return x
+        *_, (_, logits) = self.named_outputs(x, train)  # the walk's last output: head.fc's
+        return logits
 
-    def named_layers(self):
-        """(canonical name, layer) for every layer with weights, in canonical order."""
-        yield "stem.conv", self.stem_conv
-        if self.stem_bn is not None:
-            yield "stem.bn", self.stem_bn
-        for i, stage in enumerate(self.stages):
-            yield from stage.named_layers(f"stages.{i}.")
-        if self.head_bn is not None:
-            yield "head.bn", self.head_bn
-        yield "head.fc", self.head_fc
+
+def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
+    """Build a named architecture with the spec's initial weights for ``seed``, on ``device``."""
+    spec = get_arch(arch, **overrides)
+    jax_device(device)  # refuse an unknown device before building
+    model = ResNet(spec)
+    set_weights(model, init_weights(spec, seed))
+    to_device(model, device)
+    return model
+
+
+# ---- the framework plumbing: input checks, and layers that translate Flax's defaults ------------
+def _rngs(rngs):
+    # Flax needs keys to build layers; they only fill arrays that the spec's weights overwrite
+    # (net() and Backend.build set them from the spec's NumPy seed).
+    return rngs if rngs is not None else nnx.Rngs(0)
+
+
+def check_block_input(spec: BlockSpec, X) -> None:
+    """Refuse a batch a block cannot take, with the block's own message: not float32, or not
+    NHWC with the block's input channels. Under ``jax.jit`` this runs at trace time (shapes
+    and dtypes are static), op by op at every call."""
+    what = f"Residual({spec.in_channels} -> {spec.out_channels})"
+    if X.dtype != jnp.float32:
+        raise TypeError(
+            f"{what} expects float32 input, got {X.dtype}; convert with x.astype(jnp.float32) "
+            f"(JAX without jax_enable_x64 would turn float64 into float32 silently)"
+        )
+    shapes.check_block_input_shape(spec, np.shape(X), layout="NHWC")
+
+
+def conv2d(
+    input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool, padding: int = 0, *, rngs=None
+) -> nnx.Conv:
+    """``nnx.Conv`` padded ``padding`` on each side of H and W. Flax's ``"SAME"`` pads
+    ``(2, 3)`` for a 7x7/2 conv on an even size and ``(0, 1)`` for a 3x3/2, which shifts
+    every window by a pixel against the spec (and PyTorch): the shapes agree, the
+    logits do not. Explicit pairs are symmetric at every stride, and
+    ``lax.conv_general_dilated`` takes them as they are (no separate pad op). In a step
+    compiled for a CPU, :func:`resnet_multi.jax_cpu.conv_general_dilated` picks the faster
+    kernel."""
+    return nnx.Conv(
+        input_channels,
+        filters,
+        (kernel_size, kernel_size),
+        strides=(strides, strides),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=use_bias,
+        conv_general_dilated=jax_cpu.conv_general_dilated,
+        rngs=_rngs(rngs),
+    )
+
+
+def max_pool(x, window: int = 3, strides: int = 2, padding: int = 1):
+    """Max pool padded symmetrically, never choosing the padding (Flax pads with -inf,
+    ``reduce_window``'s initial value), as pre-activation stems need: Flax's own
+    ``nnx.max_pool``, or in a step compiled with :func:`resnet_multi.jax_cpu.jit_for_cpu` for
+    a CPU, :func:`resnet_multi.jax_cpu.shifted_max_pool`."""
+
+    def flax_pool(x):
+        return nnx.max_pool(
+            x, (window, window), strides=(strides, strides), padding=((padding, padding), (padding, padding))
+        )
+
+    return jax_cpu.on_cpu((x,), lambda x: jax_cpu.shifted_max_pool(x, window, strides, padding), flax_pool)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` in the spec's convention.
+
+    Flax keeps ``running = momentum * running + (1 - momentum) * batch`` (momentum 0.99 by
+    default), so the spec's momentum ``m`` (PyTorch's) is Flax's ``1 - m``; and Flax feeds
+    the *biased* batch variance into the running variance, with no option for the
+    unbiased one the spec (and PyTorch) use. So the training pass is written here: the
+    batch is normalised with the biased variance, as in every framework, and the
+    running variance is fed ``n / (n - 1)`` times it. Inference is Flax's own.
+    The batch variance is the two-pass mean of squared deviations, not Flax's default
+    ``E[x^2] - E[x]^2`` (``use_fast_variance``), which cancels badly in float32.
+    """
+
+    def __init__(self, channels: int, bn: BatchNormSpec, *, rngs=None):
+        super().__init__(
+            channels, momentum=1.0 - bn.momentum, epsilon=bn.eps, use_fast_variance=False, rngs=_rngs(rngs)
+        )
+        self.spec_momentum = bn.momentum  # kept exact: 1 - (1 - m) is not always m in floating point
+
+    def __call__(self, x, train: bool = False):
+        if not train:
+            return super().__call__(x, use_running_average=True)
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axes)
+        var = jnp.mean(jnp.square(x - mean), axes)  # biased
+        n = x.size // x.shape[-1]
+        m = self.spec_momentum
+        self.mean[...] = lax.stop_gradient((1 - m) * self.mean[...] + m * mean)
+        self.var[...] = lax.stop_gradient((1 - m) * self.var[...] + m * var * (n / (n - 1)))
+        return (x - mean) * (lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
 
 
 # ---- devices --------------------------------------------------------------------------------
@@ -502,56 +411,46 @@ def to_device(module: nnx.Module, device: str) -> None:
     nnx.update(module, jax.device_put(nnx.state(module), jax_device(device)))
 
 
-def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
-    """Build a named architecture with the spec's initial weights for ``seed``, on ``device``."""
-    spec = get_arch(arch, **overrides)
-    jax_device(device)  # refuse an unknown device before building
-    model = ResNet(spec)
-    set_weights(model, init_weights(spec, seed))
-    to_device(model, device)
-    return model
+def device_of(module: nnx.Module) -> str:
+    """The seam's name for the device that holds ``module``'s parameters."""
+    (where,) = jax.tree.leaves(nnx.state(module, nnx.Param))[0].devices()
+    return "cpu" if where.platform == "cpu" else f"cuda:{_gpus().index(where)}"
 
 
-# ---- canonical weights: names from named_layers(), layouts converted here --------------------
+# ---- canonical weights: Flax's layouts and names inside, the canonical ones out -------------------
+FLAX_NAMES = {"weight": "kernel", "bias": "bias"}  # a canonical leaf -> nnx.Conv's and nnx.Linear's attribute
+FLAX_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def _variable(layer, leaf: str):
+    names = FLAX_BN_NAMES if isinstance(layer, nnx.BatchNorm) else FLAX_NAMES
+    return getattr(layer, names[leaf])
+
+
 def _canonical_variables(model: ResNet):
     """(canonical name, Flax variable, layout converter to canonical, converter from canonical)."""
-    same = (lambda a: a, lambda a: a)
-    for prefix, layer in model.named_layers():
-        if isinstance(layer, nnx.Conv):  # HWIO <-> OIHW
-            yield f"{prefix}.weight", layer.kernel, (lambda a: a.transpose(3, 2, 0, 1)), \
-                (lambda a: a.transpose(2, 3, 1, 0))
-            if layer.bias is not None:
-                yield f"{prefix}.bias", layer.bias, *same
-        elif isinstance(layer, nnx.Linear):  # (in, out) <-> (out, in)
-            yield f"{prefix}.weight", layer.kernel, (lambda a: a.T), (lambda a: a.T)
-            yield f"{prefix}.bias", layer.bias, *same
-        else:
-            for name, var in (("weight", layer.scale), ("bias", layer.bias),
-                              ("running_mean", layer.mean), ("running_var", layer.var)):
-                yield f"{prefix}.{name}", var, *same
+    return nhwc.canonical_variables(model, _variable)
 
 
 def get_weights(model: ResNet) -> dict[str, np.ndarray]:
-    return {name: np.ascontiguousarray(to_canonical(np.asarray(var[...])))
-            for name, var, to_canonical, _ in _canonical_variables(model)}
+    """The canonical weights (NCHW / OIHW / ``(out, in)``, canonical names) of a net whose
+    variables are Flax's (HWIO kernels, ``(in, out)`` dense kernels, ``scale``...)."""
+    return nhwc.get_weights(model, _variable, lambda var: var[...])
+
+
+def _write(var, array) -> None:
+    var[...] = jax.device_put(array, var[...].sharding)  # where the variable's old array lived
 
 
 def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; each array goes where the variable's old one lived."""
-    check_weights(model.spec, weights)  # names and shapes, all reported at once
-    for name, var, _, from_canonical in _canonical_variables(model):
-        old = var[...]
-        var[...] = jax.device_put(np.ascontiguousarray(from_canonical(np.asarray(weights[name]))), old.sharding)
+    nhwc.set_weights(model, weights, _variable, _write)
 
 
 def shape_table(model: ResNet, input_shape=(1, 96, 96, 1)) -> str:
     """The chapter's per-layer table for an NHWC input shape: the canonical NCHW shape,
     then JAX's own NHWC shape, measured by running the layers on zeros."""
-    native = [tuple(int(d) for d in out.shape)
-              for _, out in model.named_outputs(jnp.zeros(input_shape), train=False)]
-    rows = [shapes.LayerShape(name, BACKEND.to_canonical_shape(s))
-            for name, s in zip(model.spec.layer_names(), native, strict=True)]
-    return shapes.format_table(rows, native=native, native_layout="NHWC")
+    return nhwc.shape_table(BACKEND, model, input_shape, device_of(model))
 
 
 # ---- the backend seam: NCHW NumPy in and out, NHWC inside ------------------------------------
@@ -562,7 +461,8 @@ def cross_entropy(logits, y):
 
 def steps(module: ResNet) -> dict:
     """The training and inference steps of ``module`` as pure functions of its state, JAX's
-    idiom: ``params`` and ``stats`` (the BN statistics) go in, the next ones come out;
+    idiom: ``params`` and ``stats`` (the BN statistics) go in, the next ones come out (arrays
+    are immutable: a step hands back the next state instead of updating it in place);
     ``jax.jit`` compiles any of them as they are.
 
     * ``infer(params, stats, x) -> logits``
@@ -603,9 +503,12 @@ def steps(module: ResNet) -> dict:
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), stats, opt_state, loss, logits
 
-    return {"infer": lambda params, stats, x: forward(params, stats, x, False)[0],
-            "train_forward": lambda params, stats, x: forward(params, stats, x, True),
-            "grads": grads, "sgd": sgd}
+    return {
+        "infer": lambda params, stats, x: forward(params, stats, x, False)[0],
+        "train_forward": lambda params, stats, x: forward(params, stats, x, True),
+        "grads": grads,
+        "sgd": sgd,
+    }
 
 
 def sgd_optimizer():
@@ -615,6 +518,10 @@ def sgd_optimizer():
 
 
 class JaxBackend(Backend):
+    """The seam for JAX: every step is ``jax.jit``-compiled (once per batch shape), for a CPU
+    with :func:`resnet_multi.jax_cpu.jit_for_cpu`; ``build(..., eager=True)`` (``--eager``) runs
+    the same pure functions op by op, which is how JAX runs code outside ``jit``."""
+
     name = "jax"
     native_layout = "NHWC"
     compiles = True  # Model.eager=False (the default) runs every step under jax.jit
@@ -651,7 +558,7 @@ class JaxBackend(Backend):
             if model.eager:
                 model.cache[key] = fn
             elif jax_device(model.device).platform == "cpu":
-                model.cache[key] = jit_for_cpu(fn)
+                model.cache[key] = jax_cpu.jit_for_cpu(fn)
             else:
                 model.cache[key] = jax.jit(fn)
         return model.cache[key]
@@ -672,14 +579,18 @@ class JaxBackend(Backend):
     def _loss_and_grads(self, model, x, y):
         params, stats = self._state(model)
         loss, logits, stats, grads = self._step(model, "grads")(
-            params, stats, self._input(model, x), self._labels(model, y))
+            params, stats, self._input(model, x), self._labels(model, y)
+        )
         nnx.update(model.module, stats)  # BN statistics update once, as in a training step
         # the gradients have the parameters' structure: merged into a copy of the module, they
         # sit where the parameters do, and the weights' own names and layouts read them out
         graphdef, _, _, rest = nnx.split(model.module, nnx.Param, nnx.BatchStat, ...)
         as_module = nnx.merge(graphdef, grads, stats, rest)
-        out = {name: np.ascontiguousarray(to_canonical(np.asarray(var[...])))
-               for name, var, to_canonical, _ in _canonical_variables(as_module) if isinstance(var, nnx.Param)}
+        out = {
+            name: np.ascontiguousarray(to_canonical(np.asarray(var[...])))
+            for name, var, to_canonical, _ in _canonical_variables(as_module)
+            if isinstance(var, nnx.Param)
+        }
         return TrainingPass(float(loss), np.asarray(logits), out)
 
     def _sgd_step(self, model, x, y, lr):
@@ -692,22 +603,25 @@ class JaxBackend(Backend):
             opt_state = model.cache["opt_state"] = jax.device_put(sgd_optimizer().init(params), device)
         opt_state.hyperparams["learning_rate"] = jax.device_put(np.float32(lr), device)
         params, stats, opt_state, loss, logits = self._step(model, "sgd")(
-            params, stats, opt_state, self._input(model, x), self._labels(model, y))
+            params, stats, opt_state, self._input(model, x), self._labels(model, y)
+        )
         model.cache["opt_state"] = opt_state
         nnx.update(model.module, params, stats)
         return float(loss), np.asarray(logits)
 
     def _residual_output_shape(self, x, args, options):
-        return tuple(Residual(*args, **options)(jnp.asarray(x.transpose(0, 2, 3, 1)), train=True).shape)
+        return tuple(block(block_spec(*args, **options))(jnp.asarray(x.transpose(0, 2, 3, 1)), train=True).shape)
 
     def count_parameters(self, model):
         def size(kind):
             return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model.module, kind)))
+
         return size(nnx.Param), size(nnx.BatchStat)
 
     def _named_outputs(self, model, x, training):
-        return [(name, np.asarray(out))
-                for name, out in model.module.named_outputs(self._input(model, x), train=training)]
+        return [
+            (name, np.asarray(out)) for name, out in model.module.named_outputs(self._input(model, x), train=training)
+        ]
 
 
 BACKEND = JaxBackend()
@@ -728,24 +642,41 @@ if __name__ == "__main__":
 # machine-readable fields against Flax's own defaults.
 CONVENTIONS = {
     "framework": "JAX (Flax NNX)",
-    "padding": {"default": "padding='SAME'; it pads the smaller half before: (2, 3) for 7x7/2 and "
-                           "(0, 1) for 3x3/2 on even sizes",
-                "pads": [2, 3], "here": "explicit symmetric ((p, p), (p, p)) for every conv and the max pool "
-                                        "(which pads -inf)"},
+    "padding": {
+        "default": "padding='SAME'; it pads the smaller half before: (2, 3) for 7x7/2 and "
+        "(0, 1) for 3x3/2 on even sizes",
+        "pads": [2, 3],
+        "here": "explicit symmetric ((p, p), (p, p)) for every conv and the max pool (which pads -inf)",
+    },
     "bn_eps": {"default": 1e-05, "eps": 1e-05, "here": "the spec's eps, passed as epsilon (BatchNorm)"},
-    "bn_momentum": {"default": "0.99: running = m * running + (1 - m) * batch", "momentum": 0.99, "keeps": "old",
-                    "here": "momentum = 1 - the spec's (BatchNorm)"},
-    "bn_running_var": {"default": "biased batch variance", "variance": "biased",
-                       "here": "BatchNorm's training pass feeds n / (n - 1) times the biased variance"},
+    "bn_momentum": {
+        "default": "0.99: running = m * running + (1 - m) * batch",
+        "momentum": 0.99,
+        "keeps": "old",
+        "here": "momentum = 1 - the spec's (BatchNorm)",
+    },
+    "bn_running_var": {
+        "default": "biased batch variance",
+        "variance": "biased",
+        "here": "BatchNorm's training pass feeds n / (n - 1) times the biased variance",
+    },
     "data_layout": {"default": "NHWC", "layout": "NHWC", "here": "NCHW <-> NHWC at the seam only (JaxBackend)"},
     "kernel_layout": {"default": "HWIO", "layout": "HWIO", "here": "transposed to OIHW in get/set_weights"},
     "dense_layout": {"default": "(in, out)", "layout": "(in, out)", "here": "transposed in get/set_weights"},
-    "param_names": {"default": "kernel, bias; BN scale, bias, mean, var",
-                    "bn": ["scale", "bias", "mean", "var"],
-                    "here": "mapped to canonical names in _canonical_variables"},
-    "init": {"default": "lecun_normal kernels (truncated normal, std 1/sqrt fan_in), zero biases",
-             "conv_bias": True, "conv_weight": ["normal", "1/sqrt(fan_in)"],
-             "here": "overwritten by the spec's weights (set_weights)"},
-    "mode_switch": {"default": "BatchNorm(use_running_average=False): training until told otherwise",
-                    "starts": "training", "here": "train= passed explicitly everywhere (default inference)"},
+    "param_names": {
+        "default": "kernel, bias; BN scale, bias, mean, var",
+        "bn": ["scale", "bias", "mean", "var"],
+        "here": "mapped to canonical names in _canonical_variables",
+    },
+    "init": {
+        "default": "lecun_normal kernels (truncated normal, std 1/sqrt fan_in), zero biases",
+        "conv_bias": True,
+        "conv_weight": ["normal", "1/sqrt(fan_in)"],
+        "here": "overwritten by the spec's weights (set_weights)",
+    },
+    "mode_switch": {
+        "default": "BatchNorm(use_running_average=False): training until told otherwise",
+        "starts": "training",
+        "here": "train= passed explicitly everywhere (default inference)",
+    },
 }

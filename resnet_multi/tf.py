@@ -1,220 +1,212 @@
-"""The Residual Networks chapter in TensorFlow (Keras 3).
+"""The Residual Networks chapter in TensorFlow (Keras 3), on NHWC batches.
 
     from resnet_multi import tf as rn
-    net = rn.net("d2l-resnet18")                     # the chapter's network, spec'd weights
+    net = rn.net("d2l-resnet18")                     # the chapter's network, the spec's weights
     logits = net(tf.zeros((2, 96, 96, 1)), training=False)
-    blk = rn.Residual(3, 6, use_1x1conv=True, strides=2)
     print(rn.shape_table(net, (1, 96, 96, 1)))       # or: python -m resnet_multi.tf
 
-This module follows TensorFlow's own conventions: batches are NHWC, conv
-kernels HWIO, dense kernels ``(in, out)``, BN statistics ``moving_mean`` /
-``moving_variance``. Only :func:`get_weights`, :func:`set_weights` and the
-backend adapter at the bottom speak the canonical NCHW / OIHW / ``(out, in)``
-layout. Where the textbook's Keras code differs from the spec, this code says
-why at the spot:
-
-* Keras ``padding="same"`` with stride 2 pads asymmetrically; the strided convs
-  and the max pool here pad symmetrically and explicitly (:class:`Conv2D`,
-  :class:`MaxPool2D`); at stride 1 ``"same"`` is symmetric and is used as is.
-* Keras BN has another epsilon, the opposite momentum convention and a biased
-  running variance (:class:`BatchNorm`).
-* Layers are built from ``input_channels`` at construction, so weights exist
-  (and can be counted and loaded) before the first call.
-* ``training=`` is passed explicitly everywhere: a Keras model called without it
-  runs in inference mode outside ``fit`` (and nested layers inherit that).
-
-Through the backend seam (``TFBackend``) every step runs in a ``tf.function``, as
-Keras' ``fit`` runs its steps; ``build(..., eager=True)`` (``--eager``) runs the same
-Python op by op instead.
+First the chapter's classes, then the exercises' blocks, the stage and the network; then the
+layers that translate Keras' defaults to the spec (each says why), the canonical weights and
+the backend seam. The textbook's own Keras code is in :mod:`resnet_multi.textbook.tf`.
 """
+
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
-from . import shapes
+from . import nhwc, shapes
 from .backend import Backend, TrainingPass, require
-from .spec import ArchSpec, BatchNormSpec, block_spec, get_arch, stage_spec
-from .weights import check_weights, init_weights
+from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
+from .weights import init_weights
 
 # Keras 3 runs on whichever backend KERAS_BACKEND names; this module is the TensorFlow one.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 tf = require("tensorflow", "tf")
 keras = require("keras", "tf")
 if keras.backend.backend() != "tensorflow":
-    raise ImportError(f"resnet_multi.tf needs Keras on its TensorFlow backend, but Keras was loaded with "
-                      f"KERAS_BACKEND={keras.backend.backend()!r}; unset it or set it to 'tensorflow'")
+    raise ImportError(
+        f"resnet_multi.tf needs Keras on its TensorFlow backend, but Keras was loaded with "
+        f"KERAS_BACKEND={keras.backend.backend()!r}; unset it or set it to 'tensorflow'"
+    )
 layers = keras.layers
 
 
-# ---- layers the spec needs and Keras does not have as such ----------------------------------
-def pad(x, padding: int, value: float = 0.0):
-    """Pad H and W by ``padding`` on both sides. Keras ``padding="same"`` with stride 2
-    pads ``(k - 2) // 2`` before and the rest after on even sizes (2 and 3 for the 7x7
-    stem), which shifts every window by one pixel against the spec (and PyTorch): the
-    shapes agree but the logits do not. So strided convs and the max pool pad here."""
-    if not padding:
-        return x
-    return tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]], constant_values=value)
-
-
-class Conv2D(layers.Conv2D):
-    """``Conv2D`` padded symmetrically by ``symmetric_padding`` on H and W.
-
-    At stride 1 with ``padding == (kernel_size - 1) / 2`` Keras ``"same"`` pads
-    exactly that on both sides, and is used as is (no separate pad op). Elsewhere (the
-    strided 3x3 and 7x7 convs) the input is padded explicitly (:func:`pad`) and the conv
-    runs ``"valid"``: handing the padding to the ops themselves (``tf.nn.conv2d`` and
-    ``tf.nn.max_pool2d`` with explicit paddings) made the compiled training step 2.3
-    times slower on CPU (96 vs 225 examples/s, d2l-resnet18, 32x32, batch 256)."""
-
-    def __init__(self, filters, kernel_size, strides=1, symmetric_padding=0, **kwargs):
-        same = strides == 1 and 2 * symmetric_padding == kernel_size - 1
-        super().__init__(filters, kernel_size, strides=strides, padding="same" if same else "valid", **kwargs)
-        self.symmetric_padding = 0 if same else symmetric_padding
-
-    def call(self, inputs):
-        return super().call(pad(inputs, self.symmetric_padding))
-
-
-def conv2d(input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool,
-           padding: int = 0) -> Conv2D:
-    """A :class:`Conv2D` padding ``padding`` on each side, built for ``input_channels``, so
-    its kernel exists before the first call, as in the other frameworks."""
-    conv = Conv2D(filters, kernel_size, strides=strides, symmetric_padding=padding, use_bias=use_bias)
-    conv.build((None, None, None, input_channels))
-    return conv
-
-
-class BatchNorm(layers.BatchNormalization):
-    """``BatchNormalization`` in the spec's convention.
-
-    Keras defaults to epsilon 1e-3 and ``moving = momentum * moving + (1 - momentum) * batch``
-    with momentum 0.99, so the spec's momentum ``m`` (PyTorch's) is Keras' ``1 - m``.
-    Keras also feeds the *biased* batch variance into the moving variance; the spec
-    (and PyTorch) feed the unbiased one. The batch itself is normalised with the
-    biased variance in both.
-
-    Training mode runs TensorFlow's fused kernel (``FusedBatchNormV3``, one op forward
-    and one backward, where Keras 3 builds BN from a dozen small ops), which already
-    follows the spec: given the running statistics and ``exponential_avg_factor=m`` it
-    returns ``(1 - m) * running + m * batch`` with the unbiased batch variance.
-    """
-
-    def __init__(self, channels: int, bn: BatchNormSpec, **kwargs):
-        super().__init__(axis=-1, momentum=1.0 - bn.momentum, epsilon=bn.eps, **kwargs)
-        self.spec_momentum = bn.momentum  # kept exact: 1 - (1 - m) is not always m in floating point
-        self.build((None, None, None, channels))
-
-    def call(self, inputs, training=False):
-        if not (training and self.trainable):
-            return super().call(inputs, training=False)
-        # tf.raw_ops, not tf.compat.v1.nn.fused_batch_norm: that wrapper raises epsilon to 1.001e-5.
-        out = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=self.gamma.value, offset=self.beta.value, mean=self.moving_mean.value,
-            variance=self.moving_variance.value, epsilon=self.epsilon,
-            exponential_avg_factor=self.spec_momentum, data_format="NHWC", is_training=True)
-        self.moving_mean.assign(out.batch_mean)
-        self.moving_variance.assign(out.batch_variance)
-        return out.y
-
-
-class MaxPool2D(layers.MaxPooling2D):
-    """``MaxPooling2D`` padded symmetrically with -inf (padding never wins the max).
-    Keras ``padding="same"`` pads (0, 1) on even sizes where the spec pads (1, 1); zero
-    padding would do only after a ReLU, and pre-activation stems have none."""
-
-    def __init__(self, pool_size=3, strides=2, padding=1):
-        super().__init__(pool_size, strides, padding="valid")
-        self.symmetric_padding = padding
-
-    def call(self, inputs):
-        return super().call(pad(inputs, self.symmetric_padding, float("-inf")))
-
-
-# ---- the chapter's blocks --------------------------------------------------------------------
-def check_input_dtype(x, what: str) -> None:
-    """Refuse a batch that is not float32. Keras would cast float64 (and integer images)
-    to the layer's float32 silently; a float64 batch usually means the caller meant to
-    compute in float64, and unscaled integer images give nonsense, so both are refused."""
-    dtype = getattr(x, "dtype", None)
-    if dtype is not None and tf.as_dtype(dtype) != tf.float32:
-        raise shapes.float32_input_error(what, tf.as_dtype(dtype).name, "tf.cast(x, tf.float32)")
-
-
+# ---- the chapter's block ----------------------------------------------------------------------
 class Residual(layers.Layer):
-    """The chapter's residual block: ``relu(F(x) + shortcut(x))`` on NHWC input.
+    """The Residual block of ResNet models: ``relu(F(X) + X)``, with a 1x1 conv (``conv3``)
+    on the shortcut when ``use_1x1conv``.
 
-    ``Residual(input_channels, num_channels, use_1x1conv=False, strides=1)``: unlike the
-    textbook's Keras code it takes ``input_channels``, so weights exist before the first
-    call. ``kind="bottleneck"``, ``preact=True``, ``conv_bias``, ``shortcut="conv_bn"``
-    and ``stride_on`` select the exercises' variants (see :class:`resnet_multi.spec.BlockSpec`).
+    Unlike the textbook's Keras code it takes ``input_channels``, so that its weights exist
+    (and can be counted and loaded) before the first call. ``conv_bias``, ``bn`` and
+    ``shortcut="conv_bn"`` (torchvision's BN after the projection: ``bn3``) are the spec's
+    options (:class:`resnet_multi.spec.BlockSpec`); a BlockSpec may stand for all arguments.
     """
 
     def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
         super().__init__()
-        spec = block_spec(input_channels, num_channels, use_1x1conv, strides, **options)
+        spec = block_spec_for("Residual", input_channels, num_channels, use_1x1conv, strides, **options)
         self.spec = spec
-        bns = dict(spec.bn_names())
-        self.convs = [name for name, *_ in spec.convs()]
-        for name, cin, cout, k, s, p in spec.convs():
-            setattr(self, name, conv2d(cin, cout, k, s, spec.conv_bias, padding=p))
-            setattr(self, "bn" + name[-1], BatchNorm(bns["bn" + name[-1]], spec.bn))
-        self.shortcut_conv = self.shortcut_bn = None
+        self.conv1 = conv2d(spec.in_channels, spec.out_channels, 3, spec.stride, spec.conv_bias, padding=1)
+        self.conv2 = conv2d(spec.out_channels, spec.out_channels, 3, 1, spec.conv_bias, padding=1)
+        self.conv3 = None
         if spec.projection:
-            self.shortcut_conv = conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias)
-            if spec.shortcut == "conv_bn":
-                self.shortcut_bn = BatchNorm(spec.out_channels, spec.bn)
+            self.conv3 = conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias)
+        self.bn1 = BatchNorm(spec.out_channels, spec.bn)
+        self.bn2 = BatchNorm(spec.out_channels, spec.bn)
+        self.bn3 = None
+        if spec.projection and spec.shortcut == "conv_bn":
+            self.bn3 = BatchNorm(spec.out_channels, spec.bn)
         self.built = True  # every sublayer is built: Keras need not wait for a first call
 
-    def __call__(self, x, *args, **kwargs):
-        # before Keras' own __call__, which would cast the batch to float32 silently
-        check_input_dtype(x, f"Residual({self.spec.in_channels} -> {self.spec.out_channels})")
-        if None not in tuple(x.shape):
-            shapes.check_block_input_shape(self.spec, x.shape, layout="NHWC")
-        return super().__call__(x, *args, **kwargs)
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self.spec, X)  # before Keras' own __call__ casts X to float32
+        return super().__call__(X, *args, **kwargs)
 
-    def _conv(self, name, x):
-        return getattr(self, name)(x)
-
-    def _bn(self, conv_name, x, training):
-        return getattr(self, "bn" + conv_name[-1])(x, training=training)
-
-    def _shortcut(self, x, training):
-        if self.shortcut_conv is None:
-            return x
-        y = self.shortcut_conv(x)
-        return self.shortcut_bn(y, training=training) if self.shortcut_bn is not None else y
-
-    def call(self, x, training=False):
-        if self.spec.preact:  # BN -> ReLU -> conv; a projection reads the pre-activated input
-            first, *rest = self.convs
-            pre = tf.nn.relu(self._bn(first, x, training))
-            y = self._conv(first, pre)
-            for name in rest:
-                y = self._conv(name, tf.nn.relu(self._bn(name, y, training)))
-            return y + (self._shortcut(pre, training) if self.shortcut_conv is not None else x)
-        y = x
-        for name in self.convs[:-1]:
-            y = tf.nn.relu(self._bn(name, self._conv(name, y), training))
-        name = self.convs[-1]
-        y = self._bn(name, self._conv(name, y), training)
-        return tf.nn.relu(y + self._shortcut(x, training))
-
-    def named_layers(self, prefix=""):
-        """(canonical name, layer) for every layer with weights."""
-        for name in self.convs:
-            bn = "bn" + name[-1]
-            yield from ([(prefix + bn, getattr(self, bn)), (prefix + name, getattr(self, name))]
-                        if self.spec.preact else
-                        [(prefix + name, getattr(self, name)), (prefix + bn, getattr(self, bn))])
-        if self.shortcut_conv is not None:
-            yield prefix + "shortcut.conv", self.shortcut_conv
-        if self.shortcut_bn is not None:
-            yield prefix + "shortcut.bn", self.shortcut_bn
+    def call(self, X, training=False):
+        Y = tf.nn.relu(self.bn1(self.conv1(X), training=training))
+        Y = self.bn2(self.conv2(Y), training=training)
+        if self.conv3 is not None:
+            X = self.conv3(X)
+            if self.bn3 is not None:
+                X = self.bn3(X, training=training)
+        return tf.nn.relu(Y + X)
 
 
+# ---- the exercises' blocks --------------------------------------------------------------------
+class Bottleneck(layers.Layer):
+    """Exercise 3, the block of ResNet-50 and deeper: a 1x1 conv narrowing to
+    ``num_channels // 4``, a 3x3 conv, a 1x1 conv widening back. The stride sits on the 3x3
+    conv, or with ``stride_on="1x1"`` on the first 1x1 (the paper's original). The
+    projection is ``shortcut``, since ``conv3`` is taken."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        super().__init__()
+        spec = block_spec_for("Bottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        self.spec = spec
+        mid, bias = spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(spec.in_channels, mid, 1, stride1, bias)
+        self.conv2 = conv2d(mid, mid, 3, stride2, bias, padding=1)
+        self.conv3 = conv2d(mid, spec.out_channels, 1, 1, bias)
+        self.bn1 = BatchNorm(mid, spec.bn)
+        self.bn2 = BatchNorm(mid, spec.bn)
+        self.bn3 = BatchNorm(spec.out_channels, spec.bn)
+        self.shortcut = Shortcut(spec) if spec.projection else None
+        self.built = True
+
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self.spec, X)  # before Keras casts X to float32
+        return super().__call__(X, *args, **kwargs)
+
+    def call(self, X, training=False):
+        Y = tf.nn.relu(self.bn1(self.conv1(X), training=training))
+        Y = tf.nn.relu(self.bn2(self.conv2(Y), training=training))
+        Y = self.bn3(self.conv3(Y), training=training)
+        if self.shortcut is not None:
+            X = self.shortcut(X, training=training)
+        return tf.nn.relu(Y + X)
+
+
+class PreActResidual(layers.Layer):
+    """Exercise 4, He et al.'s "Identity Mappings" block: BN -> ReLU -> conv, twice, and no
+    ReLU after the sum; the projection ``conv3`` (with ``bn3`` for ``shortcut="conv_bn"``)
+    reads the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        super().__init__()
+        spec = block_spec_for("PreActResidual", input_channels, num_channels, use_1x1conv, strides, **options)
+        self.spec = spec
+        self.conv1 = conv2d(spec.in_channels, spec.out_channels, 3, spec.stride, spec.conv_bias, padding=1)
+        self.conv2 = conv2d(spec.out_channels, spec.out_channels, 3, 1, spec.conv_bias, padding=1)
+        self.conv3 = None
+        if spec.projection:
+            self.conv3 = conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias)
+        self.bn1 = BatchNorm(spec.in_channels, spec.bn)  # normalises conv1's input
+        self.bn2 = BatchNorm(spec.out_channels, spec.bn)
+        self.bn3 = None
+        if spec.projection and spec.shortcut == "conv_bn":
+            self.bn3 = BatchNorm(spec.out_channels, spec.bn)
+        self.built = True
+
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self.spec, X)  # before Keras casts X to float32
+        return super().__call__(X, *args, **kwargs)
+
+    def call(self, X, training=False):
+        P = tf.nn.relu(self.bn1(X, training=training))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(tf.nn.relu(self.bn2(Y, training=training)))
+        if self.conv3 is not None:
+            X = self.conv3(P)
+            if self.bn3 is not None:
+                X = self.bn3(X, training=training)
+        return Y + X
+
+
+class PreActBottleneck(layers.Layer):
+    """The bottleneck in pre-activation order (ResNet-50 v2): BN -> ReLU -> conv three times,
+    no ReLU after the sum; the projection ``shortcut`` reads the pre-activated input."""
+
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, **options):
+        super().__init__()
+        spec = block_spec_for("PreActBottleneck", input_channels, num_channels, use_1x1conv, strides, **options)
+        self.spec = spec
+        mid, bias = spec.mid_channels, spec.conv_bias
+        stride1, stride2 = (spec.stride, 1) if spec.stride_on == "1x1" else (1, spec.stride)
+        self.conv1 = conv2d(spec.in_channels, mid, 1, stride1, bias)
+        self.conv2 = conv2d(mid, mid, 3, stride2, bias, padding=1)
+        self.conv3 = conv2d(mid, spec.out_channels, 1, 1, bias)
+        self.bn1 = BatchNorm(spec.in_channels, spec.bn)  # each normalises its conv's input
+        self.bn2 = BatchNorm(mid, spec.bn)
+        self.bn3 = BatchNorm(mid, spec.bn)
+        self.shortcut = Shortcut(spec) if spec.projection else None
+        self.built = True
+
+    def __call__(self, X, *args, **kwargs):
+        check_block_input(self.spec, X)  # before Keras casts X to float32
+        return super().__call__(X, *args, **kwargs)
+
+    def call(self, X, training=False):
+        P = tf.nn.relu(self.bn1(X, training=training))  # the pre-activated input
+        Y = self.conv1(P)
+        Y = self.conv2(tf.nn.relu(self.bn2(Y, training=training)))
+        Y = self.conv3(tf.nn.relu(self.bn3(Y, training=training)))
+        if self.shortcut is not None:
+            X = self.shortcut(P, training=training)
+        return Y + X
+
+
+class Shortcut(layers.Layer):
+    """A bottleneck's projection: a 1x1 conv with the block's stride (``conv``), then, for
+    ``shortcut="conv_bn"``, a BN (``bn``)."""
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__()
+        self.conv = conv2d(spec.in_channels, spec.out_channels, 1, spec.stride, spec.conv_bias)
+        self.bn = BatchNorm(spec.out_channels, spec.bn) if spec.shortcut == "conv_bn" else None
+        self.built = True
+
+    def call(self, X, training=False):
+        X = self.conv(X)
+        return X if self.bn is None else self.bn(X, training=training)
+
+
+BLOCKS = {
+    "Residual": Residual,
+    "Bottleneck": Bottleneck,
+    "PreActResidual": PreActResidual,
+    "PreActBottleneck": PreActBottleneck,
+}
+
+
+def block(spec: BlockSpec) -> layers.Layer:
+    """The block ``spec`` describes, built by the class for its kind (:data:`BLOCKS`)."""
+    return BLOCKS[block_class(spec)](spec)
+
+
+# ---- the stage and the network ------------------------------------------------------------------
 class ResnetBlock(layers.Layer):
     """A stage of residual blocks:
     ``ResnetBlock(input_channels, num_channels, num_residuals, first_block=False)``.
@@ -226,17 +218,13 @@ class ResnetBlock(layers.Layer):
         super().__init__()
         spec = stage_spec(input_channels, num_channels, num_residuals, first_block, **options)
         self.spec = spec
-        self.residual_layers = [Residual(block) for block in spec.blocks]
+        self.residual_layers = [block(b) for b in spec.blocks]
         self.built = True
 
     def call(self, x, training=False):
         for blk in self.residual_layers:
             x = blk(x, training=training)
         return x
-
-    def named_layers(self, prefix=""):
-        for j, blk in enumerate(self.residual_layers):
-            yield from blk.named_layers(f"{prefix}{j}.")
 
 
 def resnet_block(input_channels, num_channels, num_residuals, first_block=False, **options) -> list:
@@ -246,7 +234,8 @@ def resnet_block(input_channels, num_channels, num_residuals, first_block=False,
 
 class ResNet(keras.Model):
     """stem -> stages -> head on NHWC input; :meth:`named_outputs` walks the chapter's
-    layers in order. Call it as ``net(x, training=...)``: the default is inference."""
+    layers in order. Call it as ``net(x, training=...)``: a Keras model called without
+    ``training`` runs in inference mode outside ``fit``, and its layers inherit that."""
 
     def __init__(self, spec: ArchSpec):
         super().__init__()
@@ -271,12 +260,15 @@ class ResNet(keras.Model):
         if len(shape) == 4 and None not in shape:
             n, h, w, c = shape
             if c != self.spec.in_channels and shape[1] == self.spec.in_channels:
-                raise ValueError(f"{self.spec.name} takes NHWC batches (N, H, W, {self.spec.in_channels}), "
-                                 f"got {shape}, which looks NCHW: use tf.transpose(x, (0, 2, 3, 1))")
+                raise ValueError(
+                    f"{self.spec.name} takes NHWC batches (N, H, W, {self.spec.in_channels}), "
+                    f"got {shape}, which looks NCHW: use tf.transpose(x, (0, 2, 3, 1))"
+                )
             shapes.check_input_shape(self.spec, (n, c, h, w))
         elif len(shape) != 4:
-            raise ValueError(f"{self.spec.name} expects a 4-d NHWC batch (N, H, W, {self.spec.in_channels}), "
-                             f"got shape {shape}")
+            raise ValueError(
+                f"{self.spec.name} expects a 4-d NHWC batch (N, H, W, {self.spec.in_channels}), got shape {shape}"
+            )
 
     def named_outputs(self, x, training=False):
         """Each named layer's output in turn: the chapter's shape table."""
@@ -299,30 +291,8 @@ class ResNet(keras.Model):
             yield f"head.{name}", x
 
     def call(self, x, training=False):
-        for _, x in self.named_outputs(x, training):
-            pass
-        return x
-
-    def named_layers(self):
-        """(canonical name, layer) for every layer with weights, in canonical order."""
-        yield "stem.conv", self.stem_conv
-        if self.stem_bn is not None:
-            yield "stem.bn", self.stem_bn
-        for i, stage in enumerate(self.stages):
-            yield from stage.named_layers(f"stages.{i}.")
-        if self.head_bn is not None:
-            yield "head.bn", self.head_bn
-        yield "head.fc", self.head_fc
-
-
-def _device_name(device: str) -> str:
-    """The seam's device names ('cpu', 'cuda:0') as TensorFlow's ('/CPU:0', '/GPU:0')."""
-    return "/CPU:0" if device == "cpu" else "/GPU:" + device.split(":")[1]
-
-
-def devices() -> list[str]:
-    """'cpu', then one 'cuda:i' per GPU TensorFlow sees."""
-    return ["cpu"] + [f"cuda:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
+        *_, (_, logits) = self.named_outputs(x, training)  # the walk's last output: head.fc's
+        return logits
 
 
 def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides) -> ResNet:
@@ -341,56 +311,181 @@ def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides)
     return model
 
 
-# ---- canonical weights: names from named_layers(), layouts converted here ------------------------
+# ---- the framework plumbing: input checks, and layers that translate Keras' defaults ------------
+def check_block_input(spec: BlockSpec, X) -> None:
+    """Refuse a batch a block cannot take, with the block's own message (Keras' would name a
+    kernel, not the block): not float32, or, where the shape is known, not NHWC with the
+    block's input channels."""
+    check_input_dtype(X, f"Residual({spec.in_channels} -> {spec.out_channels})")
+    if None not in tuple(X.shape):
+        shapes.check_block_input_shape(spec, X.shape, layout="NHWC")
+
+
+def check_input_dtype(x, what: str) -> None:
+    """Refuse a batch that is not float32. Keras would cast float64 (and integer images)
+    to the layer's float32 silently; a float64 batch usually means the caller meant to
+    compute in float64, and unscaled integer images give nonsense, so both are refused."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and tf.as_dtype(dtype) != tf.float32:
+        raise shapes.float32_input_error(what, tf.as_dtype(dtype).name, "tf.cast(x, tf.float32)")
+
+
+def pad(x, padding: int, value: float = 0.0):
+    """Pad H and W by ``padding`` on both sides. Keras ``padding="same"`` with stride 2
+    pads ``(k - 2) // 2`` before and the rest after on even sizes (2 and 3 for the 7x7
+    stem), which shifts every window by one pixel against the spec (and PyTorch): the
+    shapes agree but the logits do not. So strided convs and the max pool pad here."""
+    if not padding:
+        return x
+    return tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]], constant_values=value)
+
+
+class Conv2D(layers.Conv2D):
+    """``Conv2D`` padded symmetrically by ``symmetric_padding`` on H and W.
+
+    At stride 1 with ``padding == (kernel_size - 1) / 2`` Keras ``"same"`` pads
+    exactly that on both sides, and is used as is (no separate pad op). Elsewhere (the
+    strided 3x3 and 7x7 convs) the input is padded explicitly (:func:`pad`) and the conv
+    runs ``"valid"``: handing the padding to the ops themselves (``tf.nn.conv2d`` and
+    ``tf.nn.max_pool2d`` with explicit paddings) made the compiled training step much
+    slower on a CPU (``scripts/bench_tf.py``)."""
+
+    def __init__(self, filters, kernel_size, strides=1, symmetric_padding=0, **kwargs):
+        same = strides == 1 and 2 * symmetric_padding == kernel_size - 1
+        super().__init__(filters, kernel_size, strides=strides, padding="same" if same else "valid", **kwargs)
+        self.symmetric_padding = 0 if same else symmetric_padding
+
+    def call(self, inputs):
+        return super().call(pad(inputs, self.symmetric_padding))
+
+
+def conv2d(
+    input_channels: int, filters: int, kernel_size: int, strides: int, use_bias: bool, padding: int = 0
+) -> Conv2D:
+    """A :class:`Conv2D` padding ``padding`` on each side, built for ``input_channels``, so
+    its kernel exists before the first call, as in the other frameworks."""
+    conv = Conv2D(filters, kernel_size, strides=strides, symmetric_padding=padding, use_bias=use_bias)
+    conv.build((None, None, None, input_channels))
+    return conv
+
+
+class BatchNorm(layers.BatchNormalization):
+    """``BatchNormalization`` in the spec's convention, built for ``channels``.
+
+    Keras defaults to epsilon 1e-3 and ``moving = momentum * moving + (1 - momentum) * batch``
+    with momentum 0.99, so the spec's momentum ``m`` (PyTorch's) is Keras' ``1 - m``.
+    Keras also feeds the *biased* batch variance into the moving variance; the spec
+    (and PyTorch) feed the unbiased one. The batch itself is normalised with the
+    biased variance in both. Training mode therefore runs :meth:`fused_training_pass`.
+    """
+
+    def __init__(self, channels: int, bn: BatchNormSpec, **kwargs):
+        super().__init__(axis=-1, momentum=1.0 - bn.momentum, epsilon=bn.eps, **kwargs)
+        self.spec_momentum = bn.momentum  # kept exact: 1 - (1 - m) is not always m in floating point
+        self.build((None, None, None, channels))
+
+    def call(self, inputs, training=False):
+        if not (training and self.trainable):
+            return super().call(inputs, training=False)
+        return self.fused_training_pass(inputs)
+
+    def fused_training_pass(self, inputs):
+        """TensorFlow's fused kernel (``FusedBatchNormV3``, one op forward and one backward,
+        where Keras 3 builds BN from a dozen small ops), which already follows the spec:
+        given the running statistics and ``exponential_avg_factor=m`` it returns
+        ``(1 - m) * running + m * batch`` with the unbiased batch variance."""
+        # tf.raw_ops, not tf.compat.v1.nn.fused_batch_norm: that wrapper raises epsilon to 1.001e-5.
+        out = tf.raw_ops.FusedBatchNormV3(
+            x=inputs,
+            scale=self.gamma.value,
+            offset=self.beta.value,
+            mean=self.moving_mean.value,
+            variance=self.moving_variance.value,
+            epsilon=self.epsilon,
+            exponential_avg_factor=self.spec_momentum,
+            data_format="NHWC",
+            is_training=True,
+        )
+        self.moving_mean.assign(out.batch_mean)
+        self.moving_variance.assign(out.batch_variance)
+        return out.y
+
+
+class MaxPool2D(layers.MaxPooling2D):
+    """``MaxPooling2D`` padded symmetrically with -inf (padding never wins the max).
+    Keras ``padding="same"`` pads (0, 1) on even sizes where the spec pads (1, 1); zero
+    padding would do only after a ReLU, and pre-activation stems have none."""
+
+    def __init__(self, pool_size=3, strides=2, padding=1):
+        super().__init__(pool_size, strides, padding="valid")
+        self.symmetric_padding = padding
+
+    def call(self, inputs):
+        return super().call(pad(inputs, self.symmetric_padding, float("-inf")))
+
+
+# ---- devices --------------------------------------------------------------------------------------
+def _device_name(device: str) -> str:
+    """The seam's device names ('cpu', 'cuda:0') as TensorFlow's ('/CPU:0', '/GPU:0')."""
+    return "/CPU:0" if device == "cpu" else "/GPU:" + device.split(":")[1]
+
+
+def devices() -> list[str]:
+    """'cpu', then one 'cuda:i' per GPU TensorFlow sees."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
+
+
+def device_of(model: ResNet) -> str:
+    """The seam's name for the device that holds ``model``'s variables."""
+    where = tf.DeviceSpec.from_string(model.head_fc.kernel.value.device)
+    return "cpu" if where.device_type in (None, "CPU") else f"cuda:{where.device_index or 0}"
+
+
+# ---- canonical weights: TensorFlow's layouts and names inside, the canonical ones out -------------
+KERAS_NAMES = {"weight": "kernel", "bias": "bias"}  # a canonical leaf -> Conv2D's and Dense's attribute
+KERAS_BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+def _variable(layer, leaf: str):
+    names = KERAS_BN_NAMES if isinstance(layer, layers.BatchNormalization) else KERAS_NAMES
+    return getattr(layer, names[leaf])
+
+
 def _canonical_variables(model: ResNet):
     """(canonical name, Keras variable, layout converter to canonical, converter from canonical)."""
-    same = (lambda a: a, lambda a: a)
-    for prefix, layer in model.named_layers():
-        if isinstance(layer, layers.Conv2D):  # HWIO <-> OIHW
-            yield f"{prefix}.weight", layer.kernel, (lambda a: a.transpose(3, 2, 0, 1)), \
-                (lambda a: a.transpose(2, 3, 1, 0))
-            if layer.use_bias:
-                yield f"{prefix}.bias", layer.bias, *same
-        elif isinstance(layer, layers.Dense):  # (in, out) <-> (out, in)
-            yield f"{prefix}.weight", layer.kernel, (lambda a: a.T), (lambda a: a.T)
-            yield f"{prefix}.bias", layer.bias, *same
-        else:
-            for name, var in (("weight", layer.gamma), ("bias", layer.beta),
-                              ("running_mean", layer.moving_mean), ("running_var", layer.moving_variance)):
-                yield f"{prefix}.{name}", var, *same
+    return nhwc.canonical_variables(model, _variable)
 
 
 def get_weights(model: ResNet) -> dict[str, np.ndarray]:
-    return {name: np.ascontiguousarray(to_canonical(np.asarray(var.numpy())))
-            for name, var, to_canonical, _ in _canonical_variables(model)}
+    """The canonical weights (NCHW / OIHW / ``(out, in)``, canonical names) of a net whose
+    variables are Keras' (HWIO kernels, ``(in, out)`` dense kernels, ``gamma``...)."""
+    return nhwc.get_weights(model, _variable, lambda var: var.numpy())
 
 
 def set_weights(model: ResNet, weights: dict[str, np.ndarray]) -> None:
-    check_weights(model.spec, weights)  # names and shapes, all reported at once
-    for name, var, _, from_canonical in _canonical_variables(model):
-        var.assign(np.ascontiguousarray(from_canonical(np.asarray(weights[name]))))
+    nhwc.set_weights(model, weights, _variable, lambda var, array: var.assign(array))
 
 
 def shape_table(model: ResNet, input_shape=(1, 96, 96, 1)) -> str:
     """The chapter's per-layer table for an NHWC input shape: the canonical NCHW shape,
     then TensorFlow's own NHWC shape, measured by running the layers on zeros."""
-    native = [tuple(int(d) for d in out.shape)
-              for _, out in model.named_outputs(tf.zeros(input_shape), training=False)]
-    rows = [shapes.LayerShape(name, BACKEND.to_canonical_shape(s))
-            for name, s in zip(model.spec.layer_names(), native, strict=True)]
-    return shapes.format_table(rows, native=native, native_layout="NHWC")
+    return nhwc.shape_table(BACKEND, model, input_shape, device_of(model))
 
 
 # ---- the backend seam: NCHW NumPy in and out, NHWC inside ------------------------------------
 # How compiled models' steps are compiled: a tf.function (a graph that Grappler
 # optimises, with oneDNN's kernels on CPU); reduce_retracing leaves the batch size open
 # after a second shape, so an epoch's last, smaller batch costs one retrace, not one per
-# size. No XLA (jit_compile=True): on this project's CPU it ran the training step 13
-# times slower (17 vs 216 examples/s, scripts/bench_tf.py's setting), the textbook's
-# Keras model too; Keras' own fit leaves it off here as well (jit_compile="auto").
+# size. No XLA (jit_compile=True): on a CPU it ran the training step, the textbook's Keras
+# model's too, many times slower (scripts/bench_tf.py); Keras' own fit leaves it off there
+# as well (jit_compile="auto").
 COMPILE = dict(reduce_retracing=True)
 
+
 class TFBackend(Backend):
+    """The seam for TensorFlow: every step runs in a ``tf.function``, as Keras' ``fit`` runs
+    its steps; ``build(..., eager=True)`` (``--eager``) runs the same Python op by op."""
+
     name = "tf"
     native_layout = "NHWC"
     compiles = True  # Model.eager=False (the default) runs every step in a tf.function
@@ -398,8 +493,10 @@ class TFBackend(Backend):
     # (SIGSEGV in Conv2DBackpropInput) whenever oneDNN runs on more than one thread, eager
     # and compiled alike; TF_NUM_INTRAOP_THREADS=1 or TF_ENABLE_ONEDNN_OPTS=0 avoid it.
     min_training_batch = 2
-    min_training_batch_why = ("TensorFlow 2.21's oneDNN convolution backward pass crashes the process "
-                              "(segmentation fault) on a batch of one image on CPU")
+    min_training_batch_why = (
+        "TensorFlow 2.21's oneDNN convolution backward pass crashes the process "
+        "(segmentation fault) on a batch of one image on CPU"
+    )
 
     def framework_version(self):
         return f"{tf.__version__} (Keras {keras.__version__})"
@@ -462,8 +559,11 @@ class TFBackend(Backend):
     def _trainable(model):
         """(canonical name, trainable variable, converter to the canonical layout)."""
         if "trainable" not in model.cache:
-            model.cache["trainable"] = [(name, var, to_canonical) for name, var, to_canonical, _
-                                        in _canonical_variables(model.module) if var.trainable]
+            model.cache["trainable"] = [
+                (name, var, to_canonical)
+                for name, var, to_canonical, _ in _canonical_variables(model.module)
+                if var.trainable
+            ]
         return model.cache["trainable"]
 
     @staticmethod
@@ -483,9 +583,14 @@ class TFBackend(Backend):
     def _loss_and_grads(self, model, x, y):
         with tf.device(_device_name(model.device)):
             loss, logits, grads = self._step(model, "grads")(self._nhwc(x), tf.constant(y))
-        return TrainingPass(float(loss), logits.numpy(),
-                            {name: np.ascontiguousarray(to_canonical(g.numpy()))
-                             for (name, _, to_canonical), g in zip(self._trainable(model), grads)})
+        return TrainingPass(
+            float(loss),
+            logits.numpy(),
+            {
+                name: np.ascontiguousarray(to_canonical(g.numpy()))
+                for (name, _, to_canonical), g in zip(self._trainable(model), grads)
+            },
+        )
 
     def _sgd_step(self, model, x, y, lr):
         with tf.device(_device_name(model.device)):
@@ -496,7 +601,7 @@ class TFBackend(Backend):
 
     def _residual_output_shape(self, x, args, options):
         with tf.device("/CPU:0"):
-            return tuple(Residual(*args, **options)(self._nhwc(x), training=True).shape)
+            return tuple(block(block_spec(*args, **options))(self._nhwc(x), training=True).shape)
 
     def count_parameters(self, model):
         module = model.module
@@ -527,26 +632,47 @@ if __name__ == "__main__":
 # the tests check the machine-readable fields against Keras' own defaults.
 CONVENTIONS = {
     "framework": "TensorFlow (Keras 3)",
-    "padding": {"default": "padding='valid'; 'same' pads the smaller half before: (2, 3) for 7x7/2 and "
-                           "(0, 1) for 3x3/2 on even sizes",
-                "pads": [2, 3], "here": "'same' at stride 1 (already symmetric there); explicit symmetric tf.pad, then "
-                        "'valid', for strided convs and the max pool (which pads -inf)"},
+    "padding": {
+        "default": "padding='valid'; 'same' pads the smaller half before: (2, 3) for 7x7/2 and "
+        "(0, 1) for 3x3/2 on even sizes",
+        "pads": [2, 3],
+        "here": "'same' at stride 1 (already symmetric there); explicit symmetric tf.pad, then "
+        "'valid', for strided convs and the max pool (which pads -inf)",
+    },
     "bn_eps": {"default": 0.001, "eps": 0.001, "here": "the spec's eps, passed as epsilon (BatchNorm)"},
-    "bn_momentum": {"default": "0.99: moving = m * moving + (1 - m) * batch", "momentum": 0.99, "keeps": "old",
-                    "here": "momentum = 1 - the spec's (BatchNorm)"},
-    "bn_running_var": {"default": "biased batch variance", "variance": "biased",
-                       "here": "training mode runs tf.raw_ops.FusedBatchNormV3, which feeds the unbiased "
-                               "variance with the spec's momentum as exponential_avg_factor"},
-    "data_layout": {"default": "NHWC (channels_last)", "layout": "NHWC",
-                    "here": "NCHW <-> NHWC at the seam only (TFBackend)"},
+    "bn_momentum": {
+        "default": "0.99: moving = m * moving + (1 - m) * batch",
+        "momentum": 0.99,
+        "keeps": "old",
+        "here": "momentum = 1 - the spec's (BatchNorm)",
+    },
+    "bn_running_var": {
+        "default": "biased batch variance",
+        "variance": "biased",
+        "here": "training mode runs tf.raw_ops.FusedBatchNormV3, which feeds the unbiased "
+        "variance with the spec's momentum as exponential_avg_factor",
+    },
+    "data_layout": {
+        "default": "NHWC (channels_last)",
+        "layout": "NHWC",
+        "here": "NCHW <-> NHWC at the seam only (TFBackend)",
+    },
     "kernel_layout": {"default": "HWIO", "layout": "HWIO", "here": "transposed to OIHW in get/set_weights"},
     "dense_layout": {"default": "(in, out)", "layout": "(in, out)", "here": "transposed in get/set_weights"},
-    "param_names": {"default": "kernel, bias; BN gamma, beta, moving_mean, moving_variance",
-                    "bn": ["gamma", "beta", "moving_mean", "moving_variance"],
-                    "here": "mapped to canonical names in _canonical_variables"},
-    "init": {"default": "GlorotUniform kernels, zero biases", "conv_bias": True,
-             "conv_weight": ["uniform", "sqrt(6/(fan_in+fan_out))"],
-             "here": "overwritten by the spec's weights (set_weights)"},
-    "mode_switch": {"default": "training= argument per call; inference when omitted (outside fit)",
-                    "starts": "inference", "here": "training= passed explicitly everywhere"},
+    "param_names": {
+        "default": "kernel, bias; BN gamma, beta, moving_mean, moving_variance",
+        "bn": ["gamma", "beta", "moving_mean", "moving_variance"],
+        "here": "mapped to canonical names in _canonical_variables",
+    },
+    "init": {
+        "default": "GlorotUniform kernels, zero biases",
+        "conv_bias": True,
+        "conv_weight": ["uniform", "sqrt(6/(fan_in+fan_out))"],
+        "here": "overwritten by the spec's weights (set_weights)",
+    },
+    "mode_switch": {
+        "default": "training= argument per call; inference when omitted (outside fit)",
+        "starts": "inference",
+        "here": "training= passed explicitly everywhere",
+    },
 }

@@ -1,6 +1,7 @@
 """JAX-specific checks: the translations resnet_multi.jax makes from Flax's defaults to the
 spec, and the defaults themselves, so that a Flax release that changes one of them shows
 up here by name rather than as a parity failure."""
+
 import re
 import subprocess
 import sys
@@ -12,15 +13,17 @@ jax = pytest.importorskip("jax", reason="JAX not installed (pip install 'resnet-
 rn = pytest.importorskip("resnet_multi.jax")
 jnp, nnx, lax = rn.jnp, rn.nnx, rn.lax
 
-from resnet_multi import BatchNormSpec, get_arch  # noqa: E402
-from resnet_multi.weights import count, init_weights  # noqa: E402
-
 from helpers import rel_err  # noqa: E402
+
+from resnet_multi import BatchNormSpec, get_arch, jax_cpu  # noqa: E402
+from resnet_multi.weights import count, init_weights  # noqa: E402
 
 
 def test_import_without_jax_names_the_extra():
-    code = ("import sys; sys.modules['jax'] = None\n"
-            "try:\n    import resnet_multi.jax\nexcept ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['jax'] = None\n"
+        "try:\n    import resnet_multi.jax\nexcept ImportError as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'resnet-multi[jax]'" in out
 
@@ -33,8 +36,9 @@ def test_the_module_named_jax_imports_the_real_jax():
 
 def _padded_conv(x, kernel, stride, before, after):
     """``kernel`` applied to ``x`` padded (before, after) on H and W, in plain lax."""
-    return lax.conv_general_dilated(x, kernel, (stride, stride), ((before, after), (before, after)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((before, after), (before, after)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def test_flax_same_padding_is_asymmetric_at_stride_2():
@@ -99,8 +103,7 @@ def test_batch_norm_translates_the_spec_convention(compiled):
     assert float(bn.mean[0]) == pytest.approx(0.9 * 0 + 0.1 * 4.5)
     assert float(bn.var[0]) == pytest.approx(0.9 * 1 + 0.1 * 6.0)  # unbiased, as the spec
     # the batch itself is normalised with the biased variance
-    np.testing.assert_allclose(np.asarray(out).ravel(), (np.arange(8) + 1 - 4.5) / np.sqrt(5.25 + 1e-5),
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out).ravel(), (np.arange(8) + 1 - 4.5) / np.sqrt(5.25 + 1e-5), rtol=1e-5)
     out, state = train(state, x + 1.0)  # a second step averages again, from the updated statistics
     nnx.update(bn, state)
     assert float(bn.mean[0]) == pytest.approx(0.9 * 0.45 + 0.1 * 5.5)
@@ -276,9 +279,19 @@ def _conv_case(shape, kernel, stride, padding, seed=0):
     return x, w, (stride, stride), ((padding, padding), (padding, padding))
 
 
-@pytest.mark.parametrize("shape, kernel, stride, padding", [
-    ((3, 8, 8, 4), 3, 1, 1), ((3, 7, 9, 4), 3, 2, 1), ((3, 8, 8, 4), 1, 2, 0), ((2, 9, 8, 1), 7, 2, 3),
-    ((3, 2, 2, 5), 3, 1, 1), ((3, 1, 1, 5), 3, 1, 1), ((3, 2, 2, 5), 3, 2, 1), ((2, 3, 3, 2), 3, 1, 0)])
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((3, 8, 8, 4), 3, 1, 1),
+        ((3, 7, 9, 4), 3, 2, 1),
+        ((3, 8, 8, 4), 1, 2, 0),
+        ((2, 9, 8, 1), 7, 2, 3),
+        ((3, 2, 2, 5), 3, 1, 1),
+        ((3, 1, 1, 5), 3, 1, 1),
+        ((3, 2, 2, 5), 3, 2, 1),
+        ((2, 3, 3, 2), 3, 1, 0),
+    ],
+)
 def test_patches_matmul_conv_is_the_convolution_and_its_gradient(shape, kernel, stride, padding):
     x, w, strides, pads = _conv_case(shape, kernel, stride, padding)
 
@@ -286,7 +299,7 @@ def test_patches_matmul_conv_is_the_convolution_and_its_gradient(shape, kernel, 
         return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def as_matmul(x, w):
-        return rn.patches_matmul_conv(x, w, strides, pads)
+        return jax_cpu.patches_matmul_conv(x, w, strides, pads)
 
     want, pullback = jax.vjp(reference, x, w)
     got, our_pullback = jax.vjp(as_matmul, x, w)
@@ -300,11 +313,13 @@ def test_patches_matmul_conv_is_the_convolution_and_its_gradient(shape, kernel, 
 def test_taps_that_read_only_padding_are_left_out():
     """On a 1x1 map a padded 3x3 conv reads real input only at its centre tap: the matmul
     contracts over C, not 9C; on 2x2 at stride 2 (one output), over the 4 taps that land."""
+
     def contraction(shape, stride):
         x, w, strides, pads = _conv_case(shape, 3, stride, 1)
-        jaxpr = jax.make_jaxpr(lambda x, w: rn.patches_matmul_conv(x, w, strides, pads))(x, w)
+        jaxpr = jax.make_jaxpr(lambda x, w: jax_cpu.patches_matmul_conv(x, w, strides, pads))(x, w)
         (dot,) = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
         return dot.invars[0].aval.shape[-1]
+
     assert contraction((2, 1, 1, 5), 1) == 5
     assert contraction((2, 2, 2, 5), 2) == 4 * 5
     assert contraction((2, 2, 2, 5), 1) == 9 * 5
@@ -312,25 +327,31 @@ def test_taps_that_read_only_padding_are_left_out():
 
 def _lowered(fn, *args, platform, kernels=True):
     """``fn``'s program lowered for ``platform``, with the CPU kernels traced in or not."""
+
     def fresh(*args):  # a function of its own: jit would reuse another trace of ``fn``
         return fn(*args)
-    jitted = rn.jit_for_cpu(fresh) if kernels else jax.jit(fresh)
+
+    jitted = jax_cpu.jit_for_cpu(fresh) if kernels else jax.jit(fresh)
     return jitted.trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
-@pytest.mark.parametrize("shape, kernel, stride, padding, as_matmul", [
-    ((2, 1, 1, 8), 3, 1, 1, True),    # a 1x1 map out: Eigen's kernel is pathological there
-    ((2, 4, 4, 8), 3, 2, 1, True),    # 2x2 out
-    ((2, 8, 8, 8), 1, 2, 0, True),    # a 1x1 conv is a matmul
-    ((2, 32, 32, 1), 7, 2, 3, False),  # the grayscale stem: faster as Eigen's conv
-    ((2, 8, 8, 8), 3, 1, 1, False),   # a 3x3 conv on a larger map stays a convolution
-    ((2, 6, 6, 8), 3, 2, 1, False)])
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding, as_matmul",
+    [
+        ((2, 1, 1, 8), 3, 1, 1, True),  # a 1x1 map out: Eigen's kernel is pathological there
+        ((2, 4, 4, 8), 3, 2, 1, True),  # 2x2 out
+        ((2, 8, 8, 8), 1, 2, 0, True),  # a 1x1 conv is a matmul
+        ((2, 32, 32, 1), 7, 2, 3, False),  # the grayscale stem: faster as Eigen's conv
+        ((2, 8, 8, 8), 3, 1, 1, False),  # a 3x3 conv on a larger map stays a convolution
+        ((2, 6, 6, 8), 3, 2, 1, False),
+    ],
+)
 def test_which_convs_a_cpu_step_computes_as_a_matmul(shape, kernel, stride, padding, as_matmul):
     x, w, strides, pads = _conv_case(shape, kernel, stride, padding)
     dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
 
     def conv(x, w):
-        return rn.conv_general_dilated(x, w, strides, pads, dimension_numbers=dn)
+        return jax_cpu.conv_general_dilated(x, w, strides, pads, dimension_numbers=dn)
 
     cpu = _lowered(conv, x, w, platform="cpu")
     assert ("stablehlo.convolution" not in cpu) == as_matmul
@@ -341,8 +362,12 @@ def test_which_convs_a_cpu_step_computes_as_a_matmul(shape, kernel, stride, padd
 def test_a_conv_flax_configures_otherwise_stays_a_convolution():
     x, w, strides, pads = _conv_case((2, 1, 1, 8), 3, 1, 1)
     dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-    dilated = _lowered(lambda x, w: rn.conv_general_dilated(x, w, strides, pads, rhs_dilation=(2, 2),
-                                                            dimension_numbers=dn), x, w, platform="cpu")
+    dilated = _lowered(
+        lambda x, w: jax_cpu.conv_general_dilated(x, w, strides, pads, rhs_dilation=(2, 2), dimension_numbers=dn),
+        x,
+        w,
+        platform="cpu",
+    )
     assert "stablehlo.convolution" in dilated
 
 
@@ -356,10 +381,11 @@ def test_the_networks_convs_on_the_cpu():
 
     def forward(state, x):
         return nnx.merge(graphdef, state)(x)
+
     assert _lowered(forward, state, x, platform="cpu").count("stablehlo.convolution") == 9
     assert _lowered(forward, state, x, platform="cpu", kernels=False).count("stablehlo.convolution") == 20
     # jit_for_cpu traces the kernels in at every trace, whatever context it is called from
-    stablehlo = rn.jit_for_cpu(forward).trace(state, x).lower().as_text()
+    stablehlo = jax_cpu.jit_for_cpu(forward).trace(state, x).lower().as_text()
     assert stablehlo.count("stablehlo.convolution") == 9
 
 
@@ -379,6 +405,7 @@ def test_the_cpu_step_keeps_convolutions_out_of_ynnpack():
         bodies = dict(re.findall(r"^%?([\w.]+) .*?\{\n(.*?)\n\}", text, re.S | re.M))
         called = re.findall(r'calls=%?([\w.]+).*"__ynn_fusion"', text)
         return sum("convolution(" in bodies.get(name, "") for name in called)
+
     assert ynn_convolutions(default.as_text()) > 0  # jaxlib's default, as the comment says
     assert ynn_convolutions(ours) == 0
     assert "convolution(" in ours  # Eigen's, not gone
@@ -395,12 +422,15 @@ def test_max_pool_on_the_cpu_is_flaxs_max_pool_and_gradient():
 
         def flax_pool(x):
             return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
         want, pullback = jax.vjp(flax_pool, x)
+
         def our_pool(x):
             return rn.max_pool(x, 3, 2, 1)
-        np.testing.assert_array_equal(rn.jit_for_cpu(our_pool)(x), want)
+
+        np.testing.assert_array_equal(jax_cpu.jit_for_cpu(our_pool)(x), want)
         cotangent = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-        ours = rn.jit_for_cpu(lambda x, ct: jax.vjp(our_pool, x)[1](ct)[0])(x, cotangent)
+        ours = jax_cpu.jit_for_cpu(lambda x, ct: jax.vjp(our_pool, x)[1](ct)[0])(x, cotangent)
         theirs = pullback(cotangent)[0]
         np.testing.assert_array_equal(ours != 0, theirs != 0)  # the same winners
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)  # sums in another order

@@ -1,6 +1,7 @@
 """TensorFlow-specific checks: the translations resnet_multi.tf makes from Keras'
 defaults to the spec, and the defaults themselves, so that a Keras release that
 changes one of them shows up here by name rather than as a parity failure."""
+
 import subprocess
 import sys
 
@@ -16,8 +17,10 @@ from resnet_multi.weights import count, init_weights  # noqa: E402
 
 
 def test_import_without_tensorflow_names_the_extra():
-    code = ("import sys; sys.modules['tensorflow'] = None\n"
-            "try:\n    import resnet_multi.tf\nexcept ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "try:\n    import resnet_multi.tf\nexcept ImportError as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'resnet-multi[tf]'" in out
 
@@ -42,8 +45,10 @@ def test_keras_same_padding_is_asymmetric_at_stride_2():
     np.testing.assert_allclose(ours(x), _valid_conv(x, ours, 3, 3), atol=1e-6)  # the spec's (3, 3)
 
 
-@pytest.mark.parametrize("kernel, stride, padding, keras_padding", [
-    (3, 1, 1, "same"), (1, 1, 0, "same"), (3, 2, 1, "valid"), (1, 2, 0, "valid"), (7, 2, 3, "valid")])
+@pytest.mark.parametrize(
+    "kernel, stride, padding, keras_padding",
+    [(3, 1, 1, "same"), (1, 1, 0, "same"), (3, 2, 1, "valid"), (1, 2, 0, "valid"), (7, 2, 3, "valid")],
+)
 def test_convs_pad_symmetrically(kernel, stride, padding, keras_padding):
     """Stride-1 convs use Keras 'same', which is symmetric there (no separate pad op);
     strided ones pad explicitly and run 'valid'. Either way: the spec's symmetric padding."""
@@ -151,8 +156,10 @@ def test_batch_statistics_are_accurate_in_float32():
         bn = rn.BatchNorm(8, BatchNormSpec(momentum=1.0))  # running statistics := the batch's
         bn(tf.constant(z), training=True)
         z64 = z.astype(np.float64)
-        for got, want in ((bn.moving_mean, z64.mean(axis=(0, 1, 2))),
-                          (bn.moving_variance, z64.var(axis=(0, 1, 2), ddof=1))):
+        for got, want in (
+            (bn.moving_mean, z64.mean(axis=(0, 1, 2))),
+            (bn.moving_variance, z64.var(axis=(0, 1, 2), ddof=1)),
+        ):
             assert np.abs(got.numpy() - want).max() / np.abs(want).max() <= 5e-6, seed
 
 
