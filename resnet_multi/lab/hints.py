@@ -132,91 +132,75 @@ class Diagnosis:
     mistakes: frozenset  # planted in the reference that explains the student's numbers best
     forced: frozenset  # of those, the ones read off the student's structure
     explained: bool  # whether it explains every case
-    references: dict  # (mistakes, case index) -> Observation
-
-    def reference(self, index: int, mistakes=None) -> Observation:
-        return self.references[(frozenset(self.mistakes if mistakes is None else mistakes), index)]
+    search: Search  # the planted references computed on the way
 
 
 class Search:
-    """The planted references, computed once each."""
+    """The planted references, each computed once: ``quick`` ones (forward passes only) for the
+    search, full ones (with the backward pass) where gradients are compared."""
 
     def __init__(self, cases, datas, observed):
         self.cases, self.datas, self.observed = cases, datas, observed
-        self.references = {}
-        self.quick = {}  # forward passes only
+        self.full, self.quick = {}, {}
 
     def reference(self, mistakes, index, quick: bool = False) -> Observation:
         key = (frozenset(mistakes), index)
-        if key in self.references:
-            return self.references[key]
-        if quick:
-            if key not in self.quick:
-                self.quick[key] = observe_reference(self.cases[index], self.datas[index], key[0], quick=True)
-            return self.quick[key]
-        self.references[key] = observe_reference(self.cases[index], self.datas[index], key[0])
-        return self.references[key]
+        if key in self.full:
+            return self.full[key]
+        cache = self.quick if quick else self.full
+        if key not in cache:
+            cache[key] = observe_reference(self.cases[index], self.datas[index], key[0], quick=quick)
+        return cache[key]
 
-    def score(self, mistakes, indices=None, quick: bool = False) -> float:
+    def score(self, mistakes, indices=None, quick: bool = True, bound: float = math.inf) -> float:
+        """The planted reference's misfit over the cases, shape-only cases first (they are
+        cheap); once it exceeds ``bound`` the rest is not computed."""
         indices = range(len(self.cases)) if indices is None else indices
-        return sum(
-            case_score(self.observed[i], self.reference(mistakes, i, quick), self.datas[i].weights) for i in indices
-        )
+        total = 0.0
+        for i in sorted(indices, key=lambda i: self.cases[i].numeric):
+            total += case_score(self.observed[i], self.reference(mistakes, i, quick), self.datas[i].weights)
+            if total > bound:
+                break
+        return total
 
 
 def diagnose(cases, datas, observed, candidates, forced=frozenset(), *, rounds: int = 4, consistent=None) -> Diagnosis:
     """The smallest set of known mistakes (beyond ``forced``) whose planted reference best
     explains the student's observations: each candidate tried alone, then those that
-    helped combined greedily, the redundant ones dropped. ``consistent(mistakes)``, when
-    given, rules out sets that contradict what the student's layers say of themselves
-    (their strides), so that two mistakes with the same numbers are told apart."""
+    helped combined greedily, the redundant ones dropped; all on forward passes (no known
+    mistake shows in the gradients alone), the result then checked with backward passes.
+    ``consistent(mistakes)``, when given, rules out sets that contradict what the student's
+    layers say of themselves (their strides), so that two mistakes with the same numbers
+    are told apart."""
     if consistent is not None:
         candidates = [m for m in candidates if consistent(frozenset(forced) | {m.key})]
     search = Search(cases, datas, observed)
     chosen = frozenset(forced)
     best = search.score(chosen)
-    if best > 0:
-        # screening: each mistake alone, forward passes only
-        baseline = search.score(chosen, quick=True)
-        tried = []
-        for m in candidates:
-            if m.key not in chosen and catalogue.compatible(chosen, m.key):
-                tried.append((search.score(chosen | {m.key}, quick=True), m.key))
-        helpful = [key for s, key in sorted(tried) if s < baseline - 0.3]
-        for _ in range(rounds):
-            if best == 0 or not helpful:
-                break
-            options = [
-                (search.score(chosen | {key}), key)
-                for key in helpful
-                if key not in chosen and catalogue.compatible(chosen, key)
-            ]
-            if not options:
-                break
-            s, key = min(options)
-            if s >= best - 0.3:
-                break
-            chosen, best = chosen | {key}, s
-        for key in sorted(chosen - frozenset(forced)):
-            s = search.score(chosen - {key})
-            if s <= best + 1e-9:
-                chosen, best = chosen - {key}, s
-    search.reference(chosen, 0)  # so that Diagnosis.reference finds it
-    for i in range(len(cases)):
-        search.reference(chosen, i)
-        search.reference(frozenset(), i)
-    return Diagnosis(chosen, frozenset(forced), best == 0, search.references)
-
-
-def relevant(diagnosis: Diagnosis, search_score) -> list[str]:
-    """Mistakes of the diagnosis without which ``search_score`` (a function of a mistake set)
-    gets worse: the ones that explain that test."""
-    out = []
-    full = search_score(diagnosis.mistakes)
-    for key in sorted(diagnosis.mistakes):
-        if search_score(diagnosis.mistakes - {key}) > full + 1e-9:
-            out.append(key)
-    return out
+    pool = [m.key for m in candidates if m.key not in chosen]
+    for _ in range(rounds):
+        if best == 0:
+            break
+        options = [
+            (search.score(chosen | {key}, bound=best + SHAPE_PENALTY), key)
+            for key in pool
+            if catalogue.compatible(chosen, key)
+        ]
+        if not options:
+            break
+        # a mistake that changes shapes where the student's do not will not help later either
+        pool = [key for s, key in options if s < best + SHAPE_PENALTY / 2]
+        s, key = min(options)
+        if s >= best - 0.3:
+            break
+        chosen, best = chosen | {key}, s
+        pool.remove(key)
+    for key in sorted(chosen - frozenset(forced)):
+        s = search.score(chosen - {key})
+        if s <= best + 1e-9:
+            chosen, best = chosen - {key}, s
+    explained = search.score(chosen, quick=False) == 0
+    return Diagnosis(chosen, frozenset(forced), explained, search)
 
 
 def first_parting(a: Observation, b: Observation) -> str | None:

@@ -13,10 +13,13 @@ step.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..spec import ArchSpec
 from . import reference
 from .exercises import Case
 
@@ -29,6 +32,11 @@ class CaseData:
     cotangent: np.ndarray  # the spec's output shape, float32
     weights: dict[str, np.ndarray]  # canonical names, the spec's tensors and the structural variants'
     lr: float = LR
+
+    @functools.cached_property
+    def weights64(self) -> dict[str, np.ndarray]:
+        """The weights in float64, once, for the reference to share."""
+        return {k: v.astype(np.float64) for k, v in self.weights.items()}
 
 
 @dataclass
@@ -51,6 +59,7 @@ class Observation:
         return self.out_train is not None
 
 
+@functools.cache
 def union_tensors(spec) -> dict[str, tuple[tuple[int, ...], bool]]:
     """Every tensor the spec's module has, and those its structural variants add (conv biases
     the spec leaves out, a BatchNorm after the projection), so that whatever of them a
@@ -93,7 +102,24 @@ def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
         else:  # a conv's or the dense layer's bias
             value = rng.normal(0, 0.1, shape)
         out[name] = value.astype(np.float32)
+    if isinstance(spec, ArchSpec):
+        _damp(spec, out)
     return out
+
+
+DAMPING = 0.05
+
+
+def _damp(spec: ArchSpec, weights: dict) -> None:
+    """Scale each block's residual branch by ``DAMPING`` (its last BatchNorm's scale, or a
+    pre-activation block's last conv), as zero-init-residual recipes start: a deep net with
+    full branches amplifies float32 rounding in its gradients beyond the tolerance
+    (tests/helpers.py's ``random_weights`` does the same for the parity suite)."""
+    for i, stage in enumerate(spec.stages):
+        for j, block in enumerate(stage.blocks):
+            last = len(block.convs())
+            name = f"stages.{i}.{j}.conv{last}.weight" if block.preact else f"stages.{i}.{j}.bn{last}.weight"
+            weights[name] = (weights[name] * DAMPING).astype(np.float32)
 
 
 def _is_bn(layer: str) -> bool:
@@ -104,6 +130,11 @@ def case_data(case: Case, seed: int, *, margin: float = 2e-5, tries: int = 60) -
     """Weights, a kink-free input (the first of ``tries`` seeded batches whose training-mode
     pass through the spec's reference keeps every kink ``margin`` away, else the best of
     them), a cotangent and the learning rate for one case."""
+    if not case.numeric:  # the output's shape alone: no weights
+        x = np.random.default_rng((seed, 0)).standard_normal(case.input_shape).astype(np.float32)
+        ref = reference.build(_narrow(case.spec))
+        ref.train(False)
+        return CaseData(x, np.zeros(ref.forward(x.astype(reference.DTYPE)).shape, np.float32), {})
     weights = random_weights(case.spec, seed)
     ref = reference.build(case.spec)
     reference.load(ref, weights)
@@ -111,9 +142,6 @@ def case_data(case: Case, seed: int, *, margin: float = 2e-5, tries: int = 60) -
     for trial in range(tries):
         rng = np.random.default_rng((seed, trial))
         x = rng.standard_normal(case.input_shape).astype(np.float32)
-        if not case.numeric:
-            best = x
-            break
         ref.train(True)
         out = ref.forward(x.astype(reference.DTYPE))
         m = reference.kink_margin(ref)
@@ -123,20 +151,31 @@ def case_data(case: Case, seed: int, *, margin: float = 2e-5, tries: int = 60) -
             cotangent = np.random.default_rng((seed, trial, 1)).standard_normal(out.shape).astype(np.float32)
         if m >= margin:
             break
-    if not case.numeric:
-        ref.train(False)
-        shape = ref.forward(best.astype(reference.DTYPE)).shape
-        cotangent = np.zeros(shape, np.float32)
     return CaseData(best, cotangent, weights)
+
+
+def _narrow(spec):
+    """The same net with a stem of 2 channels: the same shapes of input and output."""
+    return dataclasses.replace(spec, width=2) if isinstance(spec, ArchSpec) else spec
 
 
 def observe_reference(case: Case, data: CaseData, mistakes=frozenset(), *, quick: bool = False) -> Observation:
     """The reference's observation of one case with ``mistakes`` planted; ``quick`` leaves out
     the backward pass (no gradients), for screening many mistakes."""
     ref = reference.build(case.spec, mistakes)
-    reference.load(ref, data.weights)
     obs = Observation(count=reference.params_count(ref))
     x = data.x.astype(reference.DTYPE)
+    if not case.numeric:  # the shape alone: a narrow net of zeros has the same one
+        narrow = reference.build(_narrow(case.spec), mistakes)
+        narrow.train(False)
+        try:
+            obs.shape = tuple(narrow.forward(x).shape)
+        except (reference.ShapeMismatch, ValueError) as e:
+            obs.error = str(e)
+        return obs
+    reference.load(ref, data.weights64)
+    if quick:
+        return _quick(ref, x, data, obs)
     ref.train(False)
     try:
         out = ref.forward(x, obs.record_eval)
@@ -152,11 +191,6 @@ def observe_reference(case: Case, data: CaseData, mistakes=frozenset(), *, quick
     except (reference.ShapeMismatch, ValueError) as e:  # BatchNorm with one value per channel
         obs.train_error = str(e)
         return obs
-    if quick:
-        for name, layer in ref.layers.items():
-            for key, value in layer.buffers.items():
-                obs.stats[f"{name}.{key}"] = value
-        return obs
     obs.dx = ref.backward(data.cotangent.astype(reference.DTYPE))
     for name, layer in ref.layers.items():
         for key, grad in layer.grads.items():
@@ -164,4 +198,28 @@ def observe_reference(case: Case, data: CaseData, mistakes=frozenset(), *, quick
             obs.after[f"{name}.{key}"] = layer.params[key] - data.lr * grad
         for key, value in layer.buffers.items():
             obs.stats[f"{name}.{key}"] = value
+    return obs
+
+
+def _quick(ref, x, data: CaseData, obs: Observation) -> Observation:
+    """The training-mode forward pass alone: its output and the BatchNorm statistics after it
+    (an inference-mode pass only to tell a failure of the shapes from one of BatchNorm's)."""
+    ref.train(True)
+    try:
+        out = ref.forward(x, obs.record)
+    except (reference.ShapeMismatch, ValueError) as e:
+        ref.train(False)
+        try:
+            out = ref.forward(x)
+        except (reference.ShapeMismatch, ValueError) as e2:
+            obs.error = str(e2)
+            return obs
+        obs.shape, obs.train_error = tuple(out.shape), str(e)
+        return obs
+    obs.shape = tuple(out.shape)
+    if out.shape == data.cotangent.shape:
+        obs.out_train = out
+        for name, layer in ref.layers.items():
+            for key, value in layer.buffers.items():
+                obs.stats[f"{name}.{key}"] = value
     return obs

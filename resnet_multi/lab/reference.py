@@ -342,11 +342,12 @@ def tensors(module) -> dict[str, tuple[tuple[int, ...], bool]]:
 
 
 def load(module, weights: dict[str, np.ndarray]) -> None:
-    """Set every tensor the module has from ``weights`` (all must be there)."""
+    """Set every tensor the module has from ``weights`` (all must be there). Arrays already in
+    float64 are shared, not copied: the layers replace their arrays, never write into them."""
     for name, layer in module.layers.items():
         for store in (layer.params, layer.buffers):
             for key in store:
-                store[key] = np.array(weights[f"{name}.{key}"], dtype=DTYPE)
+                store[key] = np.asarray(weights[f"{name}.{key}"], dtype=DTYPE)
 
 
 def params_count(module) -> int:

@@ -65,7 +65,9 @@ _OWN = str(Path(__file__).resolve().parent.parent)  # resnet_multi/
 
 
 def _is_framework_file(filename: str) -> bool:
-    return "site-packages" in filename or "dist-packages" in filename or filename.startswith("<frozen")
+    # code compiled from a string ("<string>": a framework's generated dataclass methods)
+    generated = filename.startswith("<") and not filename.startswith("<ipython-input")
+    return "site-packages" in filename or "dist-packages" in filename or generated
 
 
 def where(tb) -> str:
