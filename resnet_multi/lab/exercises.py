@@ -188,6 +188,7 @@ def get(name: str) -> Exercise:
 SIGNATURES = {
     "block": {
         "torch": "{cls}(input_channels, num_channels, use_1x1conv=False, strides=1)",
+        "numpy": "{cls}(input_channels, num_channels, use_1x1conv=False, strides=1), with forward(X) and backward(dY)",
         "paddle": "{cls}(input_channels, num_channels, use_1x1conv=False, strides=1)",
         "mindspore": "{cls}(input_channels, num_channels, use_1x1conv=False, strides=1)",
         "tf": "{cls}(num_channels, use_1x1conv=False, strides=1)",
@@ -197,6 +198,7 @@ SIGNATURES = {
     },
     "stage": {
         "torch": "resnet_block(input_channels, num_channels, num_residuals, first_block=False)",
+        "numpy": "resnet_block(input_channels, num_channels, num_residuals, first_block=False)",
         "paddle": "resnet_block(input_channels, num_channels, num_residuals, first_block=False)",
         "mindspore": "resnet_block(input_channels, num_channels, num_residuals, first_block=False)",
         "tf": "ResnetBlock(num_channels, num_residuals, first_block=False)",
@@ -205,7 +207,7 @@ SIGNATURES = {
         "resnet_block(input_channels, num_channels, num_residuals, first_block=False, rngs=...) (NNX)",
     },
     "net": dict.fromkeys(
-        ("torch", "paddle", "mindspore", "tf", "mxnet", "jax"),
+        ("numpy", "torch", "paddle", "mindspore", "tf", "mxnet", "jax"),
         "a module, or a function or class that builds one when called without arguments",
     ),
 }

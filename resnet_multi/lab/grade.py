@@ -295,8 +295,8 @@ class Grader:
 
     def _where(self, key) -> str:
         for i, case in enumerate(self.cases):
-            a = self.search.reference(frozenset(), i, quick=True)
-            b = self.search.reference(frozenset({key}), i, quick=True)
+            a = self.search.forward_only(frozenset(), i)
+            b = self.search.forward_only(frozenset({key}), i)
             name = hints.first_parting(a, b)
             if name and name.endswith(("running_mean", "running_var")):
                 return f" (first in {_display(name, case.spec)})"
@@ -350,7 +350,7 @@ class Grader:
         for i, (run, want) in enumerate(zip(self.runs, self.expected)):
             got = run.observation
             if got is None or got.count is None:
-                bad.append(f"{self._label(i)}: not counted ({run.build_error or run.not_run})")
+                bad.append(f"{self._label(i)}: not counted ({_why_not(run)})")
             elif got.count != want.count:
                 bad.append(f"{self.exercise.call(self.cases[i].args)} has {got.count:,}, the spec {want.count:,}")
         notes = [n for r in self.runs if r.mapping for n in r.mapping.notes]
@@ -379,7 +379,7 @@ class Grader:
                 continue
             got = run.observation
             if got is None or not got.numeric:
-                not_run.append(f"{self._label(i)}: {run.build_error or run.not_run or 'no numbers'}")
+                not_run.append(f"{self._label(i)}: {_why_not(run)}")
                 continue
             compared += 1
             d = hints.difference(quantity, got, want, self.datas[i].weights)
@@ -410,7 +410,7 @@ class Grader:
                 continue
             got = run.observation
             if got is None or not got.numeric:
-                missing.append(f"{self._label(i)}: not run ({run.build_error or run.not_run or 'no numbers'})")
+                missing.append(f"{self._label(i)}: not run ({_why_not(run)})")
                 continue
             compared += 1
             lr = self.datas[i].lr
@@ -435,6 +435,13 @@ class Grader:
         if missing:
             return TestResult(name, False, missing[0])
         return TestResult(name, True, f"{compared} cases")
+
+
+def _why_not(run: CaseRun) -> str:
+    """Why a case has no numbers, short where the first test already says it in full."""
+    if run.build_error:
+        return "not built (see the first test)"
+    return run.not_run or "no numbers"
 
 
 def _display_tensor(name: str, spec) -> str:

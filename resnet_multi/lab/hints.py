@@ -152,6 +152,13 @@ class Search:
             cache[key] = observe_reference(self.cases[index], self.datas[index], key[0], quick=quick)
         return cache[key]
 
+    def forward_only(self, mistakes, index) -> Observation:
+        """The quick reference even where a full one exists: two of these compare alike."""
+        key = (frozenset(mistakes), index)
+        if key not in self.quick:
+            self.quick[key] = observe_reference(self.cases[index], self.datas[index], key[0], quick=True)
+        return self.quick[key]
+
     def score(self, mistakes, indices=None, quick: bool = True, bound: float = math.inf) -> float:
         """The planted reference's misfit over the cases, shape-only cases first (they are
         cheap); once it exceeds ``bound`` the rest is not computed."""

@@ -25,7 +25,7 @@ class Mistake:
 
 # alternatives to the spec's BatchNorm numbers (momentum: the new batch's share, 0.1)
 MOMENTA = (0.9, 0.01, 0.99)
-EPSILONS = (1e-3, 1e-4, 1e-2)
+EPSILONS = (1e-3, 1e-2)  # 1e-4 changes the outputs by less than the tolerance
 
 _ALL = ("basic", "bottleneck", "preact")
 _POST = ("basic", "bottleneck")
