@@ -457,6 +457,7 @@ def cmd_evaluate(args) -> int:
             batch_size=args.batch_size,
             resize=resize,
             normalize=normalize,
+            check_layers=True,  # weights from a file: every layer's output, not the logits alone
         )
     except NonFiniteError as e:
         raise NonFiniteError(

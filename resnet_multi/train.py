@@ -175,18 +175,24 @@ def predict(
     batch_size: int = 256,
     resize: int | None = None,
     normalize: dict | None = None,
+    check_layers: bool = False,
 ) -> np.ndarray:
     """Predicted classes for uint8 images (N, 28, 28), in inference mode.
 
     ``normalize`` (a weights file's recorded ``preprocess``: scale, mean, std) maps
     pixels to inputs as x = (pixel * scale - mean) / std; by default, as training
-    does (:func:`resnet_multi.data.preprocessing`)."""
+    does (:func:`resnet_multi.data.preprocessing`). ``check_layers``: the first batch
+    also goes through ``named_outputs``, which checks every layer's output, so that
+    weights that overflow are refused even where a framework's later layers turn Inf
+    into finite numbers (oneDNN's ReLU maps NaN to 0) and the logits alone look fine."""
     labels = np.zeros(len(images), np.int64)  # iterate_batches wants labels; unused
     transform = _normalizer(normalize)
-    out = [
-        backend.forward(model, transform(x), training=False).argmax(axis=1)
-        for x, _ in iterate_batches(images, labels, batch_size, shuffle=False, resize=resize)
-    ]
+    out = []
+    for x, _ in iterate_batches(images, labels, batch_size, shuffle=False, resize=resize):
+        x = transform(x)
+        if check_layers and not out:
+            backend.named_outputs(model, x, training=False)
+        out.append(backend.forward(model, x, training=False).argmax(axis=1))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -209,13 +215,15 @@ def evaluate_accuracy(
     batch_size: int = 256,
     resize: int | None = None,
     normalize: dict | None = None,
+    check_layers: bool = False,
 ) -> float:
-    """Test accuracy, as the chapter's ``evaluate_accuracy_gpu``."""
+    """Test accuracy, as the chapter's ``evaluate_accuracy_gpu`` (``check_layers``: see :func:`predict`)."""
     if len(images) == 0:
         raise InputError("cannot evaluate on an empty set of images")
-    return float(
-        (predict(backend, model, images, batch_size=batch_size, resize=resize, normalize=normalize) == labels).mean()
+    predicted = predict(
+        backend, model, images, batch_size=batch_size, resize=resize, normalize=normalize, check_layers=check_layers
     )
+    return float((predicted == labels).mean())
 
 
 # ---- run directory -------------------------------------------------------------------
