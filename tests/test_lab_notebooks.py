@@ -21,7 +21,7 @@ from cases import selected_backends
 from lab_students import MISTAKES
 
 import resnet_multi
-from resnet_multi.lab import mistakes, notebooks, report
+from resnet_multi.lab import exercises, mistakes, notebooks, report
 
 nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the test extra")
 nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the test extra")
@@ -87,6 +87,14 @@ def test_lab_notebooks_are_what_the_generator_writes():
     assert not problems, "\n".join(problems) + "\nwrite them again: python -m resnet_multi.lab.notebooks notebooks/lab"
 
 
+def test_otter_tests_are_what_the_generator_writes():
+    for exercise in exercises.EXERCISES:
+        path = LAB_NOTEBOOKS / "otter" / f"{exercise}.py"
+        assert path.read_text() == report.otter_test(exercise), (
+            f"{path} is stale: write it again with resnet_multi.lab.report.write_otter_tests"
+        )
+
+
 def installed(fw):
     return importlib.util.find_spec(FRAMEWORK_PACKAGE.get(fw, fw)) is not None
 
@@ -111,9 +119,10 @@ if "numpy" in SELECTED:
         if importlib.util.find_spec("otter") is None:
             pytest.skip("otter-grader is not installed here: pip install 'resnet-multi[lab]'")
         folder = tmp_path_factory.mktemp("otter")
-        report.write_otter_tests(folder / "tests", ["residual"], "numpy")
         zip_path = folder / "autograder.zip"
-        otter(folder, "generate", "-t", "tests", "-o", str(zip_path), "--no-requirements", "--no-environment")
+        # the committed test file, which finds the framework from the notebook's objects
+        tests = LAB_NOTEBOOKS / "otter"
+        otter(folder, "generate", "-t", str(tests), "-o", str(zip_path), "--no-requirements", "--no-environment")
         with zipfile.ZipFile(zip_path) as z:
             assert "tests/residual.py" in z.namelist()
         return zip_path

@@ -62,6 +62,8 @@ def detect_framework(obj, modules=()) -> str | None:
             return "numpy"
         if module.split(".")[0] in PACKAGES:
             return PACKAGES[module.split(".")[0]]
+    if isinstance(obj, type) and callable(getattr(obj, "backward", None)) and callable(getattr(obj, "forward", None)):
+        return "numpy"  # a block with its own backward: written from scratch
     found = set()
     module = getattr(obj, "__module__", "") or ""
     if module.startswith("resnet_multi.") and module.split(".")[-1] in {*PACKAGES.values(), "numpy"}:

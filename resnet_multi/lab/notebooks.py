@@ -1,7 +1,7 @@
 """Lab notebooks: the exercise, a cell for the student's code, a check cell. Framework-free;
 written with nbformat (``pip install 'resnet-multi[lab]'``).
 
-    python -m resnet_multi.lab.notebooks notebooks/lab          # the committed ones
+    python -m resnet_multi.lab.notebooks notebooks/lab          # the committed ones (and otter's tests)
     python -m resnet_multi.lab.notebooks DIR --exercise bottleneck --framework tf
 
 The student's cell carries the tag ``student`` (and the id ``student``); the check cell runs
@@ -178,7 +178,12 @@ def main(argv=None) -> int:
     parser.add_argument("--framework", choices=list(frameworks.NAMES), default="torch")
     args = parser.parse_args(argv)
     pairs = [(args.exercise, args.framework)] if args.exercise else COMMITTED
-    for path in write(args.directory, pairs):
+    paths = write(args.directory, pairs)
+    if not args.exercise:  # the otter tests beside them, for every exercise, any framework
+        from .report import write_otter_tests
+
+        paths += write_otter_tests(Path(args.directory) / "otter")
+    for path in paths:
         print(path)
     return 0
 

@@ -58,8 +58,8 @@ each case is one test of `resnet-multi check`, run once on the notebook's object
 from otter.test_files import test_case
 
 OK_FORMAT = False
-name = {name!r}
-points = {points!r}
+name = {name}
+points = {points}
 _results = {{}}
 
 
@@ -68,13 +68,13 @@ def _result(env):
 
     key = id(env)
     if key not in _results:
-        _results[key] = lab.check(env, {exercise!r}, {framework!r}, quiet=True)
+        _results[key] = lab.check(env, {exercise_literal}, {framework}, quiet=True)
     return _results[key]
-
 {cases}'''
 
 _CASE = """
-@test_case(name={title!r}, points=1)
+
+@test_case(name={title}, points=1)
 def test_{index}(env):
     t = _result(env).tests[{index}]
     assert t.passed, t.line()
@@ -82,11 +82,17 @@ def test_{index}(env):
 
 
 def otter_test(exercise: str, framework: str | None = None, name: str | None = None) -> str:
-    """The text of an otter-grader test file for ``exercise`` (one case per test)."""
+    """The text of an otter-grader test file for ``exercise`` (one case per test); with no
+    ``framework``, the check finds it from the notebook's objects."""
     EXERCISES[exercise]  # an unknown exercise is refused here, not when otter runs
-    cases = "".join(_CASE.format(title=title, index=i) for i, title in enumerate(TEST_NAMES))
+    cases = "".join(_CASE.format(title=json.dumps(title), index=i) for i, title in enumerate(TEST_NAMES))
     return _OTTER_TEMPLATE.format(
-        exercise=exercise, framework=framework, name=name or exercise, points=len(TEST_NAMES), cases=cases
+        exercise=exercise,
+        exercise_literal=json.dumps(exercise),
+        framework=json.dumps(framework) if framework else "None",
+        name=json.dumps(name or exercise),
+        points=len(TEST_NAMES),
+        cases=cases,
     )
 
 
