@@ -101,10 +101,19 @@ def chapter_code(fw):
     tb = framework_module(f"resnet_multi.textbook.{fw}", fw)
     out = {"residual": tb.Residual}
     out["resnet_block"] = getattr(tb, "ResnetBlock", None) or getattr(tb, "resnet_block", None)
-    if fw == "jax":  # the chapter's stage is a method of its ResNet: its blocks in a Sequential
-        out["resnet_block"] = lambda num_channels, num_residuals, first_block=False: tb.ResNet(
-            arch=(), training=True
-        ).block(num_residuals, num_channels, first_block)
+    if fw == "jax":  # the chapter's stage is the body of its ResNet.block method
+        linen = importlib.import_module("flax.linen")
+
+        def resnet_block(num_channels, num_residuals, first_block=False, training=True):
+            blk = []
+            for i in range(num_residuals):
+                if i == 0 and not first_block:
+                    blk.append(tb.Residual(num_channels, use_1x1conv=True, strides=(2, 2), training=training))
+                else:
+                    blk.append(tb.Residual(num_channels, training=training))
+            return linen.Sequential(blk)
+
+        out["resnet_block"] = resnet_block
     else:
         out["resnet18"] = tb.net
     return out
