@@ -197,6 +197,31 @@ if cases(["torch"]):
         assert "bias=False" in result.test("parameter count").hint
 
 
+if cases(["torch"]):
+
+    @pytest.mark.parametrize("fw", cases(["torch"]))
+    def test_blocks_in_a_plain_list_are_not_the_modules(fw):
+        """A stage that keeps its blocks in a Python list: PyTorch neither counts nor trains them,
+        and eval() does not reach them; the report says so instead of blaming the numbers."""
+        tb = framework_module(f"resnet_multi.textbook.{fw}", fw)
+        nn = importlib.import_module("torch.nn")
+
+        class Stage(nn.Module):
+            def __init__(self, input_channels, num_channels, num_residuals, first_block=False):
+                super().__init__()
+                self.blocks = tb.resnet_block(input_channels, num_channels, num_residuals, first_block)
+
+            def forward(self, X):
+                for blk in self.blocks:
+                    X = blk(X)
+                return X
+
+        result = lab.check(Stage, "resnet_block", fw, quiet=True)
+        assert "held in a plain list or dict" in result.test("parameter count").detail
+        assert "does not register" in result.test("one SGD step").detail
+        assert "plain list or dict" in result.test("outputs, inference mode").hint, result.report()
+
+
 # ---- every mistake of the catalogue is told apart (NumPy: the reference as the student) ------------
 KINDS = {
     "basic": ("Residual", {}),

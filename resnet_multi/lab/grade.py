@@ -16,6 +16,7 @@ The tests, in order (each one line of the report, each worth one point):
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 from dataclasses import dataclass
@@ -220,8 +221,9 @@ def _display(name: str, spec) -> str:
 class Grader:
     def __init__(self, exercise, framework, cases, datas, runs):
         self.exercise, self.framework, self.cases, self.datas, self.runs = exercise, framework, cases, datas, runs
-        self.expected = [observe.observe_reference(c, d) for c, d in zip(cases, datas)]
+        self.expected = [_expected(c, d) for c, d in zip(cases, datas)]
         self._accepted = {}  # case index -> the reference with the biased running variance
+        self._differ = set()  # the tests in which some case ran and differs
         self.diagnosis = None
         self.search = None
 
@@ -240,8 +242,7 @@ class Grader:
                 if got.count is not None and got.count != want.count:
                     total += hints.COUNT_PENALTY
             elif got.error is None and want.error is None and got.shape == want.shape:
-                if (got.train_error is None) != (want.train_error is None):
-                    total += hints.SHAPE_PENALTY
+                if got.train_error is not None or want.train_error is not None:
                     continue
                 d = hints.difference(test, got, want, self.datas[i].weights)
                 total += d.excess if d is not None else 0.0
@@ -284,6 +285,13 @@ class Grader:
             if not catalogue.BY_KEY.get(key, catalogue.Mistake(key, "", ())).accepted
             and self.test_score(probe, chosen - {key}) > base + 1e-9
         ]
+        if not keys and self._unregistered():
+            return (
+                "modules held in a plain list or dict are not the module's: switching it to training or "
+                "inference mode does not reach them, and its optimizer does not see their parameters; "
+                "keep them in the framework's container (nn.Sequential, nn.ModuleList...)",
+                (),
+            )
         if not keys:
             return ("no known mistake explains it", ()) if full > 0 else ("", ())
         texts = [catalogue.describe(k, self.framework, self.exercise.block_class) + self._where(k) for k in keys]
@@ -291,6 +299,9 @@ class Grader:
         if full > 0:
             text = f"partly explained by: {text}; what remains matches no known mistake"
         return text, tuple(keys)
+
+    def _unregistered(self) -> bool:
+        return any("register" in n for r in self.runs if r.mapping for n in r.mapping.notes)
 
     def _order(self, key):
         return [m.key for m in catalogue.CATALOGUE].index(key) if key in catalogue.BY_KEY else -1
@@ -314,7 +325,8 @@ class Grader:
         failing = {"output shapes": "shape", "parameter count": "count"}
         failing.update({title: q for q, (title, _) in hints.NUMERIC.items()})
         for t in out:
-            if not t.passed and t.name in failing and any(r.observation is not None for r in self.runs):
+            # a hint where numbers (or shapes, or counts) differ; not where a test did not run
+            if not t.passed and t.name in failing and t.name in self._differ:
                 t.hint, t.mistakes = self.hint(failing[t.name])
         return out
 
@@ -343,19 +355,24 @@ class Grader:
                 bad.append(got.error)
             elif got.shape != want.shape:
                 bad.append(f"{self._label(i)} gives {got.shape}, the spec {want.shape}")
+        if total and len(bad) > len(self.runs) - total:
+            self._differ.add(TEST_NAMES[1])
         if not bad:
             return TestResult(TEST_NAMES[1], True, f"{total} cases")
         return TestResult(TEST_NAMES[1], False, f"{len(bad)} of {len(self.runs)} cases differ; {bad[0]}")
 
     def _count(self) -> TestResult:
-        bad = []
+        bad, counted_wrong = [], False
         for i, (run, want) in enumerate(zip(self.runs, self.expected)):
             got = run.observation
             if got is None or got.count is None:
                 bad.append(f"{self._label(i)}: not counted ({_why_not(run)})")
             elif got.count != want.count:
+                counted_wrong = True
                 bad.append(f"{self.exercise.call(self.cases[i].args)} has {got.count:,}, the spec {want.count:,}")
         notes = [n for r in self.runs if r.mapping for n in r.mapping.notes]
+        if counted_wrong and not any("register" in n for n in notes):
+            self._differ.add(TEST_NAMES[2])  # the note says why, where parameters are not registered
         if not bad:
             counts = sorted({w.count for w in self.expected})
             return TestResult(TEST_NAMES[2], True, f"{', '.join(f'{c:,}' for c in counts)}")
@@ -399,6 +416,7 @@ class Grader:
             return TestResult(title, True, f"{compared} cases" + (f"; {sorted(notes)[0]}" if notes else ""))
         parts = []
         if bad:
+            self._differ.add(title)
             parts.append(f"{len(bad)} of {compared} cases differ; worst {max(bad, key=lambda b: b[0])[1]}")
         if not_run:
             parts.append(f"{len(not_run)} case(s) not run: {not_run[0]}")
@@ -437,6 +455,20 @@ class Grader:
         if missing:
             return TestResult(name, False, missing[0])
         return TestResult(name, True, f"{compared} cases")
+
+
+# A grader checks many submissions of one exercise in one process: a case's weights, input and
+# reference observation are the same for each, and computed once (there are at most two nets'
+# cases among them, whose weights and gradients take hundreds of MB).
+@functools.lru_cache(maxsize=32)
+def _case_data(case, seed) -> observe.CaseData:
+    return observe.case_data(case, seed)
+
+
+def _expected(case, data) -> observe.Observation:
+    if data.expected is None:
+        data.expected = observe.observe_reference(case, data)
+    return data.expected
 
 
 def _why_not(run: CaseRun) -> str:
@@ -520,7 +552,7 @@ def _check(obj, ex, framework, seconds, options, seed) -> Result:
     except Exception as e:  # a framework that fails to import
         return _failed(result, "framework broken", f"{framework} does not import here: {type(e).__name__}: {e}")
     cases = ex.cases(options)
-    datas = [observe.case_data(case, seed + i) for i, case in enumerate(cases)]
+    datas = [_case_data(case, seed + i) for i, case in enumerate(cases)]
     built = {}
     runs = [run_case(adapter, obj, ex, case, data, seconds, built) for case, data in zip(cases, datas)]
     result.tests = Grader(ex, framework, cases, datas, runs).tests()

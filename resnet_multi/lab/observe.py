@@ -32,6 +32,7 @@ class CaseData:
     cotangent: np.ndarray  # the spec's output shape, float32
     weights: dict[str, np.ndarray]  # canonical names, the spec's tensors and the structural variants'
     lr: float = LR
+    expected: Observation | None = field(default=None, repr=False)  # the spec's reference, once computed
 
     @functools.cached_property
     def weights64(self) -> dict[str, np.ndarray]:

@@ -92,7 +92,7 @@ def count(model: Model) -> int:
 
 def load(model: Model, assignments) -> None:
     for node, leaf, value in assignments:
-        _param(node.handle, leaf).set_data(ms.Tensor(np.ascontiguousarray(value), ms.float32))
+        _param(node.handle, leaf).set_data(ms.Tensor(np.array(value, np.float32)))  # a copy: the step writes into it
 
 
 def train_step(model: Model, x, cotangent, lr, probes) -> dict:
@@ -121,6 +121,7 @@ def train_step(model: Model, x, cotangent, lr, probes) -> dict:
         else:
             g = by_id.get(id(p))
             result_grads[key] = g.asnumpy().copy() if g is not None else np.zeros(p.shape, np.float32)
-    nn.SGD(trainable, learning_rate=lr)(tuple(grads[: len(trainable)]))
+    if trainable:  # a cell that registers no parameter has nothing to step
+        nn.SGD(trainable, learning_rate=lr)(tuple(grads[: len(trainable)]))
     after = {key: probe_params[key].asnumpy().copy() for key in result_grads}
     return {"out_train": Y.asnumpy(), "dx": dx.asnumpy(), "grads": result_grads, "stats": stats, "after": after}

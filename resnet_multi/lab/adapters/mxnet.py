@@ -132,6 +132,8 @@ def train_step(model: Model, x, cotangent, lr, probes) -> dict:
             grads[key] = onp.zeros(p.shape, onp.float32)
         else:
             grads[key] = p.grad().asnumpy().copy()
-    gluon.Trainer(m.collect_params(), "sgd", {"learning_rate": lr}).step(1)
+    params = m.collect_params()
+    if any(p.grad_req != "null" for p in params.values()):  # nothing registered: nothing to step
+        gluon.Trainer(params, "sgd", {"learning_rate": lr}).step(1)
     after = {key: _param(node.handle, leaf).data().asnumpy().copy() for key, node, leaf in probes if key in grads}
     return {"out_train": out, "dx": X.grad.asnumpy().copy(), "grads": grads, "stats": stats, "after": after}

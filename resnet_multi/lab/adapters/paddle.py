@@ -121,7 +121,8 @@ def train_step(model: Model, x, cotangent, lr, probes) -> dict:
         else:
             g = t.grad
             grads[key] = _canonical(node, leaf, g.numpy() if g is not None else np.zeros(t.shape, np.float32))
-    paddle.optimizer.SGD(learning_rate=lr, parameters=trainable).step()
+    if trainable:  # a layer that registers no parameter has nothing to step
+        paddle.optimizer.SGD(learning_rate=lr, parameters=trainable).step()
     after = {
         key: _canonical(node, leaf, _tensor(node.handle, leaf).numpy()) for key, node, leaf in probes if key in grads
     }

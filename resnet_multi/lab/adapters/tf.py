@@ -158,7 +158,8 @@ def train_step(model: Model, x, cotangent, lr, probes) -> dict:
             g = np.zeros(var.shape, np.float32) if g is None else tf.convert_to_tensor(g).numpy()
             result_grads[key] = np.ascontiguousarray(to_canonical(g))
     pairs = [(by_id[id(v)], v) for v in trainable if by_id.get(id(v)) is not None]
-    keras.optimizers.SGD(learning_rate=lr).apply_gradients(pairs)
+    if pairs:  # a layer that tracks no variable has nothing to step
+        keras.optimizers.SGD(learning_rate=lr).apply_gradients(pairs)
     after = {}
     for key, node, leaf in probes:
         if key in result_grads:

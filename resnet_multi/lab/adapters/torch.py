@@ -121,7 +121,9 @@ def train_step(model: Model, x, cotangent, lr, probes) -> dict:
         if t.requires_grad
     }
     stats = {key: t.detach().numpy().copy() for key, t in tensors.items() if not t.requires_grad}
-    torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=lr).step()
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    if trainable:  # a module that registers no parameter has nothing to step
+        torch.optim.SGD(trainable, lr=lr).step()
     after = {key: t.detach().numpy().copy() for key, t in tensors.items() if t.requires_grad}
     dx = X.grad.numpy().copy() if X.grad is not None else np.zeros_like(x)
     return {"out_train": out, "dx": dx, "grads": grads, "stats": stats, "after": after}
