@@ -17,6 +17,7 @@ import numpy as np
 
 from . import jax_cpu, nhwc, shapes
 from .backend import Backend, TrainingPass, require
+from .errors import InputError, InputTypeError
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 from .weights import init_weights
 
@@ -239,17 +240,17 @@ class ResNet(nnx.Module):
         accepts; else a TypeError or ValueError saying how to convert it."""
         shape, dtype = tuple(np.shape(x)), self.head_fc.kernel[...].dtype
         if len(shape) != 4:
-            raise ValueError(
+            raise InputError(
                 f"{self.spec.name} expects a 4-d NHWC batch (N, H, W, {self.spec.in_channels}), got shape {shape}"
             )
         n, h, w, c = shape
         if c != self.spec.in_channels and h == self.spec.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"{self.spec.name} takes NHWC batches (N, H, W, {self.spec.in_channels}), "
                 f"got {shape}, which looks NCHW: use x.transpose(0, 2, 3, 1)"
             )
         if x.dtype != dtype:
-            raise TypeError(
+            raise InputTypeError(
                 f"expected {dtype} input (the net's parameters are {dtype}), got {x.dtype}; "
                 f"convert with x.astype(jnp.{dtype}). JAX computes in float32 unless "
                 f"jax_enable_x64 is set, and would otherwise turn float64 into float32 silently"
@@ -306,7 +307,7 @@ def check_block_input(spec: BlockSpec, X) -> None:
     and dtypes are static), op by op at every call."""
     what = f"Residual({spec.in_channels} -> {spec.out_channels})"
     if X.dtype != jnp.float32:
-        raise TypeError(
+        raise InputTypeError(
             f"{what} expects float32 input, got {X.dtype}; convert with x.astype(jnp.float32) "
             f"(JAX without jax_enable_x64 would turn float64 into float32 silently)"
         )
@@ -397,7 +398,7 @@ def devices() -> list[str]:
 def jax_device(device: str):
     """The seam's device name as a JAX device; ValueError listing those available."""
     if device not in devices():
-        raise ValueError(f"device {device!r} is not available to jax; available: {devices()}")
+        raise InputError(f"device {device!r} is not available to jax; available: {devices()}")
     if device == "cpu":
         return jax.devices("cpu")[0]
     # JAX runs float32 matmuls and convs on GPUs at "default" precision, TF32 on Ampere and

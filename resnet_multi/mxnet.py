@@ -17,6 +17,7 @@ import functools
 import numpy as onp  # NumPy proper: what crosses the seam; ``np`` below is mxnet.np
 
 from .backend import Backend, Model, TrainingPass, require
+from .errors import InputError, InputTypeError
 from .shapes import check_block_input_shape, check_input_shape, float32_input_error
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 from .weights import check_weights, init_weights, module_paths, rename_layers
@@ -245,7 +246,7 @@ class ResNet(Named):
 
     def forward(self, X):
         if isinstance(X, mx.sym.Symbol):
-            raise TypeError(
+            raise InputTypeError(
                 "a resnet_multi.mxnet.ResNet compiles on its own (net.hybridize()), not as part of a larger graph"
             )
         check_input_dtype(X, self.spec.name)
@@ -360,7 +361,7 @@ def batch_count(shape) -> int:
     """Values per channel that a BatchNorm averages over for an NCHW ``shape``."""
     count = int(onp.prod(shape)) // shape[1]
     if count < 2:  # PyTorch raises too
-        raise ValueError(
+        raise InputError(
             f"BatchNorm in training mode needs more than one value per channel, got input shape {tuple(shape)}"
         )
     return count
@@ -372,7 +373,7 @@ _tracing: list[list] = []
 
 def _current_trace() -> list:
     if not _tracing:
-        raise TypeError(
+        raise InputTypeError(
             "resnet_multi.mxnet.BatchNorm can be compiled only as part of a whole ResNet, which "
             "carries its running statistics out of the graph: hybridize the net "
             "(net.hybridize()), not a block or layer on its own"
@@ -403,7 +404,7 @@ def context(device: str):
         return npx.cpu()
     kind, _, index = device.partition(":")
     if kind not in ("cuda", "gpu") or not index.isdigit():
-        raise ValueError(f"unknown MXNet device {device!r}; use 'cpu' or 'cuda:N'")
+        raise InputError(f"unknown MXNet device {device!r}; use 'cpu' or 'cuda:N'")
     return npx.gpu(int(index))
 
 

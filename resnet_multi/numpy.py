@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import shapes
 from . import weights as canonical
 from .backend import Backend, TrainingPass
+from .errors import InputError
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 
 DTYPE = np.float64
@@ -374,7 +375,7 @@ class Conv2d(Layer):
     def forward(self, x):
         w, s, p = self.params["weight"], self.stride, self.padding
         if x.ndim != 4 or x.shape[1] != w.shape[1]:  # einsum would broadcast a 1-channel input
-            raise ValueError(f"Conv2d expects an (N, {w.shape[1]}, H, W) input, got shape {x.shape}")
+            raise InputError(f"Conv2d expects an (N, {w.shape[1]}, H, W) input, got shape {x.shape}")
         k = w.shape[2]
         xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
         # windows: (N, C, Ho, Wo, k, k), a view into xp, no copy
@@ -424,7 +425,7 @@ class BatchNorm2d(Layer):
         if self.training:
             m, count = self.momentum, x.size // x.shape[1]
             if count < 2:  # the unbiased variance would divide by zero and poison running_var
-                raise ValueError(
+                raise InputError(
                     f"BatchNorm2d in training mode needs more than one value per channel, "
                     f"got input shape {x.shape}; use a larger batch or larger images"
                 )

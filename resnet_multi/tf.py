@@ -18,6 +18,7 @@ import numpy as np
 
 from . import nhwc, shapes
 from .backend import Backend, TrainingPass, require
+from .errors import InputError
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 from .weights import init_weights
 
@@ -260,13 +261,13 @@ class ResNet(keras.Model):
         if len(shape) == 4 and None not in shape:
             n, h, w, c = shape
             if c != self.spec.in_channels and shape[1] == self.spec.in_channels:
-                raise ValueError(
+                raise InputError(
                     f"{self.spec.name} takes NHWC batches (N, H, W, {self.spec.in_channels}), "
                     f"got {shape}, which looks NCHW: use tf.transpose(x, (0, 2, 3, 1))"
                 )
             shapes.check_input_shape(self.spec, (n, c, h, w))
         elif len(shape) != 4:
-            raise ValueError(
+            raise InputError(
                 f"{self.spec.name} expects a 4-d NHWC batch (N, H, W, {self.spec.in_channels}), got shape {shape}"
             )
 
@@ -300,7 +301,7 @@ def net(arch="d2l-resnet18", *, seed: int = 0, device: str = "cpu", **overrides)
     variables live on ``device``; run it inside ``with tf.device(...)`` for the same."""
     spec = get_arch(arch, **overrides)
     if device not in devices():
-        raise ValueError(f"device {device!r} is not available to tf; available: {devices()}")
+        raise InputError(f"device {device!r} is not available to tf; available: {devices()}")
     if device != "cpu":
         # TensorFlow runs float32 convs and matmuls in TF32 on Ampere and newer GPUs by
         # default: 10-bit mantissas, errors of 1e-3. The spec's float32 means float32.
