@@ -18,7 +18,8 @@ Each model's first training step and first inference step (where compiled
 frameworks trace and compile) are timed apart; then ``warmup`` untimed steps; then
 ``steps`` timed ones. A step is timed from the NumPy batch in to the loss and the
 NumPy logits out, so every framework has finished its work (a GPU included).
-Examples/s is the batch size over the median step time.
+Examples/s is the batch size over the median step time. An inference-only backend
+(onnxruntime) has no training phase: the result says why (``train_na``).
 
 FLOP convention: ``shapes.analyse`` counts multiply-accumulates (convolutions and
 the dense layer) per image; 1 MAC = 2 FLOP; a training step counts 3x the forward
@@ -86,7 +87,8 @@ def textbook_reason(backend_name: str, arch: str, device: str) -> str | None:
     if arch != textbook.ARCH:
         return f"the chapter builds only {textbook.ARCH}"
     if backend_name not in textbook.MODULES:
-        return f"no textbook code for {backend_name} (it is the package's own reference)"
+        why = "it is the package's own reference" if backend_name == "numpy" else "the chapter has none"
+        return f"no textbook code for {backend_name} ({why})"
     if device != "cpu" and backend_name != "torch":
         return f"the textbook baseline for {backend_name} runs on cpu only"
     return None
@@ -131,9 +133,13 @@ def run(
     flop = {"train": TRAIN_FORWARD_MULTIPLE * FLOP_PER_MAC * macs, "inference": FLOP_PER_MAC * macs}
 
     model = backend.build(spec, device=backend.check_device(device), seed=seed, eager=eager)
+    train_na = None
+    if getattr(backend, "inference_only", False):
+        train_na = f"{backend.name} is inference-only: it cannot train"
+    phases = tuple(p for p in PHASES if not (p == "train" and train_na))
     runners = {
         "package": {
-            "idiom": _package_idiom(backend, eager),
+            "idiom": _package_idiom(backend, eager) if train_na is None else "inference only",
             "train": lambda: backend.sgd_step(model, x, y, lr),
             "inference": lambda: backend.forward(model, x, training=False),
         }
@@ -154,7 +160,7 @@ def run(
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = {name: {"idiom": r["idiom"]} for name, r in runners.items()}
     names = list(runners)
-    for phase in PHASES:
+    for phase in phases:
         say(f"{phase}: first step of {' and '.join(names)}")
         first = {name: _timed(runners[name][phase]) for name in names}
         say(
@@ -209,6 +215,7 @@ def run(
         "models": results,
         "textbook_na": reason,
         "ratio": ratio,
+        **({"train_na": train_na} if train_na else {}),
     }
 
 
@@ -249,9 +256,16 @@ def check_result(result: dict) -> None:
         raise InputError(f"models must be 'package' and optionally 'textbook', got {sorted(models)}")
     if ("textbook" in models) == (result.get("textbook_na") is not None):
         raise InputError("exactly one of models.textbook and textbook_na must be given")
+    train_na = result.get("train_na")
+    if train_na is not None and (not isinstance(train_na, str) or not train_na or "textbook" in models):
+        raise InputError(f"train_na must say why an inference-only backend has no training phase, got {train_na!r}")
     for name, model in models.items():
         for phase in PHASES:
             where = f"models.{name}.{phase}"
+            if phase == "train" and train_na is not None:
+                if phase in model:
+                    raise InputError(f"{where} must be absent with train_na")
+                continue
             stats = model[phase]
             for key in ("first_step_s", "examples_per_s", "flop_per_s"):
                 positive(stats[key], f"{where}.{key}")
@@ -296,6 +310,8 @@ def format_table(result: dict) -> str:
     rows = []
     for phase in PHASES:
         for name, model in result["models"].items():
+            if phase not in model:  # an inference-only backend's training (train_na)
+                continue
             s = model[phase]
             idiom = model["idiom"] if phase == "train" else ""
             rows.append(
@@ -321,6 +337,8 @@ def format_table(result: dict) -> str:
                 cell.rjust(wd) if i in right else cell.ljust(wd) for i, (cell, wd) in enumerate(zip(row, widths))
             ).rstrip()
         )
+    if result.get("train_na"):
+        lines.append(f"training n/a: {result['train_na']}")
     if result["textbook_na"]:
         lines.append(f"textbook baseline n/a: {result['textbook_na']}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@
     resnet-multi trace    --backend torch --steps 10 --out traces/torch.safetensors
     resnet-multi compare  traces/numpy.safetensors traces/torch.safetensors [--tolerance 1e-3]
     resnet-multi conventions
+    resnet-multi export   --weights runs/torch-quick/weights.safetensors --format onnx --output model.onnx
 
 Mistakes (unknown backend or architecture, a backend that is not installed, a
 missing device, a number out of range, an output path that is not a regular file, a
@@ -124,8 +125,10 @@ def _input_shape(text: str) -> tuple[int, ...]:
 
 
 def _convention_framework(name: str) -> str:
-    if name not in frameworks.FRAMEWORKS:
-        raise argparse.ArgumentTypeError(f"no conventions for {name!r}: choose among {', '.join(frameworks.NAMES)}")
+    if name not in frameworks.BACKEND_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"no conventions for {name!r}: choose among {', '.join(frameworks.BACKEND_NAMES)}"
+        )
     return name
 
 
@@ -200,7 +203,7 @@ def _load_data(*, subset: bool, data_dir, limit: int | None, instead: str = "--s
 # ---- commands --------------------------------------------------------------------------
 def cmd_backends(args) -> int:
     rows = [("backend", "installed", "version", "devices")]
-    for name in frameworks.NAMES:
+    for name in frameworks.BACKEND_NAMES:
         try:
             backend = load_backend(name)
             rows.append((name, "yes", backend.framework_version(), ", ".join(backend.devices())))
@@ -593,6 +596,23 @@ def cmd_conventions(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    try:
+        from . import onnx_export
+
+        onnx_export.check_opset(args.opset)
+    except ImportError as e:
+        raise UsageError(f"export --format onnx: {str(e).splitlines()[0]}") from e
+    out = files.check_output(args.output, "--output")  # before any work
+    path = onnx_export.export_weights_file(args.weights, out, fold_bn=args.fold_bn, opset=args.opset)
+    bn = "BatchNorm folded into the convs" if args.fold_bn else "BatchNorm as its own nodes"
+    print(
+        f"wrote {path} ({path.stat().st_size:,} bytes): ONNX opset {args.opset}, {bn}, input "
+        f"{onnx_export.INPUT!r} (batch, C, height, width) float32, output {onnx_export.OUTPUT!r}"
+    )
+    return 0
+
+
 def cmd_check(args) -> int:
     from .lab import grade, report
 
@@ -628,7 +648,8 @@ def _eager(p):
 
 
 def _backend_option(p):
-    p.add_argument("--backend", required=True, choices=list(frameworks.NAMES), help="the framework to run")
+    # inference-only runtimes too: they refuse training (train, trace) with a message of their own
+    p.add_argument("--backend", required=True, choices=list(frameworks.BACKEND_NAMES), help="the framework to run")
 
 
 def _device_option(p):
@@ -860,10 +881,30 @@ def _add_conventions(sub):
         nargs="*",
         type=_convention_framework,
         metavar="FRAMEWORK",
-        help=f"only these, next to the spec's (one of {', '.join(frameworks.NAMES)}; default all)",
+        help=f"only these, next to the spec's (one of {', '.join(frameworks.BACKEND_NAMES)}; default all)",
     )
     p.add_argument("--markdown", action="store_true", help="a markdown table")
     p.set_defaults(func=cmd_conventions)
+
+
+def _add_export(sub):
+    p = sub.add_parser(
+        "export",
+        help="write saved weights as an ONNX inference model (onnx package; run it with onnxruntime)",
+        description="The network recorded in a weights file, in inference mode, as one ONNX file: "
+        "input 'images' (batch, C, height, width) float32 NCHW, batch and image side free; output "
+        "'logits'. The architecture and preprocessing go into its metadata_props.",
+    )
+    p.add_argument("--weights", required=True, type=_path, help="a .safetensors file saved by resnet-multi")
+    p.add_argument("--format", required=True, choices=["onnx"], help="the file format (onnx)")
+    p.add_argument("--output", required=True, type=_path, help="the file to write, e.g. model.onnx")
+    p.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold each BatchNorm that follows a conv into that conv (default: BatchNorm nodes of their own)",
+    )
+    p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default 18)")
+    p.set_defaults(func=cmd_export)
 
 
 def _add_check(sub):
@@ -902,6 +943,7 @@ COMMANDS = (
     _add_compare,
     _add_conventions,
     _add_check,
+    _add_export,
 )
 
 

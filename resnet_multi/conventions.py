@@ -25,7 +25,8 @@ from pathlib import Path
 from . import frameworks
 from .errors import InputError
 
-FRAMEWORKS = frameworks.NAMES
+# every backend's column, the inference-only runtimes' (onnxruntime) after the frameworks'
+FRAMEWORKS = frameworks.BACKEND_NAMES
 
 # topic -> row title, in the order a reader meets them in the chapter
 TOPICS = {

@@ -20,6 +20,8 @@ class Framework:
     # How to install it, CPU build, in an environment of its own from a clone of the
     # repository: the pins of its tox environment (tox.ini), as the README's table gives them.
     install: str | None = None
+    # True for a runtime that runs a trained network and cannot train one (onnxruntime)
+    inference_only: bool = False
 
     @property
     def module(self) -> str:
@@ -31,6 +33,8 @@ class Framework:
         current one's)."""
         if self.install is None:
             return "it comes with resnet-multi itself: pip install -e ."
+        if self.inference_only:  # no environment of its own: it runs beside any framework's
+            return f"install it into this environment, from the repository: {self.install}"
         return (
             f"each framework has an environment of its own (their dependencies conflict): run the tests "
             f"in it with `tox -e {self.name}`, or make one with `python3 -m venv .venv-{self.name}` and "
@@ -81,9 +85,31 @@ FRAMEWORKS: dict[str, Framework] = {
 }
 NAMES = tuple(FRAMEWORKS)
 
+# Runtimes that run a trained network and cannot train one. They are kept out of FRAMEWORKS
+# on purpose: every list derived from it (the training backends, textbook baselines,
+# notebooks, the lab, traces, the install tabs) is of frameworks that train. The inference
+# commands (evaluate, bench's inference half, summary, backends) and the conventions table
+# take BACKEND_NAMES, which adds these.
+INFERENCE_ONLY: dict[str, Framework] = {
+    f.name: f
+    for f in (
+        Framework(
+            "onnxruntime",
+            "ONNX Runtime",
+            "onnx",
+            textbook=False,
+            install="pip install -e '.[onnx]'",
+            inference_only=True,
+        ),
+    )
+}
+BACKEND_NAMES = NAMES + tuple(INFERENCE_ONLY)
+
 
 def get(name: str) -> Framework:
-    """The framework called ``name``, or a ValueError listing the ones there are."""
-    if name not in FRAMEWORKS:
-        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(FRAMEWORKS)}")
-    return FRAMEWORKS[name]
+    """The framework called ``name`` (inference-only runtimes included), or an InputError
+    listing the ones there are."""
+    found = FRAMEWORKS.get(name) or INFERENCE_ONLY.get(name)
+    if found is None:
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    return found

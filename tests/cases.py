@@ -7,6 +7,11 @@ framework is not installed appears as a skipped case that says so.
 
 A backend with a compiled mode (``Backend.compiles``) is tested twice: compiled,
 as ``train`` runs it by default (ids like ``tf-cpu``), and eager (``tf-cpu-eager``).
+
+Inference-only runtimes (``frameworks.INFERENCE_ONLY``: onnxruntime) cannot train, so they
+are never in ``BACKEND_CASES`` nor in ``selected_backends()``; ``INFERENCE_CASES`` adds
+them, for the tests of inference alone, where they are selected (by name, or with no
+selection at all).
 """
 
 import os
@@ -17,15 +22,15 @@ from resnet_multi import frameworks
 from resnet_multi.backend import load_backend
 
 
-def selected_backends():
+def selected_backends(*, inference_only: bool = False):
+    """The selected frameworks that train; ``inference_only=True``: the selected
+    inference-only runtimes instead."""
     names = os.environ.get("RESNET_MULTI_TEST_BACKENDS")
-    if not names:
-        return list(frameworks.NAMES)
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = set(chosen) - set(frameworks.NAMES)
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else list(frameworks.BACKEND_NAMES)
+    unknown = set(chosen) - set(frameworks.BACKEND_NAMES)
     if unknown:
         raise pytest.UsageError(f"RESNET_MULTI_TEST_BACKENDS names unknown backends {sorted(unknown)}")
-    return chosen
+    return [n for n in chosen if (n in frameworks.INFERENCE_ONLY) == inference_only]
 
 
 class EagerBackend:
@@ -45,10 +50,10 @@ class EagerBackend:
         return f"EagerBackend({self._backend.name})"
 
 
-def backend_cases():
+def backend_cases(*, inference_only: bool = False):
     """pytest params (backend, device), ids like 'torch-cpu' (and 'tf-cpu-eager')."""
     cases = []
-    for name in selected_backends():
+    for name in selected_backends(inference_only=inference_only):
         try:
             backend = load_backend(name)
         except ImportError as e:
@@ -67,12 +72,13 @@ def backend_cases():
 
 
 BACKEND_CASES = backend_cases()
+INFERENCE_CASES = BACKEND_CASES + backend_cases(inference_only=True)
 
 
-def arch_cases(archs):
+def arch_cases(archs, cases=BACKEND_CASES):
     """(backend, device, arch) params, ids like 'torch-cpu-resnet50'."""
     out = []
-    for case in BACKEND_CASES:
+    for case in cases:
         for arch in archs:
             out.append(pytest.param(*case.values, arch, id=f"{case.id}-{arch}", marks=case.marks))
     return out

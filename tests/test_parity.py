@@ -3,7 +3,7 @@ and the NumPy reference (float64), given the same canonical weights."""
 
 import numpy as np
 import pytest
-from cases import BACKEND_CASES, arch_cases
+from cases import BACKEND_CASES, INFERENCE_CASES, arch_cases
 from helpers import kink_free_batch, random_weights, rel_err
 
 from resnet_multi import ARCHS, shapes
@@ -17,11 +17,11 @@ ALL_ARCHS = list(ARCHS)
 NUMERIC_CASES = [(arch, 32) for arch in ALL_ARCHS] + [("d2l-resnet18", 64)]
 
 
-def numeric_cases():
+def numeric_cases(cases=BACKEND_CASES):
     """(backend, device, arch, size) params, ids like 'torch-cpu-resnet50-32'."""
     return [
         pytest.param(*case.values, arch, size, id=f"{case.id}-{arch}-{size}", marks=case.marks)
-        for case in BACKEND_CASES
+        for case in cases
         for arch, size in NUMERIC_CASES
     ]
 
@@ -31,17 +31,18 @@ def batch(spec, n, size, seed=1):
 
 
 # 1. the chapter's checks ----------------------------------------------------------------
-@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+# (INFERENCE_CASES: these and the inference checks run on inference-only runtimes too)
+@pytest.mark.parametrize("backend, device", INFERENCE_CASES)
 def test_residual_keeps_shape(backend, device):
     assert backend.residual_output_shape((4, 3, 6, 6), 3, 3) == (4, 3, 6, 6)
 
 
-@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+@pytest.mark.parametrize("backend, device", INFERENCE_CASES)
 def test_residual_projection_halves_and_widens(backend, device):
     assert backend.residual_output_shape((4, 3, 6, 6), 3, 6, use_1x1conv=True, strides=2) == (4, 6, 3, 3)
 
 
-@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+@pytest.mark.parametrize("backend, device", INFERENCE_CASES)
 @pytest.mark.parametrize(
     "options",
     [dict(kind="bottleneck"), dict(preact=True), dict(kind="bottleneck", preact=True, stride_on="1x1")],
@@ -52,7 +53,7 @@ def test_residual_variants(backend, device, options):
     assert backend.residual_output_shape((2, 8, 7, 7), 8, 16, True, 2, **options) == (2, 16, 4, 4)
 
 
-@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+@pytest.mark.parametrize("backend, device", INFERENCE_CASES)
 def test_residual_without_projection_cannot_change_shape(backend, device):
     with pytest.raises(ValueError, match="use_1x1conv=True"):
         backend.residual_output_shape((4, 3, 6, 6), 3, 6)
@@ -61,7 +62,7 @@ def test_residual_without_projection_cannot_change_shape(backend, device):
 
 
 # 2. and 3. shapes and counts ----------------------------------------------------------------
-@pytest.mark.parametrize("backend, device, arch", arch_cases(ALL_ARCHS))
+@pytest.mark.parametrize("backend, device, arch", arch_cases(ALL_ARCHS, INFERENCE_CASES))
 def test_layer_shapes_and_counts(backend, device, arch):
     model = backend.build(arch, device=device)
     spec = model.spec
@@ -72,7 +73,7 @@ def test_layer_shapes_and_counts(backend, device, arch):
 
 
 # 4. inference -----------------------------------------------------------------------------
-@pytest.mark.parametrize("backend, device, arch, size", numeric_cases())
+@pytest.mark.parametrize("backend, device, arch, size", numeric_cases(INFERENCE_CASES))
 def test_initial_weights_are_the_spec(backend, device, arch, size):
     model = backend.build(arch, device=device, seed=3)
     got, want = backend.get_weights(model), init_weights(model.spec, 3)
@@ -81,7 +82,7 @@ def test_initial_weights_are_the_spec(backend, device, arch, size):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-@pytest.mark.parametrize("backend, device, arch, size", numeric_cases())
+@pytest.mark.parametrize("backend, device, arch, size", numeric_cases(INFERENCE_CASES))
 def test_inference_logits_match_reference(backend, device, arch, size, oracle):
     model, ref = backend.build(arch, device=device), oracle.build(arch)
     weights = random_weights(model.spec, seed=7)
@@ -176,7 +177,7 @@ def test_training_forward_updates_running_statistics(backend, device, oracle):
 
 
 # 6. weights files ------------------------------------------------------------------------
-@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+@pytest.mark.parametrize("backend, device", INFERENCE_CASES)
 def test_weights_round_trip_bit_exact(backend, device, tmp_path):
     model = backend.build("resnet50", device=device, in_channels=1, num_classes=10)
     weights = random_weights(model.spec, seed=4)
@@ -190,7 +191,7 @@ def test_weights_round_trip_bit_exact(backend, device, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
 
 
-@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+@pytest.mark.parametrize("backend, device", INFERENCE_CASES)
 def test_corrupt_and_mismatched_weights_are_refused(backend, device, tmp_path):
     model = backend.build("d2l-resnet18", device=device)
     path = backend.save_weights(model, tmp_path / "w.safetensors")
