@@ -259,12 +259,26 @@ ARCH = Schema(
 
 # How images become the network's input: resized to ``resize`` (None: 28, as stored),
 # then x = (pixel * scale - mean) / std. Recorded in every weights file saved by training.
+# Imported zoo weights add how their zoo prepares a photo: the shorter side resized to
+# ``resize`` with ``interpolation``, a centre ``crop``, the ``channels`` in the network's
+# order, and a mean and std per channel (lists; training records single numbers).
 PREPROCESS = Schema(
     {
         "resize": Field(int, nullable=True, min=1, max=MAX_IMAGE_SIDE),
         "scale": Field(float, min=1e-12),  # 0 would map every image to the same input
         "mean": Field(float),
         "std": Field(float, min=1e-12),
+        "crop": Field(int, required=False, min=1, max=MAX_IMAGE_SIDE),
+        "interpolation": Field(str, required=False, choices=("nearest", "bilinear", "bicubic")),
+        "channels": Field(str, required=False, choices=("L", "RGB", "BGR")),
+    }
+)
+_PER_CHANNEL = dict(min_len=1, max_len=3)  # L, or RGB / BGR
+PREPROCESS_PER_CHANNEL = Schema(
+    {
+        **PREPROCESS.fields,
+        "mean": Field(list, items=Field(float), **_PER_CHANNEL),
+        "std": Field(list, items=Field(float, min=1e-12), **_PER_CHANNEL),
     }
 )
 # The largest |input| a preprocessing may map a pixel (0..255) to: normalised inputs lie
@@ -272,11 +286,29 @@ PREPROCESS = Schema(
 MAX_INPUT = 1e6
 
 
+def preprocess_channels(obj: dict) -> int | None:
+    """How many channels a (checked) preprocessing record feeds the network, where it says."""
+    if "channels" in obj:
+        return 1 if obj["channels"] == "L" else 3
+    if isinstance(obj["mean"], list):
+        return len(obj["mean"])
+    return None
+
+
 def check_preprocess(obj, path: str = "preprocess") -> dict:
     """A preprocessing record: the schema, and pixels 0..255 map to inputs within
     +-:data:`MAX_INPUT` (else float32 arithmetic on them is meaningless or overflows)."""
-    check_schema(obj, PREPROCESS, path)
-    ends = [abs((pixel * obj["scale"] - obj["mean"]) / obj["std"]) for pixel in (0, 255)]
+    per_channel = isinstance(obj, dict) and isinstance(obj.get("mean"), list)
+    check_schema(obj, PREPROCESS_PER_CHANNEL if per_channel else PREPROCESS, path)
+    means, stds = (obj["mean"], obj["std"]) if per_channel else ([obj["mean"]], [obj["std"]])
+    if per_channel and len(means) != len(stds):
+        raise SchemaError(path, f"has {len(means)} means and {len(stds)} stds: give one of each per channel")
+    channels = preprocess_channels(obj)
+    if per_channel and channels != len(means):
+        raise SchemaError(path, f"has {len(means)} means for {obj['channels']}'s {channels} channel(s)")
+    if "crop" in obj and (obj["resize"] is None or obj["crop"] > obj["resize"]):
+        raise SchemaError(path, f"crops {obj['crop']} pixels from an image resized to {obj['resize']}: resize first")
+    ends = [abs((pixel * obj["scale"] - m) / s) for pixel in (0, 255) for m, s in zip(means, stds)]
     if not max(ends) <= MAX_INPUT:  # not <=: also a NaN from the arithmetic
         raise SchemaError(
             path,
@@ -293,9 +325,32 @@ WEIGHTS_METADATA = Schema(
         "format": Field(str),
         "arch": Field(str),
         "preprocess": Field(str, required=False),  # absent in files from before it was recorded
+        "classes": Field(str, required=False),  # JSON: CLASSES; absent: the classes are not named
+        "source": Field(str, required=False),  # JSON: SOURCE, for weights imported from a model zoo
     },
     extra=True,
 )
+
+# The name of each class, in the order of the network's outputs.
+CLASSES = Field(list, min_len=1, max_len=MAX_CLASSES, items=Field(str, pattern=r"[^\n]{1,200}"))
+
+# Where imported weights come from: the zoo, the file's name and SHA-256.
+SOURCE = Schema(
+    {
+        "zoo": Field(str, pattern=r"[a-z0-9_-]{1,40}"),
+        "file": Field(str, pattern=r"[^\n]{1,1000}"),
+        "sha256": Field(str, pattern=r"[0-9a-f]{64}"),
+    }
+)
+
+
+def check_classes(obj, num_classes: int, path: str = "classes") -> list[str]:
+    """Class names: one line each, one for each of the network's ``num_classes`` outputs."""
+    _check(obj, CLASSES, path)
+    if len(obj) != num_classes:
+        raise SchemaError(path, f"names {len(obj)} classes for a network with {num_classes} outputs")
+    return obj
+
 
 _EPOCH_LISTS = ("epoch", "train_loss", "train_acc", "test_acc", "examples", "train_seconds")
 

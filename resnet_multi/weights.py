@@ -209,13 +209,23 @@ def _json(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec, *, preprocess: dict | None = None) -> Path:
+def save_weights(
+    path,
+    weights: dict[str, np.ndarray],
+    spec: ArchSpec,
+    *,
+    preprocess: dict | None = None,
+    classes: list[str] | None = None,
+    source: dict | None = None,
+) -> Path:
     """Write canonical weights to a safetensors file atomically (temp file + rename).
 
     The metadata records the architecture and, when given, ``preprocess``: how images
     become the input the weights were trained on (resize, scale, mean, std), so that
-    evaluation needs nothing but the file. The same tensors and metadata always give
-    the same bytes. Weights holding NaN/Inf or negative variances are refused.
+    evaluation needs nothing but the file; ``classes``: the name of each output; ``source``:
+    where imported weights come from (:data:`resnet_multi.validate.SOURCE`). The same tensors
+    and metadata always give the same bytes. Weights holding NaN/Inf or negative variances
+    are refused.
     """
     from safetensors.numpy import save
 
@@ -224,9 +234,16 @@ def save_weights(path, weights: dict[str, np.ndarray], spec: ArchSpec, *, prepro
     if bad:
         raise WeightsError(f"refusing to save weights that no trained network has: {validate.describe(bad)}")
     metadata = {"format": FORMAT, "arch": _json(asdict(spec))}
-    if preprocess is not None:
-        validate.check_preprocess(preprocess, "preprocess")
-        metadata["preprocess"] = _json(preprocess)
+    try:
+        if preprocess is not None:
+            _check_preprocess(preprocess, spec, "preprocess")
+            metadata["preprocess"] = _json(preprocess)
+        if classes is not None:
+            metadata["classes"] = _json(validate.check_classes(list(classes), spec.num_classes))
+        if source is not None:
+            metadata["source"] = _json(validate.check_schema(source, validate.SOURCE, "source"))
+    except validate.SchemaError as e:
+        raise WeightsError(f"refusing to save weights with this metadata: {e}") from None
     data = save({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata=metadata)
     atomic_write_bytes(Path(path), *_sorted_header(data))
     return Path(path)
@@ -255,6 +272,8 @@ class Metadata:
 
     arch: ArchSpec
     preprocess: dict | None  # None in files saved before it was recorded
+    classes: tuple[str, ...] | None = None  # None where the file names no classes
+    source: dict | None = None  # where imported weights come from
 
 
 def _damaged(path, problem: str) -> WeightsError:
@@ -276,14 +295,31 @@ def read_metadata(path) -> Metadata:
         if meta["format"] != FORMAT:
             raise validate.SchemaError("metadata.format", f"is {meta['format']!r}, not {FORMAT!r}")
         spec = validate.arch_from_dict(validate.parse_json(meta["arch"], "metadata.arch"), "metadata.arch")
-        preprocess = None
+        preprocess = classes = source = None
         if "preprocess" in meta:
-            preprocess = validate.check_preprocess(
-                validate.parse_json(meta["preprocess"], "metadata.preprocess"), "metadata.preprocess"
+            preprocess = _check_preprocess(
+                validate.parse_json(meta["preprocess"], "metadata.preprocess"), spec, "metadata.preprocess"
             )
+        if "classes" in meta:
+            names = validate.parse_json(meta["classes"], "metadata.classes")
+            classes = tuple(validate.check_classes(names, spec.num_classes, "metadata.classes"))
+        if "source" in meta:
+            source = validate.parse_json(meta["source"], "metadata.source")
+            validate.check_schema(source, validate.SOURCE, "metadata.source")
     except validate.SchemaError as e:
         raise _damaged(path, str(e)) from None
-    return Metadata(spec, preprocess)
+    return Metadata(spec, preprocess, classes, source)
+
+
+def _check_preprocess(preprocess, spec: ArchSpec, path: str) -> dict:
+    """The preprocessing record's checks, and that it feeds the network its channel count."""
+    validate.check_preprocess(preprocess, path)
+    channels = validate.preprocess_channels(preprocess)
+    if channels is not None and channels != spec.in_channels:
+        raise validate.SchemaError(
+            path, f"prepares {channels}-channel images for a network of {spec.in_channels} input channel(s)"
+        )
+    return preprocess
 
 
 def readable(path) -> bool:
