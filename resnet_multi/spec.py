@@ -388,6 +388,19 @@ ARCHS: dict[str, ArchSpec] = {
         # "Identity Mappings in Deep Residual Networks": projection is a bare 1x1 conv.
         ArchSpec("preact-resnet18", (2, 2, 2, 2), "basic", preact=True, **{**_TORCHVISION, "shortcut": "conv"}),
         ArchSpec("preact-resnet50", (3, 4, 6, 3), "bottleneck", preact=True, **{**_TORCHVISION, "shortcut": "conv"}),
+        # keras.applications.ResNet50: the paper's v1 (stride on a bottleneck's first 1x1), a bias
+        # on every conv, Glorot-uniform init, and Keras' BatchNorm epsilon (its momentum 0.99
+        # is 0.01 in this convention). Its ZeroPadding2D + valid conv/pool equal the stem's padding.
+        ArchSpec(
+            "keras-resnet50",
+            (3, 4, 6, 3),
+            "bottleneck",
+            conv_bias=True,
+            shortcut="conv_bn",
+            stride_on="1x1",
+            init="xavier_uniform",
+            bn=BatchNormSpec(eps=1.001e-5, momentum=0.01),
+        ),
     )
 }
 

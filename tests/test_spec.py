@@ -28,6 +28,21 @@ def test_torchvision_parameters_and_macs(arch):
     assert round(shapes.macs(get_arch(arch), 224) / 1e9, 3) == gmacs
 
 
+def test_keras_resnet50_is_keras_applications_resnet50():
+    # Keras' model.summary() of keras.applications.ResNet50: 25,636,712 parameters, of which
+    # 53,120 are BatchNorm's moving statistics; the paper's v1 moves the stride, not parameters
+    spec = get_arch("keras-resnet50")
+    assert count(spec) == (25_583_592, 53_120)
+    assert (spec.stride_on, spec.conv_bias, spec.shortcut, spec.bn.eps, spec.bn.momentum) == (
+        "1x1",
+        True,
+        "conv_bn",
+        1.001e-5,
+        0.01,
+    )
+    assert [r.shape for r in shapes.layer_shapes(spec, (1, 3, 224, 224))][:2] == [(1, 64, 56, 56), (1, 256, 56, 56)]
+
+
 def test_chapter_network():
     spec = get_arch("d2l-resnet18")
     assert count(spec) == (11_178_378, 7_808)
