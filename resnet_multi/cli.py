@@ -11,6 +11,8 @@
     resnet-multi trace    --backend torch --steps 10 --out traces/torch.safetensors
     resnet-multi compare  traces/numpy.safetensors traces/torch.safetensors [--tolerance 1e-3]
     resnet-multi conventions
+    resnet-multi import   --from torchvision resnet50-0676ba61.pth --arch resnet50 --output resnet50.safetensors
+    resnet-multi predict  --weights resnet50.safetensors --backend numpy cat.jpg dog.png
     resnet-multi export   --weights runs/torch-quick/weights.safetensors --format onnx --output model.onnx
 
 Mistakes (unknown backend or architecture, a backend that is not installed, a
@@ -613,6 +615,47 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from . import zoo
+
+    path = zoo.import_file(args.zoo, args.checkpoint, args.arch, args.output)
+    print(f"imported {zoo.describe(path)}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from . import data, images
+    from . import weights as canonical
+
+    recorded = canonical.read_metadata(args.weights)  # validated before anything is built
+    spec = recorded.arch
+    preprocess = recorded.preprocess
+    if preprocess is None:
+        preprocess = data.preprocessing(96)
+        print(
+            f"{PROG}: note: {args.weights} records no preprocessing (saved by an older version); "
+            f"preparing images as the chapter trains: grey, 96x96",
+            file=sys.stderr,
+        )
+    x = images.load_batch(args.images, preprocess, spec)  # every file read before a model is built
+    backend = _backend(args.backend)
+    device = _device(backend, args.device)
+    _check_memory(backend, spec, (min(len(x), args.batch_size), *x.shape[1:]), args, training=False)
+    model = backend.build(spec, device=device, eager=args.eager)
+    backend.load_weights(model, args.weights)
+    # weights from a file: every layer's output checked on the first batch, as evaluate does
+    backend.named_outputs(model, x[: args.batch_size], training=False)
+    logits = [backend.forward(model, x[i : i + args.batch_size]) for i in range(0, len(x), args.batch_size)]
+    names = images.class_names(recorded.classes, spec)
+    for path, best in zip(args.images, images.top_k(np.concatenate(logits), names, args.top)):
+        print(path)
+        for rank, (index, name, prob) in enumerate(best, 1):
+            print(f"  {rank}. {prob:6.2%}  {name} ({index})")
+    return 0
+
+
 def cmd_check(args) -> int:
     from .lab import grade, report
 
@@ -907,6 +950,37 @@ def _add_export(sub):
     p.set_defaults(func=cmd_export)
 
 
+def _add_import(sub):
+    from .zoo import ZOOS
+
+    p = sub.add_parser(
+        "import",
+        help="convert a model zoo's pretrained ResNet (torchvision, timm, Keras, Paddle) into a weights file",
+        description="Reads the checkpoint as its zoo saves it (never unpickling arbitrary objects) and "
+        "writes canonical weights with the zoo's class names and preprocessing, for predict and every backend.",
+    )
+    p.add_argument("--from", dest="zoo", required=True, choices=ZOOS, help="the zoo the checkpoint comes from")
+    p.add_argument("checkpoint", type=_path, help="the zoo's file (.pth, .safetensors, .weights.h5, .keras, .pdparams)")
+    p.add_argument(
+        "--arch", required=True, choices=list(ARCHS), help="its architecture (Keras' ResNet50: keras-resnet50)"
+    )
+    p.add_argument("--output", required=True, type=_path, help="the .safetensors file to write")
+    p.set_defaults(func=cmd_import)
+
+
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="the most likely classes of images, with the weights' own preprocessing")
+    _backend_option(p)
+    _device_option(p)
+    p.add_argument("--weights", required=True, type=_path, help="a .safetensors file saved or imported by resnet-multi")
+    p.add_argument("images", nargs="+", type=_path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--top", type=_positive_int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
+    _eager(p)
+    _max_memory(p)
+    p.set_defaults(func=cmd_predict)
+
+
 def _add_check(sub):
     from .lab.exercises import EXERCISES
 
@@ -944,6 +1018,8 @@ COMMANDS = (
     _add_conventions,
     _add_check,
     _add_export,
+    _add_import,
+    _add_predict,
 )
 
 

@@ -20,7 +20,7 @@ LAYERS = [
     {"shapes", "files", "conventions"},
     {"validate"},
     {"weights"},
-    {"memory", "data"},
+    {"memory", "data", "images"},
     {"backend"},
     {
         "numpy",
@@ -37,7 +37,7 @@ LAYERS = [
         "onnx_export",
         "onnxruntime",
     },
-    {"train", "lab"},
+    {"train", "lab", "zoo"},
     {"trace", "bench", "distributed"},
     {"compare"},
     {"cli"},
