@@ -476,9 +476,9 @@ def _download_or_explain(download: bool) -> Path:
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=32)
-def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in) bilinear weights, half-pixel centres (align_corners=False)."""
+def _interp_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, w_lo, w_hi): output ``i`` is ``w_lo[i] * in[lo[i]] + w_hi[i] * in[hi[i]]``,
+    bilinear with half-pixel centres (align_corners=False); weights float32."""
     scale = in_size / out_size
     dst = np.arange(out_size, dtype=np.float64)
     # Same formula as PyTorch's area_pixel_compute_source_index: negative
@@ -487,29 +487,54 @@ def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
     lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
     frac = src - lo
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    edge = lo == hi  # one neighbour: its weight is the whole 1, not (1 - frac) + frac rounded apart
+    w_lo = np.where(edge, 1.0, 1.0 - frac).astype(np.float32)
+    w_hi = np.where(edge, 0.0, frac).astype(np.float32)
+    return lo, hi, w_lo, w_hi
+
+
+@functools.lru_cache(maxsize=32)
+def _taps(in_size: int, out_size: int):
+    taps = _interp_taps(in_size, out_size)
+    for array in taps:
+        array.flags.writeable = False  # shared through the cache
+    return taps
+
+
+def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) float32: the two taps of :func:`_interp_taps` as a matrix's rows."""
+    lo, hi, w_lo, w_hi = _taps(in_size, out_size)
+    matrix = np.zeros((out_size, in_size), dtype=np.float32)
     rows = np.arange(out_size)
-    np.add.at(matrix, (rows, lo), 1.0 - frac)
-    np.add.at(matrix, (rows, hi), frac)  # lo == hi at the edge: weights still sum to 1
-    matrix = matrix.astype(np.float32)
-    matrix.flags.writeable = False  # shared through the cache
+    matrix[rows, lo] = w_lo
+    matrix[rows, hi] += w_hi  # lo == hi at the edge: w_hi is 0 there
+    matrix.flags.writeable = False
     return matrix
 
 
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize (N, H, W) float32 images to (N, size, size), bilinear, align_corners=False."""
+    """Resize (N, H, W) float32 images to (N, size, size), bilinear, align_corners=False.
+
+    Rows first, then columns; each output is ``w_lo * a + w_hi * b`` in float32, two
+    products and one sum, each rounded once. Element-wise arithmetic, not a matrix product:
+    a BLAS may fuse a multiply-add or reorder a sum, and then two NumPy builds would give
+    batches a rounding apart, and traces from two environments would not be comparable."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
         raise InputError(f"size must be a positive integer, got {size!r}")
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3:
         raise InputError(f"images must have shape (N, H, W), got {images.shape}")
-    rows, cols = resize_matrices(*images.shape[1:], int(size))
-    return np.ascontiguousarray(rows @ images @ cols.T, dtype=np.float32)
+    lo, hi, w_lo, w_hi = _taps(images.shape[1], int(size))
+    rows = images[:, lo, :] * w_lo[:, None] + images[:, hi, :] * w_hi[:, None]
+    lo, hi, w_lo, w_hi = _taps(images.shape[2], int(size))
+    return np.ascontiguousarray(rows[:, :, lo] * w_lo + rows[:, :, hi] * w_hi, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=16)
 def resize_matrices(height: int, width: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols): :func:`resize_bilinear` is ``rows @ image @ cols.T``, float32 (read-only,
-    shared); a backend that resizes on its device uses the same two matrices."""
+    """(rows, cols): :func:`resize_bilinear` as ``rows @ image @ cols.T``, float32 (read-only,
+    shared), for a backend that resizes on its device with matrix products; those agree with
+    :func:`resize_bilinear` to a rounding (a device may fuse the multiply-add)."""
     return _interp_matrix(int(height), int(size)), _interp_matrix(int(width), int(size))
 
 

@@ -509,6 +509,23 @@ def test_resize_constant_stays_constant_and_deterministic():
     np.testing.assert_array_equal(out, data.resize_bilinear(x, 96))
 
 
+@pytest.mark.parametrize("size", [5, 20, 32, 96])
+def test_resize_rounds_each_product_and_sum_once(size):
+    """Every environment must give the same bits (traces from two environments are compared
+    bit for bit): each output is fl(fl(w_lo * a) + fl(w_hi * b)), rows then columns, never a
+    fused multiply-add or a BLAS's summation order. Recomputed here pixel by pixel with
+    NumPy float32 scalars, whose every operation rounds once."""
+    x = np.random.default_rng(size).random((1, 28, 28), dtype=np.float32)
+    lo, hi, w_lo, w_hi = data._interp_taps(28, size)
+    f32 = np.float32
+    rows = [[f32(w_lo[i] * x[0, lo[i], c]) + f32(w_hi[i] * x[0, hi[i], c]) for c in range(28)] for i in range(size)]
+    want = np.array(
+        [[f32(w_lo[j] * rows[i][lo[j]]) + f32(w_hi[j] * rows[i][hi[j]]) for j in range(size)] for i in range(size)],
+        dtype=np.float32,
+    )
+    np.testing.assert_array_equal(data.resize_bilinear(x, size)[0], want)
+
+
 @pytest.mark.parametrize("size", [0, -1, 2.5, True])
 def test_resize_rejects_bad_size(size):
     with pytest.raises(ValueError):
