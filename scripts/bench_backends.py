@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 PHASES = ("train", "inference")
 
 
-def bench_once(env_dir: Path, backend: str, bench_args: list[str], out: Path) -> dict:
+def bench_once(env_dir: Path, backend: str, bench_args: list[str], out: Path, source: Path = REPO) -> dict:
+    """One ``resnet-multi bench`` of ``backend``, with the package imported from ``source``."""
     python = env_dir / backend / "bin" / "python"
     if not python.is_file():
         raise SystemExit(f"no environment for {backend} at {python.parent.parent} (tox -e {backend} builds it)")
@@ -45,9 +46,9 @@ def bench_once(env_dir: Path, backend: str, bench_args: list[str], out: Path) ->
         str(out),
         *bench_args,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"}
+    env = {**os.environ, "PYTHONPATH": str(source), "MPLBACKEND": "Agg"}
     print(" ".join(command), file=sys.stderr)
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=source, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{backend}'s bench failed (exit {done.returncode}):\n{done.stderr.strip()}")
     return json.loads(out.read_text())
