@@ -424,6 +424,13 @@ def cmd_evaluate(args) -> int:
     device = _device(backend, args.device)
     recorded = canonical.read_metadata(args.weights)  # validated before anything is built
     spec = recorded.arch
+    if (spec.in_channels, spec.num_classes) != (1, 10):
+        raise UsageError(
+            f"{args.weights} holds a {spec.name} for {spec.in_channels}-channel images and {spec.num_classes} "
+            f"classes{' (' + recorded.source['zoo'] + ')' if recorded.source else ''}; evaluate measures "
+            f"Fashion-MNIST test accuracy (1 channel, 10 classes): for its classes of your own images run "
+            f"{PROG} predict --weights {args.weights} --backend {args.backend} IMAGE..."
+        )
     run = _run_beside(Path(args.weights))
     meta = run.get("meta", {})
     known, trained = train.trained_resize(recorded.preprocess, run)

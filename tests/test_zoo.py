@@ -509,3 +509,23 @@ def test_paddle_checkpoint_gives_paddles_logits(tmp_path, arch):
 def test_preprocess_records_are_valid_json_metadata():
     for name, record in zoo.PREPROCESS.items():
         validate.check_preprocess(json.loads(json.dumps(record)), name)
+
+
+def test_evaluate_refuses_zoo_weights_and_points_to_predict(tmp_path):
+    """evaluate measures Fashion-MNIST accuracy; ImageNet weights would reach the pipeline with a
+    per-channel mean and 1,000 classes. The command refuses them before any work, naming predict."""
+    spec = get_arch("resnet18", width=8)
+    path = tmp_path / "imagenet.safetensors"
+    canonical.save_weights(
+        path,
+        canonical.init_weights(spec, 0),
+        spec,
+        preprocess=zoo.PREPROCESS["torchvision"],
+        classes=zoo.imagenet_classes(),
+        source={"zoo": "torchvision", "file": "resnet18.pth", "sha256": "0" * 64},
+    )
+    result = _cli("evaluate", "--backend", "numpy", "--weights", path, "--subset", "--limit", "8")
+    assert result.returncode == 2, result.stderr
+    assert "3-channel images and 1000 classes (torchvision)" in result.stderr
+    assert f"predict --weights {path}" in result.stderr
+    assert result.stdout == ""
