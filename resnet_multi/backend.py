@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import data, frameworks, shapes, validate
+from . import data, frameworks, optim, shapes, validate
 from . import weights as canonical
 from .errors import InputError, NonFiniteError
 from .spec import ArchSpec, get_arch
@@ -147,8 +147,23 @@ class Backend:
 
     def _sgd_step(self, model: Model, x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
         """One training step in the framework's own idiom: mean cross-entropy,
-        gradients, plain SGD (no momentum, no weight decay) with learning rate
-        ``lr``; BN statistics update once. Returns (loss before the step, logits)."""
+        gradients, SGD with learning rate ``lr``; BN statistics update once. Returns
+        (loss before the step, logits). Plain SGD (no momentum, no weight decay, no
+        label smoothing) unless :meth:`configure_optimizer` set more: then
+        :func:`optimizer_settings` ``(model)``, with the update of :mod:`resnet_multi.optim`."""
+        raise NotImplementedError
+
+    def _configure_optimizer(self, model: Model, optimizer: optim.Optimizer) -> None:
+        """Drop the framework's optimizer objects for ``model``, so the next step builds
+        them for ``optimizer`` with zero momentum buffers."""
+        raise NotImplementedError
+
+    def _get_optimizer_state(self, model: Model) -> dict[str, np.ndarray]:
+        """The momentum buffer of every trainable canonical tensor (canonical layout;
+        zeros before the first step)."""
+        raise NotImplementedError
+
+    def _set_optimizer_state(self, model: Model, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     def _residual_output_shape(self, x: np.ndarray, args: tuple, options: dict) -> tuple[int, ...]:
@@ -256,6 +271,56 @@ class Backend:
         self._check_loss(model, x, loss, logits, "SGD step", applied=True)
         return loss, logits
 
+    # -- the optimizer beyond plain SGD (resnet_multi.optim) -----------------------------
+    def configure_optimizer(self, model: Model, optimizer: optim.Optimizer | None = None) -> None:
+        """SGD's settings for the steps of ``model`` (:class:`resnet_multi.optim.Optimizer`;
+        None: the chapter's plain SGD). The momentum buffers start at zero."""
+        optimizer = optim.PLAIN if optimizer is None else optimizer
+        if not isinstance(optimizer, optim.Optimizer):
+            raise InputError(f"optimizer must be a resnet_multi.optim.Optimizer, got {type(optimizer).__name__}")
+        self._configure_optimizer(model, optimizer)
+        model.cache["optimizer"] = optimizer
+
+    def get_optimizer_state(self, model: Model) -> dict[str, np.ndarray]:
+        """The optimizer's state: each trainable canonical tensor's momentum buffer,
+        float32; empty for an optimizer without momentum, which keeps none."""
+        if not optimizer_settings(model).stateful:
+            return {}
+        with _quiet():
+            state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self._get_optimizer_state(model).items()}
+        self._check_optimizer_state(model, state, f"{self.name}'s optimizer state")
+        return state
+
+    def set_optimizer_state(self, model: Model, state: dict[str, np.ndarray]) -> None:
+        """Set the momentum buffers (as :meth:`get_optimizer_state` gives them)."""
+        if not optimizer_settings(model).stateful:
+            if state:
+                raise InputError(
+                    "this optimizer keeps no state (no momentum), but a state was passed: "
+                    "configure_optimizer with the momentum it was saved with first"
+                )
+            return
+        self._check_optimizer_state(model, state, "the optimizer state")
+        self._set_optimizer_state(model, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()})
+
+    @staticmethod
+    def _check_optimizer_state(model: Model, state: dict, what: str) -> None:
+        specs = {t.name: t.shape for t in canonical.tensor_specs(model.spec) if t.trainable}
+        if set(state) != set(specs):
+            missing, extra = sorted(set(specs) - set(state)), sorted(set(state) - set(specs))
+            raise InputError(
+                f"{what} does not fit {model.spec.name}: missing {missing[:3]}, unexpected {extra[:3]}; "
+                f"pass the state of a run of the same network"
+            )
+        wrong = [f"{k}: expected {specs[k]}, got {np.shape(v)}" for k, v in state.items() if np.shape(v) != specs[k]]
+        if wrong:
+            raise InputError(f"{what} has mis-shaped buffers ({'; '.join(wrong[:3])})")
+        bad = validate.bad_tensors(state)
+        if bad:
+            raise NonFiniteError(
+                f"{what} holds {validate.describe(bad)}; resume from a checkpoint of a run that did not diverge"
+            )
+
     # -- the training loop's step (train.fit); defaults are sgd_step on host batches ---
     def configure_training(
         self,
@@ -286,12 +351,20 @@ class Backend:
         model.cache["training"] = {"precision": precision, "channels_last": False, "device_batches": False}
 
     def training_batches(
-        self, model: Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int, resize: int | None
+        self,
+        model: Model,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        resize: int | None,
+        augment: str | None = None,
     ):
         """A function (seed, epoch) -> that epoch's shuffled batches, in the form
-        :meth:`train_step` takes; here NumPy (x, y) from :func:`resnet_multi.data.iterate_batches`."""
+        :meth:`train_step` takes; here NumPy (x, y) from :func:`resnet_multi.data.iterate_batches`
+        (``augment``: its seeded augmentation)."""
         return lambda seed, epoch: data.iterate_batches(
-            images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, resize=resize
+            images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch, resize=resize, augment=augment
         )
 
     def new_metrics(self, model: Model) -> StepMetrics:
@@ -436,6 +509,11 @@ class Backend:
             n, h, w, c = shape
             return (n, c, h, w)
         return shape
+
+
+def optimizer_settings(model: Model) -> optim.Optimizer:
+    """The SGD settings :meth:`Backend.configure_optimizer` gave ``model`` (plain SGD by default)."""
+    return model.cache.get("optimizer", optim.PLAIN)
 
 
 def _nonfinite(finding: str, fix: str) -> NonFiniteError:

@@ -58,6 +58,8 @@ __all__ = [
     "batch_order",
     "num_batches",
     "preprocessing",
+    "parse_augment",
+    "augment_images",
 ]
 
 FASHION_MNIST_CLASSES = (
@@ -560,12 +562,16 @@ def iterate_batches(
     seed: int | None = None,
     epoch: int = 0,
     resize: int | None = None,
+    augment: str | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(x, y)``: x float32 (B, 1, S, S) in [0, 1], y int64 (B,).
 
     With ``shuffle=True`` the order comes from ``default_rng([seed, epoch])``, so
     the same seed and epoch give bit-identical batches on every call (seed=None
     draws fresh OS entropy instead). The last partial batch is kept.
+    ``augment`` (see :func:`parse_augment`, e.g. ``"flip+crop2"``) flips and crops the
+    28x28 images before they are resized, drawn from ``default_rng([seed, epoch, 1])``:
+    the same for every backend, and the batch order is the one without augmentation.
     """
     # Validate now, not at the first next(), so mistakes surface at the call site.
     _check_batch_size(batch_size)
@@ -577,9 +583,76 @@ def iterate_batches(
         raise InputError(f"labels must have shape ({len(images)},), got {labels.shape}")
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize <= 0):
         raise InputError(f"resize must be None or a positive integer, got {resize!r}")
-    return _batches(
-        images, labels, batch_order(len(images), shuffle=shuffle, seed=seed, epoch=epoch), int(batch_size), resize
-    )
+    flip, pad = parse_augment(augment)
+    order = batch_order(len(images), shuffle=shuffle, seed=seed, epoch=epoch)
+    draws = None
+    if flip or pad:
+        draws = augment_draws(len(images), flip=flip, pad=pad, seed=seed, epoch=epoch)
+    return _batches(images, labels, order, int(batch_size), resize, draws, pad)
+
+
+# ---- augmentation: NumPy on the uint8 images, so every backend trains on the same pixels ----
+AUGMENT_STREAM = 1  # default_rng([seed, epoch, AUGMENT_STREAM]): apart from the batch order's stream
+MAX_CROP_PAD = 8
+
+
+def parse_augment(augment: str | None) -> tuple[bool, int]:
+    """(flip, pad) of an augmentation spec: ``None`` or ``"none"``: nothing; ``"flip"``:
+    random horizontal flips; ``"cropP"``: a random 28x28 crop of the image zero-padded by
+    P pixels on each side; both joined by ``+`` (``"flip+crop2"``)."""
+    if augment is None or augment == "none":
+        return False, 0
+    if not isinstance(augment, str):
+        raise InputError(f"augment must be a string such as 'flip+crop2', got {type(augment).__name__}")
+    flip, pad, seen = False, 0, set()
+    for part in augment.split("+"):
+        if part in seen:
+            raise InputError(f"augment {augment!r} names {part!r} twice")
+        seen.add(part)
+        if part == "flip":
+            flip = True
+        elif part.startswith("crop") and part[4:].isdigit() and 1 <= int(part[4:]) <= MAX_CROP_PAD:
+            if any(p.startswith("crop") for p in seen - {part}):
+                raise InputError(f"augment {augment!r} names two crops; give one, e.g. crop2")
+            pad = int(part[4:])
+        else:
+            raise InputError(
+                f"unknown augmentation {part!r} in {augment!r}: use flip, cropP (P = padding, 1 to "
+                f"{MAX_CROP_PAD}) or both joined by '+', e.g. flip+crop2; 'none' for no augmentation"
+            )
+    return flip, pad
+
+
+def canonical_augment(augment: str | None) -> str | None:
+    """One spelling per augmentation ("crop2+flip" -> "flip+crop2"; "none" -> None)."""
+    flip, pad = parse_augment(augment)
+    parts = (["flip"] if flip else []) + ([f"crop{pad}"] if pad else [])
+    return "+".join(parts) or None
+
+
+def augment_draws(n: int, *, flip: bool, pad: int, seed: int | None, epoch: int) -> dict:
+    """An epoch's random choices, one per image in the epoch's order: ``flips`` (bool),
+    ``offsets`` (row, column of the crop within the padded image)."""
+    entropy = None if seed is None else [int(seed), int(epoch), AUGMENT_STREAM]
+    rng = np.random.default_rng(entropy)
+    flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    offsets = rng.integers(0, 2 * pad + 1, size=(n, 2)) if pad else np.zeros((n, 2), np.int64)
+    return {"flips": flips, "offsets": offsets}
+
+
+def augment_images(images: np.ndarray, flips: np.ndarray, offsets: np.ndarray, pad: int) -> np.ndarray:
+    """(N, H, W) images, each flipped left-right where ``flips`` says, then cropped back to
+    H x W from the image zero-padded by ``pad`` at ``offsets`` (row, column; ``pad, pad``
+    is the image itself). Exact on uint8: pixels are moved, never interpolated."""
+    images = np.asarray(images)
+    out = np.where(np.asarray(flips, bool)[:, None, None], images[:, :, ::-1], images)
+    if pad:
+        n, h, w = out.shape
+        padded = np.pad(out, ((0, 0), (pad, pad), (pad, pad)))
+        rows = offsets[:, 0, None] + np.arange(h)  # (N, H)
+        cols = offsets[:, 1, None] + np.arange(w)  # (N, W)
+        out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return np.ascontiguousarray(out)
 
 
 def batch_order(n: int, *, shuffle: bool, seed: int | None = None, epoch: int = 0) -> np.ndarray:
@@ -602,10 +675,14 @@ def preprocessing(resize: int | None) -> dict:
     return {"resize": None if resize is None else int(resize), "scale": SCALE, "mean": MEAN, "std": STD}
 
 
-def _batches(images, labels, order, batch_size, resize):
+def _batches(images, labels, order, batch_size, resize, draws=None, pad=0):
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        x = images[idx].astype(np.float32) / np.float32(1 / SCALE)
+        chosen = images[idx]
+        if draws is not None:
+            where = slice(start, start + batch_size)
+            chosen = augment_images(chosen, draws["flips"][where], draws["offsets"][where], pad)
+        x = chosen.astype(np.float32) / np.float32(1 / SCALE)
         if resize is not None:
             x = resize_bilinear(x, resize)
         yield np.ascontiguousarray(x[:, None]), labels[idx].astype(np.int64)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import shapes
+from . import optim, shapes
 from . import weights as canonical
-from .backend import Backend, TrainingPass
+from .backend import Backend, TrainingPass, optimizer_settings
 from .errors import InputError
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 
@@ -552,6 +552,17 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     return float(loss), dlogits / n
 
 
+def smoothed_cross_entropy(logits: np.ndarray, labels: np.ndarray, smoothing: float) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy against the smoothed targets (:func:`resnet_multi.optim.smoothed_targets`)
+    and its gradient w.r.t. the logits: softmax minus the target, over the batch size."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    targets = optim.smoothed_targets(labels, logits.shape[1], smoothing, dtype=logits.dtype)
+    n = logits.shape[0]
+    loss = -(targets * log_probs).sum(axis=1).mean()
+    return float(loss), (np.exp(log_probs) - targets) / n
+
+
 # ---- the backend seam ----------------------------------------------------------------------------
 class NumpyBackend(Backend):
     name = "numpy"
@@ -582,11 +593,49 @@ class NumpyBackend(Backend):
         return TrainingPass(loss, logits, dict(net_.named_grads()))
 
     def _sgd_step(self, model, x, y, lr):
+        settings = optimizer_settings(model)
+        if not settings.plain:
+            return self._optimizer_step(model, x, y, lr, settings)
         result = self._loss_and_grads(model, x, y)
         for _, layer in model.module.named_layers():
             for key, grad in layer.grads.items():
                 layer.params[key] -= lr * grad
         return result.loss, result.logits.astype(np.float32)
+
+    # The canonical update (resnet_multi.optim), written out: the one every backend matches.
+    def _optimizer_step(self, model, x, y, lr, settings):
+        net_ = model.module.train(True)
+        logits = net_.forward(x.astype(DTYPE))
+        loss, dlogits = smoothed_cross_entropy(logits, y, settings.label_smoothing)
+        net_.backward(dlogits)
+        velocity = self._velocity(model)
+        for path, layer in net_.named_layers():
+            for key, grad in layer.grads.items():
+                optim.sgd_update(layer.params[key], grad, velocity[f"{path}.{key}"], lr, settings)
+        return loss, logits.astype(np.float32)
+
+    @staticmethod
+    def _velocity(model):
+        """The momentum buffers, by layer path, float64 as the parameters are; zeros at first."""
+        velocity = model.cache.get("velocity")
+        if velocity is None:
+            velocity = model.cache["velocity"] = {
+                f"{path}.{key}": np.zeros_like(value)
+                for path, layer in model.module.named_layers()
+                for key, value in layer.params.items()
+            }
+        return velocity
+
+    def _configure_optimizer(self, model, optimizer):
+        model.cache.pop("velocity", None)
+
+    def _get_optimizer_state(self, model):
+        return canonical.rename_layers(self._velocity(model), model.module.canonical_names)
+
+    def _set_optimizer_state(self, model, state):
+        velocity = self._velocity(model)
+        for path, value in canonical.rename_layers(state, model.module.paths).items():
+            velocity[path] = np.array(value, dtype=DTYPE)
 
     def _residual_output_shape(self, x, args, options):
         return block(block_spec(*args, **options)).forward(x.astype(DTYPE)).shape

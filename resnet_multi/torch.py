@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import data
-from .backend import Backend, Model, TrainingPass, require
+from .backend import Backend, Model, TrainingPass, optimizer_settings, require
 from .errors import InputError, InputTypeError
 from .shapes import check_block_input_shape, check_input_shape
 from .spec import ArchSpec, BatchNormSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
@@ -379,9 +379,12 @@ class TorchBackend(Backend):
         model.module.to(memory_format=torch.channels_last if options["channels_last"] else torch.contiguous_format)
         model.cache["training"] = options
 
-    def training_batches(self, model, images, labels, *, batch_size, resize):
-        if not _options(model)["device_batches"]:
-            return super().training_batches(model, images, labels, batch_size=batch_size, resize=resize)
+    def training_batches(self, model, images, labels, *, batch_size, resize, augment=None):
+        # Augmented batches come from the shared NumPy pipeline, so every backend sees the same pixels.
+        if augment is not None or not _options(model)["device_batches"]:
+            return super().training_batches(
+                model, images, labels, batch_size=batch_size, resize=resize, augment=augment
+            )
         data.iterate_batches(images, labels, batch_size, shuffle=False, resize=resize)  # its checks, at once
         return DeviceBatches(
             images, self._check_labels(model, images, labels), batch_size=batch_size, resize=resize, device=model.device
@@ -412,10 +415,48 @@ class TorchBackend(Backend):
 
     @staticmethod
     def _optimizer(model, lr):
+        settings = optimizer_settings(model)
         optimizer = model.cache.get("sgd")
-        if optimizer is None or optimizer.param_groups[0]["lr"] != lr:
-            optimizer = model.cache["sgd"] = torch.optim.SGD(model.module.parameters(), lr=lr)
+        if settings.plain:
+            if optimizer is None or optimizer.param_groups[0]["lr"] != lr:
+                optimizer = model.cache["sgd"] = torch.optim.SGD(model.module.parameters(), lr=lr)
+            return optimizer
+        # With momentum the optimizer (and its buffers) lives on; the schedule sets each step's lr.
+        if optimizer is None:
+            optimizer = model.cache["sgd"] = torch.optim.SGD(
+                model.module.parameters(),
+                lr=lr,
+                momentum=settings.momentum,
+                nesterov=settings.nesterov,
+                weight_decay=settings.weight_decay,
+            )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         return optimizer
+
+    @staticmethod
+    def _loss(model, logits, y):
+        smoothing = optimizer_settings(model).label_smoothing
+        if smoothing:
+            return F.cross_entropy(logits, y, label_smoothing=smoothing)
+        return F.cross_entropy(logits, y)
+
+    def _configure_optimizer(self, model, optimizer):
+        model.cache.pop("sgd", None)
+
+    def _get_optimizer_state(self, model):
+        optimizer = model.cache.get("sgd")
+        state = {}
+        for name, p in model.module.named_parameters():
+            buffer = None if optimizer is None else optimizer.state.get(p, {}).get("momentum_buffer")
+            state[name] = np.zeros(tuple(p.shape), np.float32) if buffer is None else buffer.detach().cpu().numpy()
+        return rename_layers(state, canonical_names(model.spec))
+
+    def _set_optimizer_state(self, model, state):
+        optimizer = self._optimizer(model, 1.0)  # the lr is set again at every step
+        state = rename_layers(state, module_paths(model.spec))
+        for name, p in model.module.named_parameters():
+            optimizer.state[p]["momentum_buffer"] = torch.from_numpy(state[name].copy()).to(p.device)
 
     def _step(self, model, x, y, lr, *, mixed: bool):
         """One SGD step on device tensors; (loss, logits), detached, still on the device.
@@ -426,7 +467,7 @@ class TorchBackend(Backend):
         optimizer.zero_grad(set_to_none=True)
         with _autocast(model) if mixed else contextlib.nullcontext():
             logits = module(x)
-            loss = F.cross_entropy(logits, y)  # autocast computes it in float32
+            loss = self._loss(model, logits, y)  # autocast computes it in float32
         loss.backward()
         optimizer.step()
         return loss.detach(), logits.detach()

@@ -378,6 +378,22 @@ RECIPE = Schema(
         "precision": Field(str, required=False, choices=("bf16",)),  # only where not float32 (torch)
         # only for a data-parallel run without SyncBatchNorm: each process's statistics
         "bn_statistics": Field(str, required=False, pattern=r"[^\n]{1,200}"),
+        # only where not the chapter's plain SGD, constant lr, no augmentation (resnet_multi.optim)
+        "optimizer": Field(
+            dict,
+            required=False,
+            schema=Schema(
+                {
+                    "momentum": Field(float, min=0, max=0.999999),
+                    "nesterov": Field(bool),
+                    "weight_decay": Field(float, min=0, max=FLOAT32_MAX),
+                    "label_smoothing": Field(float, min=0, max=0.999999),
+                }
+            ),
+        ),
+        "schedule": Field(str, required=False, choices=("one-cycle", "cosine")),
+        "schedule_steps": Field(int, required=False, min=1),
+        "augment": Field(str, required=False, pattern=r"(flip|crop[1-8]|flip\+crop[1-8])"),
     }
 )
 
@@ -426,9 +442,22 @@ CHECKPOINT = Schema(
                 {
                     "name": Field(str, choices=("sgd",)),
                     "lr": Field(float, min=FLOAT32_SMALLEST_NORMAL, max=FLOAT32_MAX),
-                    "momentum": Field(float, choices=(0.0,)),
-                    "weight_decay": Field(float, choices=(0.0,)),
-                    "state": NULL,
+                    "momentum": Field(float, min=0, max=0.999999),
+                    "weight_decay": Field(float, min=0, max=FLOAT32_MAX),
+                    "nesterov": Field(bool, required=False),
+                    "label_smoothing": Field(float, required=False, min=0, max=0.999999),
+                    # the momentum buffers (resnet_multi.optim), a file beside the weights; null
+                    # for plain SGD, which keeps no state
+                    "state": Field(
+                        dict,
+                        nullable=True,
+                        schema=Schema(
+                            {
+                                "file": Field(str, pattern=r"optimizer-[0-9]{3,}\.safetensors"),
+                                "sha256": Field(str, pattern=r"[0-9a-f]{64}"),
+                            }
+                        ),
+                    ),
                 }
             ),
         ),
@@ -631,6 +660,17 @@ def check_checkpoint(state) -> dict:
         ("optimizer.lr", state["optimizer"]["lr"], recipe["lr"]),
         ("arch", state["arch"], state["spec"]["name"]),
         ("weights", state["weights"], f"epoch-{state['epoch']:03d}.safetensors"),
+        ("optimizer.momentum", state["optimizer"]["momentum"], recipe.get("optimizer", {}).get("momentum", 0.0)),
+        (
+            "optimizer.weight_decay",
+            state["optimizer"]["weight_decay"],
+            recipe.get("optimizer", {}).get("weight_decay", 0.0),
+        ),
+        (
+            "optimizer.state",
+            None if state["optimizer"]["state"] is None else state["optimizer"]["state"]["file"],
+            f"optimizer-{state['epoch']:03d}.safetensors" if state["optimizer"]["momentum"] > 0 else None,
+        ),
     ):
         if value != want:
             raise SchemaError(key, f"is {_short(value)}, but the checkpoint's recipe (or epoch) says {_short(want)}")

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "resnet_multi"
 LAYERS = [
     {"errors", "frameworks"},
     {"spec"},
-    {"shapes", "files", "conventions"},
+    {"shapes", "files", "conventions", "optim"},
     {"validate"},
     {"weights"},
     {"memory", "data", "images"},

@@ -504,7 +504,7 @@ def run_dir(tmp_path, oracle, tiny_data):
     [
         (lambda s: DEEP, "the file: is nested more than 16 levels deep"),
         (lambda s: {**s, "optimizer": {**s["optimizer"], "name": "adam"}}, "optimizer.name: must be one of 'sgd'"),
-        (lambda s: {**s, "optimizer": {**s["optimizer"], "momentum": 0.9}}, "optimizer.momentum: must be one of 0.0"),
+        (lambda s: {**s, "optimizer": {**s["optimizer"], "momentum": 0.9}}, "optimizer.momentum: is 0.9, but the"),
         (lambda s: {**s, "rng": {**s["rng"], "state": [1, 2]}}, "rng.state: must be null, got [1, 2]"),
         (lambda s: {**s, "lr": 0.5}, "lr: is 0.5, but the checkpoint's recipe"),
         (lambda s: {**s, "weights": "epoch-007.safetensors"}, "weights: is 'epoch-007.safetensors'"),
