@@ -528,7 +528,7 @@ CONVENTIONS = {
     "param_names": {
         "default": "state_dict keys; BN weight, bias, running_mean, running_var, num_batches_tracked",
         "bn": ["weight", "bias", "running_mean", "running_var"],
-        "here": "state_dict keys less num_batches_tracked; a block's conv3/bn3 read as shortcut.conv/.bn (module_paths)",
+        "here": "state_dict keys less num_batches_tracked; conv3/bn3 read as shortcut.conv/.bn (module_paths)",
     },
     "init": {
         "default": "conv and dense: kaiming_uniform(a=sqrt 5) = U(+-1/sqrt fan_in), biases U(+-1/sqrt fan_in)",
