@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from . import nhwc, shapes
-from .backend import Backend, TrainingPass, require
+from .backend import Backend, TrainingPass, optimizer_settings, require
 from .errors import InputError
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 from .weights import init_weights
@@ -552,7 +552,28 @@ class TFBackend(Backend):
                 self._optimizer(model).apply_gradients(zip(g, variables))
                 return loss, logits
 
-            fn = {"infer": infer, "train_forward": train_forward, "grads": grads, "sgd": sgd}[kind]
+            def momentum(x, y):
+                # The canonical update (resnet_multi.optim) in TensorFlow ops: Keras' SGD keeps
+                # lr inside its velocity (m = mu * m - lr * g) and decays weights apart from the
+                # gradient, both unlike PyTorch's once the schedule changes the rate.
+                settings = optimizer_settings(model)
+                mu, wd = settings.momentum, settings.weight_decay
+                with tf.GradientTape() as tape:
+                    logits = module(x, training=True)
+                    loss = self._smoothed_loss(y, logits, settings.label_smoothing)
+                lr = self._velocity(model)["lr"]
+                for var, grad, v in zip(variables, tape.gradient(loss, variables), self._velocity(model)["slots"]):
+                    if wd:
+                        grad = grad + wd * var
+                    if mu:
+                        v.assign(mu * v + grad)
+                        grad = grad + mu * v if settings.nesterov else v
+                    var.assign_sub(lr * grad)
+                return loss, logits
+
+            fn = {"infer": infer, "train_forward": train_forward, "grads": grads, "sgd": sgd, "momentum": momentum}[
+                kind
+            ]
             model.cache[key] = fn if model.eager else tf.function(fn, **COMPILE)
         return model.cache[key]
 
@@ -577,6 +598,43 @@ class TFBackend(Backend):
             optimizer.build([var for _, var, _ in TFBackend._trainable(model)])  # before any trace
         return optimizer
 
+    @staticmethod
+    def _smoothed_loss(y, logits, smoothing):
+        # Keras' label smoothing is the canonical one: (1 - s) * one_hot + s / classes
+        targets = tf.one_hot(y, tf.shape(logits)[-1], dtype=logits.dtype)
+        return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)(targets, logits)
+
+    @staticmethod
+    def _velocity(model):
+        """The momentum buffers (one variable per trainable variable, its native layout) and
+        the learning rate, a variable that each step sets, so that no new rate retraces."""
+        velocity = model.cache.get("velocity")
+        if velocity is None:
+            with tf.device(_device_name(model.device)):
+                velocity = model.cache["velocity"] = {
+                    "slots": [
+                        tf.Variable(tf.zeros_like(var), trainable=False) for _, var, _ in TFBackend._trainable(model)
+                    ],
+                    "lr": tf.Variable(0.0, dtype=tf.float32, trainable=False),
+                }
+        return velocity
+
+    def _configure_optimizer(self, model, optimizer):
+        # the compiled step bakes the settings in: trace it again, with zero buffers
+        for key in ("velocity", ("step", "momentum")):
+            model.cache.pop(key, None)
+
+    def _get_optimizer_state(self, model):
+        return {
+            name: np.ascontiguousarray(to_canonical(v.numpy()))
+            for (name, _, to_canonical), v in zip(self._trainable(model), self._velocity(model)["slots"])
+        }
+
+    def _set_optimizer_state(self, model, state):
+        from_canonical = {name: convert for name, _, _, convert in _canonical_variables(model.module)}
+        for (name, _, _), v in zip(self._trainable(model), self._velocity(model)["slots"]):
+            v.assign(from_canonical[name](state[name]))
+
     def _forward(self, model, x, training):
         with tf.device(_device_name(model.device)):
             return self._step(model, "train_forward" if training else "infer")(self._nhwc(x)).numpy()
@@ -594,6 +652,11 @@ class TFBackend(Backend):
         )
 
     def _sgd_step(self, model, x, y, lr):
+        if not optimizer_settings(model).plain:
+            with tf.device(_device_name(model.device)):
+                self._velocity(model)["lr"].assign(lr)
+                loss, logits = self._step(model, "momentum")(self._nhwc(x), tf.constant(y))
+            return float(loss), logits.numpy()
         with tf.device(_device_name(model.device)):
             optimizer = self._optimizer(model)
             optimizer.learning_rate = lr
@@ -675,5 +738,12 @@ CONVENTIONS = {
         "default": "training= argument per call; inference when omitted (outside fit)",
         "starts": "inference",
         "here": "training= passed explicitly everywhere",
+    },
+    "optimizer": {
+        "default": "keras.optimizers.SGD: m = mu * m - lr * g; p += m (Nesterov: p += mu * m - lr * g), lr inside "
+        "the velocity; weight_decay decoupled (p -= lr * wd * p), not in the gradient",
+        "lr_in_velocity": True,
+        "here": "the canonical update written in TensorFlow ops inside the compiled step (one velocity variable "
+        "per weight), so a schedule's changing lr scales the whole step; CategoricalCrossentropy(label_smoothing)",
     },
 }
