@@ -16,7 +16,7 @@ import functools
 
 import numpy as onp  # NumPy proper: what crosses the seam; ``np`` below is mxnet.np
 
-from .backend import Backend, Model, TrainingPass, require
+from .backend import Backend, Model, TrainingPass, optimizer_settings, require
 from .errors import InputError, InputTypeError
 from .shapes import check_block_input_shape, check_input_shape, float32_input_error
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
@@ -504,6 +504,9 @@ class MXNetBackend(Backend):
         return TrainingPass(float(loss), logits.asnumpy(), grads)
 
     def _sgd_step(self, model, x, y, lr):
+        settings = optimizer_settings(model)
+        if not settings.plain:
+            return self._momentum_step(model, x, y, lr, settings)
         # The textbook's loop: per-example losses, l.backward() sums them, and
         # trainer.step(batch_size) divides by the batch size. Plain SGD: no momentum, wd 0.
         net, trainer = self._net(model), model.cache.get("trainer")
@@ -517,6 +520,56 @@ class MXNetBackend(Backend):
         l.backward()
         trainer.step(x.shape[0])
         return float(l.mean()), logits.asnumpy()
+
+    # The recipe's SGD (resnet_multi.optim), written out in MXNet ops. Gluon's 'sgd' and
+    # 'nag' kernels keep lr inside their momentum (sgd: state = mu * state - lr * (g + wd * w);
+    # w += state), which departs from the canonical update once a schedule changes the rate;
+    # nag_mom_update's state, too, comes out as -lr times the canonical velocity.
+    def _momentum_step(self, model, x, y, lr, settings):
+        net = self._net(model)
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
+        labels = npx.one_hot(self._array(model, y), model.spec.num_classes)
+        smoothing = settings.label_smoothing
+        targets = labels * (1 - smoothing) + smoothing / model.spec.num_classes if smoothing else labels
+        with autograd.record():
+            logits = net(self._array(model, x))
+            l = loss_fn(logits, targets)  # noqa: E741
+        l.backward()
+        mu, wd, rescale = settings.momentum, settings.weight_decay, 1.0 / x.shape[0]
+        velocity = self._velocity(model)
+        for name, param in self._trainable(model).items():
+            w, g = param.data().as_nd_ndarray(), param.grad().as_nd_ndarray()
+            v = velocity[name]
+            step = g * rescale + wd * w if wd else g * rescale
+            if mu:
+                v[:] = mu * v + step
+                step = step + mu * v if settings.nesterov else v
+            w[:] = w - lr * step
+        return float(l.mean()), logits.asnumpy()
+
+    @staticmethod
+    def _trainable(model):
+        return {k: p for k, p in canonical_params(model.module).items() if p.grad_req != "null"}
+
+    def _velocity(self, model):
+        velocity = model.cache.get("velocity")
+        if velocity is None:
+            velocity = model.cache["velocity"] = {
+                name: mx.nd.zeros(p.shape, ctx=context(model.device), dtype="float32")
+                for name, p in self._trainable(model).items()
+            }
+        return velocity
+
+    def _configure_optimizer(self, model, optimizer):
+        model.cache.pop("velocity", None)
+
+    def _get_optimizer_state(self, model):
+        return {name: v.asnumpy() for name, v in self._velocity(model).items()}
+
+    def _set_optimizer_state(self, model, state):
+        velocity = self._velocity(model)
+        for name, v in velocity.items():
+            v[:] = mx.nd.array(state[name], ctx=v.context, dtype="float32")
 
     def _residual_output_shape(self, x, args, options):
         blk = block(block_spec(*args, **options))
@@ -589,5 +642,12 @@ CONVENTIONS = {
         "default": "autograd.record() (training) vs outside it (inference)",
         "starts": "inference",
         "here": "the seam records for every training pass",
+    },
+    "optimizer": {
+        "default": "Gluon Trainer 'sgd': state = mu * state - lr * (g + wd * w); w += state, lr inside the "
+        "velocity; 'nag' (nag_mom_update) keeps lr inside its state too",
+        "lr_in_velocity": True,
+        "here": "the canonical update written in MXNet ops (one velocity array per parameter); smoothed one-hot "
+        "labels into SoftmaxCrossEntropyLoss(sparse_label=False)",
     },
 }
