@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .backend import Backend, TrainingPass, require
+from .backend import Backend, TrainingPass, optimizer_settings, require
 from .errors import InputError
 from .shapes import check_block_input_shape, check_input_shape, float32_input_error
 from .spec import ArchSpec, BatchNormSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
@@ -417,10 +417,60 @@ class PaddleBackend(Backend):
         with on_device(model.device), paddle.no_grad():
             return model.module(paddle.to_tensor(x)).numpy()
 
-    def _loss(self, model, x, y):
+    def _loss(self, model, x, y, smoothing=0.0):
         model.module.train()
         logits = model.module(paddle.to_tensor(x))
+        if smoothing:  # Paddle's label smoothing is the canonical one: (1 - s) * one_hot + s / classes
+            return F.cross_entropy(logits, paddle.to_tensor(y), label_smoothing=smoothing), logits
         return F.cross_entropy(logits, paddle.to_tensor(y)), logits  # mean over the batch
+
+    # The recipe's SGD (resnet_multi.optim): paddle.optimizer.Momentum is the canonical update
+    # (velocity = mu * velocity + g; nesterov: p -= lr * (g + mu * velocity), else p -= lr *
+    # velocity), and a float weight_decay is L2Decay, added to the gradient before the velocity.
+    def _momentum_optimizer(self, model, lr, settings):
+        optimizer = model.cache.get("momentum")
+        if optimizer is None:
+            optimizer = model.cache["momentum"] = paddle.optimizer.Momentum(
+                learning_rate=lr,
+                momentum=settings.momentum,
+                parameters=[t for _, t, _ in self._trainable(model)],
+                use_nesterov=settings.nesterov,
+                weight_decay=settings.weight_decay or None,
+            )
+            if "pending_state" in model.cache:  # Paddle holds it until the first step creates the velocity
+                optimizer.set_state_dict(model.cache["pending_state"])
+        optimizer.set_lr(lr)
+        return optimizer
+
+    @staticmethod
+    def _trainable(model):
+        return [(name, t, transposed) for name, t, transposed in canonical_tensors(model.module) if t.trainable]
+
+    def _configure_optimizer(self, model, optimizer):
+        model.cache.pop("momentum", None)
+        model.cache.pop("pending_state", None)
+
+    def _get_optimizer_state(self, model):
+        optimizer = model.cache.get("momentum")
+        saved = {} if optimizer is None else optimizer.state_dict()
+        saved.update(model.cache.get("pending_state", {}))
+        state = {}
+        for name, t, transposed in self._trainable(model):
+            value = saved.get(f"{t.name}_velocity_0")
+            value = np.zeros(t.shape, np.float32) if value is None else np.asarray(value.numpy())
+            state[name] = np.ascontiguousarray(value.T if transposed else value)
+        return state
+
+    def _set_optimizer_state(self, model, state):
+        values = {
+            f"{t.name}_velocity_0": paddle.to_tensor(np.ascontiguousarray(state[name].T if transposed else state[name]))
+            for name, t, transposed in self._trainable(model)
+        }
+        optimizer = model.cache.get("momentum")
+        if optimizer is None:  # the velocity is created at the first step: the optimizer, then
+            model.cache["pending_state"] = values
+        else:
+            optimizer.set_state_dict(values)
 
     def _loss_and_grads(self, model, x, y):
         module = model.module
@@ -436,6 +486,16 @@ class PaddleBackend(Backend):
             return TrainingPass(float(loss), logits.numpy(), grads)
 
     def _sgd_step(self, model, x, y, lr):
+        settings = optimizer_settings(model)
+        if not settings.plain:
+            optimizer = self._momentum_optimizer(model, lr, settings)
+            with on_device(model.device):
+                loss, logits = self._loss(model, x, y, settings.label_smoothing)
+                loss.backward()
+                optimizer.step()
+                optimizer.clear_grad(set_to_zero=False)
+                model.cache.pop("pending_state", None)  # in the optimizer's velocity now
+                return float(loss), logits.numpy()
         optimizer = model.cache.get("sgd")
         if optimizer is None or optimizer.get_lr() != lr:
             # trainable ones only: BN statistics are parameters in Paddle too
@@ -524,5 +584,12 @@ CONVENTIONS = {
         "default": "layer.train() / layer.eval(); starts in training",
         "starts": "training",
         "here": "the seam calls train() or eval() before every pass",
+    },
+    "optimizer": {
+        "default": "paddle.optimizer.Momentum: v = mu * v + g; p -= lr * v (use_nesterov: lr * (g + mu * v)); "
+        "a float weight_decay is L2Decay, added to the gradient first",
+        "lr_in_velocity": False,
+        "here": "paddle.optimizer.Momentum(use_nesterov, weight_decay) over the trainable parameters, set_lr "
+        "every step; F.cross_entropy(label_smoothing)",
     },
 }
