@@ -1,0 +1,227 @@
+"""Time to accuracy: how long the fast preset takes to reach 0.90 and 0.92 test accuracy.
+
+    python scripts/time_to_accuracy.py --env-dir ~/.cache/resnet-multi/tox --runs runs/tta \\
+        --backends torch,tf,jax --seeds 0,1,2 --json benchmarks/time_to_accuracy.json
+
+Trains ``resnet-multi train --preset fast`` once per (backend, seed) in that backend's own
+environment (ENV_DIR/<backend>/bin/python), one run at a time, and reads each run's
+``history.json``: the test accuracy after every epoch and the seconds spent inside the
+training steps (the chapter's timer: batching, evaluation and checkpoints are not
+counted). Seconds to a target are the training seconds up to the end of the first epoch
+whose test accuracy reaches it (test accuracy is measured once an epoch, so this is the
+time at epoch resolution); null if no epoch did. ``--seeds`` gives the seed spread of the
+first backend (torch by default); the other backends train at the first seed.
+
+Training time depends on the machine's load: the 1-minute load average is sampled every
+few seconds during each run and reported (mean and max) with the run, next to the CPU
+model, its vector-instruction flags, the thread settings and each framework's version.
+A run whose directory already holds final weights is read, not repeated; an interrupted
+run is resumed. ``--epochs 1 --subset`` (or ``--limit``) makes a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from resnet_multi.bench import THREAD_ENV, _cpu_name  # noqa: E402  (the benchmark's machine record)
+
+FORMAT = "resnet_multi.time_to_accuracy.v1"
+TARGETS = (0.90, 0.92)
+# the CPU flags that decide which kernels the frameworks can use
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def python_of(env_dir: Path, backend: str) -> Path:
+    python = env_dir / backend / "bin" / "python"
+    if not python.is_file():
+        raise SystemExit(f"no environment for {backend} at {python.parent.parent} (tox -e {backend} builds it)")
+    return python
+
+
+def framework_version(python: Path, backend: str) -> str:
+    code = f"from resnet_multi.backend import load_backend; print(load_backend({backend!r}).framework_version())"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+class LoadSampler:
+    """The 1-minute load average every ``every`` seconds, in a thread, while a run lasts."""
+
+    def __init__(self, every: float = 5.0):
+        self.every, self.samples, self._stop = every, [os.getloadavg()[0]], threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        return {
+            "mean": sum(self.samples) / len(self.samples),
+            "max": max(self.samples),
+            "start": self.samples[0],
+            "end": self.samples[-1],
+        }
+
+
+def time_to(history: dict, target: float) -> float | None:
+    """Training seconds until the end of the first epoch at ``target`` test accuracy or above."""
+    elapsed = 0.0
+    for seconds, acc in zip(history["train_seconds"], history["test_acc"]):
+        elapsed += seconds
+        if acc >= target:
+            return elapsed
+    return None
+
+
+def summarize(history: dict) -> dict:
+    seconds = sum(history["train_seconds"])
+    return {
+        "epochs": len(history["epoch"]),
+        "test_acc": history["test_acc"],
+        "train_seconds": history["train_seconds"],
+        "cumulative_train_seconds": [sum(history["train_seconds"][: i + 1]) for i in range(len(history["epoch"]))],
+        "final_test_acc": history["test_acc"][-1],
+        "total_train_seconds": seconds,
+        "examples_per_sec": history.get("examples_per_sec")
+        or (sum(history["examples"]) / seconds if seconds else None),
+        "seconds_to": {f"{t:.2f}": time_to(history, t) for t in TARGETS},
+    }
+
+
+def train_command(python: Path, backend: str, seed: int, out: Path, args) -> list[str]:
+    command = [str(python), "-m", "resnet_multi.cli", "train", "--backend", backend, "--device", "cpu"]
+    command += ["--preset", "fast", "--seed", str(seed), "--out", str(out), "--no-progress"]
+    for flag, value in (("--epochs", args.epochs), ("--data-dir", args.data_dir), ("--limit", args.limit)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.subset:
+        command.append("--subset")
+    if (out / "checkpoint.json").is_file() and not (out / "weights.safetensors").is_file():
+        command.append("--resume")
+    return command
+
+
+def run(args, backend: str, seed: int) -> dict:
+    out = args.runs / f"{backend}-seed{seed}"
+    python = python_of(args.env_dir, backend)
+    reused = (out / "weights.safetensors").is_file() and (out / "history.json").is_file()
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    if args.threads is not None:
+        env.update({var: str(args.threads) for var in THREAD_ENV})
+    row = {"backend": backend, "seed": seed, "run_dir": str(out), "reused": reused}
+    if not reused:
+        command = train_command(python, backend, seed, out, args)
+        print(" ".join(command), file=sys.stderr)
+        tic = time.perf_counter()
+        with LoadSampler(args.sample_every) as load:
+            subprocess.run(command, env=env, check=True, cwd=REPO)
+        row.update(wall_seconds=time.perf_counter() - tic, load_average_1min=load.summary())
+    history = json.loads((out / "history.json").read_text())
+    row.update(summarize(history))
+    row["recipe"] = {
+        k: history[k] for k in ("lr", "batch_size", "resize", "optimizer", "schedule", "augment") if k in history
+    }
+    row["arch"] = history["arch"]
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env-dir", type=Path, default=Path(".tox"), help="holds <backend>/bin/python")
+    parser.add_argument("--runs", type=Path, default=Path("runs/time-to-accuracy"))
+    parser.add_argument("--backends", default="torch,tf,mxnet,paddle,mindspore,jax")
+    parser.add_argument("--seeds", default="0", help="seeds of the first backend (its seed spread)")
+    parser.add_argument("--threads", type=int, help="CPU threads per framework (default: the framework's own)")
+    parser.add_argument("--epochs", type=int, help="(default: the preset's)")
+    parser.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST files")
+    parser.add_argument("--subset", action="store_true", help="the bundled 2,000/500 subset (smoke runs)")
+    parser.add_argument("--limit", type=int, help="only the first N train and N test images (smoke runs)")
+    parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between load-average samples")
+    parser.add_argument("--json", type=Path, help=f"also write the results here ({FORMAT})")
+    args = parser.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not backends or not seeds:
+        parser.error("give at least one backend and one seed")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    versions = {b: framework_version(python_of(args.env_dir, b), b) for b in backends}
+    rows = [run(args, backends[0], s) for s in seeds] + [run(args, b, seeds[0]) for b in backends[1:]]
+
+    print("| backend | seed | test acc | s to 0.90 | s to 0.92 | train s | examples/s | load (mean) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        to = {k: "-" if v is None else f"{v:.0f}" for k, v in r["seconds_to"].items()}
+        load = r.get("load_average_1min", {}).get("mean")
+        print(
+            f"| {r['backend']} | {r['seed']} | {r['final_test_acc']:.4f} | {to['0.90']} | {to['0.92']} | "
+            f"{r['total_train_seconds']:.0f} | {r['examples_per_sec'] or 0:.0f} | "
+            f"{'-' if load is None else f'{load:.2f}'} |"
+        )
+    spread = [r["final_test_acc"] for r in rows if r["backend"] == backends[0]]
+    if len(spread) > 1:
+        print(f"\n{backends[0]} final test accuracy over seeds {seeds}: {min(spread):.4f} to {max(spread):.4f}")
+    if args.json:
+        result = {
+            "format": FORMAT,
+            "started_utc": started,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": ["python", "scripts/time_to_accuracy.py", *(sys.argv[1:] if argv is None else argv)],
+            "recipe": "resnet-multi train --preset fast",
+            "targets": list(TARGETS),
+            "threads": args.threads,
+            "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+            "framework_versions": versions,
+            "machine": machine(),
+            "rows": rows,
+            "seed_spread": {"backend": backends[0], "seeds": seeds, "final_test_acc": spread},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
