@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend, Model, TrainingPass, require
+from .backend import Backend, Model, TrainingPass, optimizer_settings, require
 from .errors import InputError
 from .shapes import check_block_input_shape, check_input_shape, float32_input_error
 from .spec import ArchSpec, BatchNormSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
@@ -507,7 +507,90 @@ class MindSporeBackend(Backend):
             float(loss.asnumpy()), logits.asnumpy(), {n: g.asnumpy() for n, g in zip(names, grads, strict=True)}
         )
 
+    # The recipe's SGD (resnet_multi.optim). nn.Momentum's ApplyMomentum is the canonical
+    # update without Nesterov (accum = mu * accum + g; p -= lr * accum), its weight_decay adds
+    # wd * p to the gradient first (given as one group: a plain list of parameters leaves out
+    # every one named gamma or beta, BN's), and nn.CrossEntropyLoss's label_smoothing is the
+    # canonical one. The rate is the optimizer's learning_rate Parameter, set before each step,
+    # so a new rate compiles nothing. Nesterov steps are written out in MindSpore ops: the CPU
+    # kernel of ApplyMomentum(use_nesterov=True) takes the plain momentum step.
+    def _momentum_step(self, model, x, y, lr, settings):
+        if "momentum_step" not in model.cache:
+            module = model.module
+            params = [p for p in canonical_parameters(module).values() if p.requires_grad]
+            loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+
+            def forward_fn(x, y):
+                logits = module(x)
+                return loss_fn(logits, y), logits
+
+            grad_fn = ms.value_and_grad(forward_fn, None, params, has_aux=True)
+            if settings.nesterov:
+                moments = ms.ParameterTuple(params).clone(prefix="velocity", init="zeros")
+                mu, wd = settings.momentum, settings.weight_decay
+
+                def momentum_step(x, y, lr):
+                    (loss, logits), grads = grad_fn(x, y)
+                    for p, v, g in zip(params, moments, grads):
+                        if wd:
+                            g = g + wd * p
+                        ops.assign(v, mu * v + g)
+                        ops.assign_sub(p, lr * (g + mu * v))
+                    return loss, logits
+
+            else:
+                optimizer = nn.Momentum(
+                    [{"params": params, "weight_decay": settings.weight_decay}],
+                    learning_rate=float(lr),
+                    momentum=settings.momentum,
+                )
+                moments = optimizer.moments
+
+                def momentum_step(x, y, lr):
+                    optimizer.learning_rate.copy_(lr)
+                    (loss, logits), grads = grad_fn(x, y)
+                    optimizer(grads)
+                    return loss, logits
+
+            model.cache["moments"] = moments
+            self._compiled(model, "momentum_step", momentum_step)
+            for moment, value in zip(moments, model.cache.pop("pending_state", ())):
+                moment.copy_(Tensor(value))
+        model.module.set_train(True)
+        loss, logits = model.cache["momentum_step"](Tensor(x), Tensor(y.astype(np.int32)), Tensor(np.float32(lr)))
+        return float(loss.asnumpy()), logits.asnumpy()
+
+    def _configure_optimizer(self, model, optimizer):
+        for key in ("momentum_step", "moments", "pending_state"):
+            model.cache.pop(key, None)
+
+    def _trainable_names(self, model):
+        return [name for name, p in canonical_parameters(model.module).items() if p.requires_grad]
+
+    def _get_optimizer_state(self, model):
+        moments = model.cache.get("moments")
+        names = self._trainable_names(model)
+        if moments is not None:
+            return {name: m.asnumpy().copy() for name, m in zip(names, moments, strict=True)}
+        pending = model.cache.get("pending_state")
+        if pending is not None:
+            return dict(zip(names, pending, strict=True))
+        params = canonical_parameters(model.module)
+        return {name: np.zeros(params[name].shape, np.float32) for name in names}
+
+    def _set_optimizer_state(self, model, state):
+        values = [np.array(state[name], np.float32) for name in self._trainable_names(model)]
+        moments = model.cache.get("moments")
+        if moments is None:  # the optimizer is built at the first step, and takes them then
+            model.cache["pending_state"] = values
+            return
+        for moment, value in zip(moments, values, strict=True):
+            moment.copy_(Tensor(value))  # into the optimizer's own storage (see set_weights)
+
     def _sgd_step(self, model, x, y, lr):
+        settings = optimizer_settings(model)
+        if not settings.plain:
+            return self._momentum_step(model, x, y, lr, settings)
         if model.cache.get("lr") != lr:
             grad_fn = self._grad_fn(model)
             # nn.SGD's defaults are plain SGD: momentum 0, dampening 0, weight decay 0.
@@ -580,5 +663,12 @@ CONVENTIONS = {
         "default": "cell.set_train(True / False); starts in inference",
         "starts": "inference",
         "here": "the seam calls set_train(training) before every pass",
+    },
+    "optimizer": {
+        "default": "nn.Momentum (ApplyMomentum): v = mu * v + g; p -= lr * v; weight_decay skips parameters "
+        "named gamma or beta (BN's) unless given as a group; on the CPU use_nesterov=True takes the plain step",
+        "lr_in_velocity": False,
+        "here": "nn.Momentum with all parameters in one group (so BN's are decayed too), its learning_rate "
+        "Parameter set every step; Nesterov written in MindSpore ops; CrossEntropyLoss(label_smoothing)",
     },
 }
