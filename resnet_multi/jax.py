@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import jax_cpu, nhwc, shapes
-from .backend import Backend, TrainingPass, require
+from .backend import Backend, TrainingPass, optimizer_settings, require
 from .errors import InputError, InputTypeError
 from .spec import ArchSpec, BatchNormSpec, BlockSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 from .weights import init_weights
@@ -460,7 +460,7 @@ def cross_entropy(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def steps(module: ResNet) -> dict:
+def steps(module: ResNet, settings=None) -> dict:
     """The training and inference steps of ``module`` as pure functions of its state, JAX's
     idiom: ``params`` and ``stats`` (the BN statistics) go in, the next ones come out (arrays
     are immutable: a step hands back the next state instead of updating it in place);
@@ -471,6 +471,8 @@ def steps(module: ResNet) -> dict:
     * ``grads(params, stats, x, y) -> (loss, logits, stats, grads)``
     * ``sgd(params, stats, opt_state, x, y) -> (params, stats, opt_state, loss, logits)``,
       with ``optax.sgd`` (learning rate in ``opt_state``, see :func:`sgd_optimizer`).
+    * ``momentum(params, stats, opt_state, x, y)``, the same with ``settings`` (a
+      :class:`resnet_multi.optim.Optimizer`): :func:`recipe_optimizer` and smoothed labels.
 
     Each merges the state into a fresh copy of the module (``copy=True``: the caller's
     variables are never mutated, so the functions stay pure outside ``jit`` too) and
@@ -504,11 +506,24 @@ def steps(module: ResNet) -> dict:
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), stats, opt_state, loss, logits
 
+    def momentum(params, stats, opt_state, x, y):
+        model = merged(params, stats)
+
+        def loss_fn(model):
+            logits = model(x, train=True)
+            targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), settings.label_smoothing)
+            return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+        (loss, logits), g = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        updates, opt_state = recipe_optimizer(settings).update(g, opt_state, params)
+        return optax.apply_updates(params, updates), nnx.state(model, nnx.BatchStat), opt_state, loss, logits
+
     return {
         "infer": lambda params, stats, x: forward(params, stats, x, False)[0],
         "train_forward": lambda params, stats, x: forward(params, stats, x, True),
         "grads": grads,
         "sgd": sgd,
+        "momentum": momentum,
     }
 
 
@@ -516,6 +531,20 @@ def sgd_optimizer():
     """Plain SGD (no momentum, no weight decay); ``inject_hyperparams`` keeps the learning
     rate in the optimizer state, so a new rate is new data, not a recompile."""
     return optax.inject_hyperparams(optax.sgd)(learning_rate=0.01)
+
+
+def recipe_optimizer(settings):
+    """The recipe's SGD (resnet_multi.optim) in optax: ``add_decayed_weights`` (wd * p added
+    to the gradient, on every parameter), then ``optax.sgd`` with momentum, whose ``trace``
+    is the canonical velocity (t = g + mu * t; Nesterov: g + mu * t) and whose learning
+    rate scales the result, outside the velocity, as in PyTorch. The rate is injected, so
+    that each step sets it as data."""
+
+    def make(learning_rate):
+        sgd = optax.sgd(learning_rate, momentum=settings.momentum or None, nesterov=settings.nesterov)
+        return optax.chain(optax.add_decayed_weights(settings.weight_decay), sgd) if settings.weight_decay else sgd
+
+    return optax.inject_hyperparams(make)(learning_rate=0.01)
 
 
 class JaxBackend(Backend):
@@ -555,7 +584,7 @@ class JaxBackend(Backend):
         ``model.eager`` (then op by op). Built once per model; jit compiles once per shape."""
         key = ("step", kind)
         if key not in model.cache:
-            fn = steps(model.module)[kind]
+            fn = steps(model.module, optimizer_settings(model))[kind]
             if model.eager:
                 model.cache[key] = fn
             elif jax_device(model.device).platform == "cpu":
@@ -594,7 +623,49 @@ class JaxBackend(Backend):
         }
         return TrainingPass(float(loss), np.asarray(logits), out)
 
+    def _recipe_state(self, model):
+        """The recipe optimizer's state (``optax`` pytree), made at first use on the model's device."""
+        if "recipe_opt_state" not in model.cache:
+            params, _ = self._state(model)
+            init = recipe_optimizer(optimizer_settings(model)).init(params)
+            model.cache["recipe_opt_state"] = jax.device_put(init, jax_device(model.device))
+        return model.cache["recipe_opt_state"]
+
+    def _configure_optimizer(self, model, optimizer):
+        for key in ("recipe_opt_state", ("step", "momentum")):
+            model.cache.pop(key, None)
+
+    def _get_optimizer_state(self, model):
+        trace = optax.tree_utils.tree_get(self._recipe_state(model), "trace")
+        graphdef, _, stats, rest = nnx.split(model.module, nnx.Param, nnx.BatchStat, ...)
+        as_module = nnx.merge(graphdef, trace, stats, rest)
+        return {
+            name: np.ascontiguousarray(to_canonical(np.asarray(var[...])))
+            for name, var, to_canonical, _ in _canonical_variables(as_module)
+            if isinstance(var, nnx.Param)
+        }
+
+    def _set_optimizer_state(self, model, state):
+        opt_state = self._recipe_state(model)
+        graphdef, params, stats, rest = nnx.split(model.module, nnx.Param, nnx.BatchStat, ...)
+        as_module = nnx.merge(graphdef, params, stats, rest, copy=True)
+        for name, var, _, from_canonical in _canonical_variables(as_module):
+            if isinstance(var, nnx.Param):
+                _write(var, np.ascontiguousarray(from_canonical(state[name])))
+        trace = nnx.state(as_module, nnx.Param)
+        model.cache["recipe_opt_state"] = optax.tree_utils.tree_set(opt_state, trace=trace)
+
     def _sgd_step(self, model, x, y, lr):
+        if not optimizer_settings(model).plain:
+            params, stats = self._state(model)
+            opt_state = self._recipe_state(model)
+            opt_state.hyperparams["learning_rate"] = jax.device_put(np.float32(lr), jax_device(model.device))
+            params, stats, opt_state, loss, logits = self._step(model, "momentum")(
+                params, stats, opt_state, self._input(model, x), self._labels(model, y)
+            )
+            model.cache["recipe_opt_state"] = opt_state
+            nnx.update(model.module, params, stats)
+            return float(loss), np.asarray(logits)
         params, stats = self._state(model)
         device = jax_device(model.device)
         opt_state = model.cache.get("opt_state")
@@ -679,5 +750,12 @@ CONVENTIONS = {
         "default": "BatchNorm(use_running_average=False): training until told otherwise",
         "starts": "training",
         "here": "train= passed explicitly everywhere (default inference)",
+    },
+    "optimizer": {
+        "default": "optax.sgd(momentum, nesterov): trace t = g + mu * t, then scaled by -lr (lr outside the "
+        "velocity); weight decay is a separate transformation (add_decayed_weights)",
+        "lr_in_velocity": False,
+        "here": "inject_hyperparams(chain(add_decayed_weights(wd), sgd(lr, momentum, nesterov))), lr set every "
+        "step; optax.smooth_labels",
     },
 }
