@@ -41,6 +41,10 @@ TOPICS = {
     "init": "default initialisers",
     "mode_switch": "train / inference switch",
 }
+# Topics only the training frameworks declare (an inference-only runtime has no optimizer).
+TRAINING_TOPICS = {
+    "optimizer": "SGD with momentum (the fast preset's)",
+}
 
 
 class ConventionsError(ValueError):
@@ -89,15 +93,21 @@ def _cell(entry: dict) -> str:
     return str(entry.get("default", ""))
 
 
+def _topics(columns: dict[str, dict]) -> dict[str, str]:
+    """The topics to show: every one, and the training topics where a column declares them."""
+    extra = {t: title for t, title in TRAINING_TOPICS.items() if any(t in c for c in columns.values())}
+    return {**TOPICS, **extra}
+
+
 def format_table(columns: dict[str, dict], *, markdown: bool = False) -> str:
     """Per topic, each framework's default and, under it, what its module does about it."""
     names = list(columns)
     if markdown:
         lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        for topic, title in TOPICS.items():
+        for topic, title in _topics(columns).items():
             cells = []
             for name in names:
-                entry = columns[name][topic]
+                entry = columns[name].get(topic, {})
                 text = _cell(entry)
                 if entry.get("here"):
                     text += f"<br>*here:* {entry['here']}"
@@ -106,10 +116,10 @@ def format_table(columns: dict[str, dict], *, markdown: bool = False) -> str:
         return "\n".join(lines)
     width = max(map(len, names))
     lines = []
-    for topic, title in TOPICS.items():
+    for topic, title in _topics(columns).items():
         lines.append(title)
         for name in names:
-            entry = columns[name][topic]
+            entry = columns[name].get(topic, {})
             lines.append(f"  {name:<{width}}  {_cell(entry)}")
             if entry.get("here"):
                 lines.append(f"  {'':<{width}}    here: {entry['here']}")

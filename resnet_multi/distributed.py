@@ -507,6 +507,15 @@ class DataParallelTorch(TorchBackend):
     new_metrics = Backend.new_metrics
     train_step = Backend.train_step
 
+    def configure_optimizer(self, model, optimizer=None):
+        # _sgd_step below is plain SGD; a schedule and augmentation need nothing of it
+        if optimizer is not None and not optimizer.plain:
+            raise InputError(
+                "momentum, weight decay and label smoothing are for one process so far; a data-parallel "
+                "run trains with plain SGD (a --schedule and --augment work with it)"
+            )
+        super().configure_optimizer(model, optimizer)
+
     def _build(self, spec, device):
         module = super()._build(spec, device)
         return convert_sync_batchnorm(module, device) if self.group.sync_bn else module

@@ -686,4 +686,9 @@ CONVENTIONS = {
         "conv_weight": None,
     },
     "mode_switch": {"default": "net.train() / net.eval(); starts in training", "starts": "training"},
+    "optimizer": {
+        "default": "the canonical SGD (resnet_multi.optim, PyTorch's): v = mu * v + (g + wd * p); "
+        "p -= lr * (g + wd * p + mu * v) with Nesterov, else p -= lr * v; lr outside the velocity",
+        "lr_in_velocity": False,
+    },
 }

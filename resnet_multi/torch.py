@@ -541,4 +541,11 @@ CONVENTIONS = {
         "starts": "training",
         "here": "the seam calls train(training) before every pass",
     },
+    "optimizer": {
+        "default": "torch.optim.SGD: v = mu * v + (g + wd * p); p -= lr * v (Nesterov: lr * (g + wd * p + mu * v)); "
+        "lr outside the velocity; weight_decay on every parameter it is given",
+        "lr_in_velocity": False,
+        "here": "torch.optim.SGD(momentum, nesterov, weight_decay) over all parameters, its lr set every step; "
+        "cross_entropy(label_smoothing)",
+    },
 }

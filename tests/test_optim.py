@@ -182,3 +182,24 @@ def test_plain_recipe_records_nothing_new():
         0.2, 256, 40, 0, optimizer=optim.Optimizer(momentum=0.9), schedule="cosine", schedule_steps=7, augment="flip"
     )
     assert full["optimizer"]["momentum"] == 0.9 and full["schedule_steps"] == 7 and full["augment"] == "flip"
+
+
+# ---- the command line's flags ------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--momentum", "1.5"], "argument --momentum: momentum must lie in [0, 1), got 1.5"),
+        (["--weight-decay", "-1"], "argument --weight-decay: weight decay must be >= 0"),
+        (["--label-smoothing", "x"], "argument --label-smoothing: must be a number, got 'x'"),
+        (["--augment", "rotate"], "argument --augment: unknown augmentation 'rotate'"),
+        (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
+        (["--nesterov"], "Nesterov momentum needs a momentum above 0 (e.g. --momentum 0.9), or drop --nesterov"),
+    ],
+)
+def test_bad_recipe_flags_are_usage_errors(flags, message, tmp_path, capsys):
+    from resnet_multi import cli
+
+    argv = ["train", "--backend", "numpy", "--preset", "quick", "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert cli.main(argv + flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / train.CHECKPOINT).exists()

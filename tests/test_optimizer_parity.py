@@ -54,13 +54,18 @@ def _bn_cancelled(oracle, spec, weights, x, y):
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
-def test_recipe_steps_match_reference(backend, device, oracle):
+@pytest.mark.parametrize(
+    "settings",
+    [RECIPE, optim.Optimizer(momentum=0.9, weight_decay=5e-3)],
+    ids=["nesterov-smoothed", "momentum"],  # frameworks take another path without Nesterov
+)
+def test_recipe_steps_match_reference(backend, device, settings, oracle):
     model, ref = backend.build("d2l-resnet18", device=device, **TINY), oracle.build("d2l-resnet18", **TINY)
     weights = random_weights(model.spec, seed=3, damp_residuals=True)
     backend.set_weights(model, weights)
     oracle.set_weights(ref, weights)
-    backend.configure_optimizer(model, RECIPE)
-    oracle.configure_optimizer(ref, RECIPE)
+    backend.configure_optimizer(model, settings)
+    oracle.configure_optimizer(ref, settings)
     rates = [optim.learning_rate("one-cycle", step, 4, 0.2) for step in range(STEPS)]
     assert len(set(rates)) == STEPS  # the rate changes at every step
     cancelled = None
@@ -165,3 +170,113 @@ def test_resume_with_momentum_equals_uninterrupted(backend, device, subset, tmp_
     # another schedule length is another run: refused, not resumed
     with pytest.raises(train.RunError, match="schedule_steps: checkpoint has 9, this run 12"):
         train.fit(backend, build(), ds, out=run, resume=True, **{**options, "epochs": 4})
+
+
+# ---- what each framework's own momentum optimizer does when the rate changes ----------------
+# One parameter at 1, gradient 1, momentum 0.9, lr 0.1 then 0.2: PyTorch's formulation (lr
+# outside the velocity) ends at 1 - 0.1 * 1 - 0.2 * 1.9 = 0.52; lr inside the velocity
+# (m = mu * m - lr * g; p += m) at 1 - 0.1 - (0.09 + 0.2) = 0.61.
+RATES = (0.1, 0.2)
+ENDS = {False: 0.52, True: 0.61}
+
+
+def _probe_numpy():
+    p, v = np.ones(1), np.zeros(1)
+    for lr in RATES:
+        optim.sgd_update(p, np.ones(1), v, lr, optim.Optimizer(momentum=0.9))
+    return float(p[0])
+
+
+def _probe_torch():
+    import torch
+
+    p = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([p], lr=RATES[0], momentum=0.9)
+    for lr in RATES:
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.ones(1)
+        opt.step()
+    return float(p.detach()[0])
+
+
+def _probe_tf():
+    import keras
+    import tensorflow as tf
+
+    v = tf.Variable([1.0])
+    opt = keras.optimizers.SGD(learning_rate=RATES[0], momentum=0.9)
+    for lr in RATES:
+        opt.learning_rate = lr
+        opt.apply_gradients([(tf.ones(1), v)])
+    return float(v.numpy()[0])
+
+
+def _probe_mxnet():
+    import mxnet as mx
+
+    opt = mx.optimizer.SGD(learning_rate=RATES[0], momentum=0.9)
+    updater, w = mx.optimizer.get_updater(opt), mx.np.ones(1)
+    for lr in RATES:
+        opt.set_learning_rate(lr)
+        updater(0, mx.np.ones(1), w)
+    return float(w.asnumpy()[0])
+
+
+def _probe_paddle():
+    import paddle
+
+    p = paddle.create_parameter([1], "float32", default_initializer=paddle.nn.initializer.Constant(1.0))
+    opt = paddle.optimizer.Momentum(learning_rate=RATES[0], momentum=0.9, parameters=[p])
+    for lr in RATES:
+        opt.set_lr(lr)
+        p.sum().backward()
+        opt.step()
+        opt.clear_grad()
+    return float(p.numpy()[0])
+
+
+def _probe_mindspore():
+    import mindspore as ms
+
+    p = ms.Parameter(ms.Tensor(np.ones(1, np.float32)), name="p")
+    opt = ms.nn.Momentum([p], learning_rate=RATES[0], momentum=0.9)
+    for lr in RATES:
+        opt.learning_rate.copy_(ms.Tensor(np.float32(lr)))  # set_data would swap the tensor under the graph
+        opt((ms.Tensor(np.ones(1, np.float32)),))
+    return float(p.asnumpy()[0])
+
+
+def _probe_jax():
+    import jax.numpy as jnp
+    import optax
+
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=RATES[0], momentum=0.9)
+    p = jnp.ones(1)
+    state = tx.init(p)
+    for lr in RATES:
+        state.hyperparams["learning_rate"] = jnp.float32(lr)
+        updates, state = tx.update(jnp.ones(1), state)
+        p = optax.apply_updates(p, updates)
+    return float(p[0])
+
+
+VELOCITY_PROBES = {
+    "numpy": _probe_numpy,
+    "torch": _probe_torch,
+    "tf": _probe_tf,
+    "mxnet": _probe_mxnet,
+    "paddle": _probe_paddle,
+    "mindspore": _probe_mindspore,
+    "jax": _probe_jax,
+}
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+def test_declared_optimizer_convention_is_the_frameworks(backend, device):
+    """CONVENTIONS' ``optimizer.lr_in_velocity``, against the framework's own momentum SGD
+    stepped at two rates: where it is True, the backend cannot use that optimizer as it is."""
+    from resnet_multi import conventions
+
+    declared = conventions.declared(backend.name)["optimizer"]
+    end = VELOCITY_PROBES[backend.name]()
+    assert end == pytest.approx(ENDS[declared["lr_in_velocity"]], abs=1e-6), end

@@ -16,7 +16,7 @@ import pytest
 from cases import BACKEND_CASES
 from helpers import random_weights, rel_err
 
-from resnet_multi import cli, compare, conventions, trace
+from resnet_multi import cli, compare, conventions, frameworks, trace
 from resnet_multi.data import Dataset, load_fashion_mnist
 
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "mxnet", "paddle", "mindspore", "jax", "flax")
@@ -183,10 +183,12 @@ def test_conventions_table_has_every_framework_and_topic():
     columns = conventions.collect()
     assert list(columns) == list(conventions.FRAMEWORKS)
     text = conventions.format_table(columns)
-    for title in conventions.TOPICS.values():
+    for title in {**conventions.TOPICS, **conventions.TRAINING_TOPICS}.values():
         assert title in text
+    for name in frameworks.NAMES:  # every framework that trains declares how
+        assert set(conventions.TRAINING_TOPICS) <= set(columns[name]), name
     markdown = conventions.format_table(columns, markdown=True).splitlines()
-    assert len(markdown) == 2 + len(conventions.TOPICS)
+    assert len(markdown) == 2 + len(conventions.TOPICS) + len(conventions.TRAINING_TOPICS)
     assert all(line.count("|") - line.count("\\|") == len(columns) + 2 for line in markdown)
 
 
