@@ -182,6 +182,15 @@ class Backend:
         raise NotImplementedError
 
     # -- the seam, shared ------------------------------------------------------------
+    def choose_device(self, device: str | None) -> str:
+        """``device``, checked; None: the first accelerator, else cpu (d2l's ``try_gpu``)."""
+        available = self.devices()
+        if device is None:
+            return next((d for d in available if d != "cpu"), "cpu")
+        if device not in available:
+            raise InputError(f"device {device!r} is not available to {self.name}; available: {', '.join(available)}")
+        return device
+
     def check_device(self, device: str) -> str:
         available = self.devices()
         if device not in available:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -165,13 +164,7 @@ def _backend(name: str):
 
 
 def _device(backend, device: str | None) -> str:
-    """The user's device, checked; by default the first accelerator, as d2l's ``try_gpu``."""
-    available = backend.devices()
-    if device is None:
-        return next((d for d in available if d != "cpu"), "cpu")
-    if device not in available:
-        raise UsageError(f"device {device!r} is not available to {backend.name}; available: {', '.join(available)}")
-    return device
+    return backend.choose_device(device)
 
 
 def _memory_limit(args) -> int | None:
@@ -182,14 +175,8 @@ def _memory_limit(args) -> int | None:
 
 
 def _check_memory(backend, spec, input_shape, args, *, training: bool) -> None:
-    # The NumPy reference computes in float64: twice the bytes of the frameworks' float32.
-    memory.check_memory(
-        spec,
-        input_shape,
-        training=training,
-        limit_bytes=_memory_limit(args),
-        itemsize=8 if backend.name == "numpy" else 4,
-    )
+    limit = _memory_limit(args)
+    memory.check_memory(spec, input_shape, training=training, limit_bytes=limit, itemsize=memory.itemsize(backend.name))
 
 
 def _overrides(args) -> dict:
@@ -197,31 +184,9 @@ def _overrides(args) -> dict:
 
 
 def _load_data(*, subset: bool, data_dir, limit: int | None, instead: str = "--subset"):
-    """The data set; where the full data is missing, the error also names ``instead``: the
-    flag that trains (or evaluates) on the subset bundled with the package."""
-    from .data import DataError, Dataset, load_fashion_mnist
+    from .data import load_dataset
 
-    if subset and data_dir is not None:
-        raise UsageError(
-            "--data-dir reads the full dataset; drop --subset (or the quick preset's subset) with --no-subset"
-        )
-    try:
-        dataset = load_fashion_mnist(subset=True) if subset else load_fashion_mnist(data_dir)
-    except DataError as e:
-        if subset:
-            raise
-        raise DataError(
-            f"{e.template}\nOr use the 2,000/500-image subset that comes with resnet-multi (no download): {instead}"
-        ) from e
-    if limit is not None:  # the first images of each split, for smoke runs
-        dataset = Dataset(
-            dataset.train_images[:limit],
-            dataset.train_labels[:limit],
-            dataset.test_images[:limit],
-            dataset.test_labels[:limit],
-            f"{dataset.source}, first {limit}",
-        )
-    return dataset
+    return load_dataset(subset=subset, data_dir=data_dir, limit=limit, instead=instead)
 
 
 # ---- commands --------------------------------------------------------------------------
@@ -267,11 +232,10 @@ def _run_directory(args) -> Path:
 
 
 def cmd_train(args) -> int:
-    from . import train
+    from . import run, train
 
-    preset = args.preset or "chapter"
     settings = train.recipe(
-        preset,
+        args.preset or "chapter",
         data_dir=args.data_dir,
         arch=args.arch,
         epochs=args.epochs,
@@ -287,184 +251,26 @@ def cmd_train(args) -> int:
         schedule=args.schedule,
         augment=args.augment,
     )
-    resize = settings["resize"] or None  # --resize 0: keep 28x28
-    backend = _backend(args.backend)
-    group, launch_device = _process_group(args)
-    try:
-        return _train(args, train, preset, settings, resize, backend, group, launch_device)
-    except BaseException:
-        if group:
-            group.abandon()  # leave without waiting for the others, which fail in their turn
-        raise
-
-
-def _train(args, train, preset, settings, resize, backend, group, launch_device) -> int:
-    device = group.device if group else launch_device or _device(backend, args.device)
-    writes = group is None or group.writes  # rank 0 alone reads and writes the run directory, and prints
-    out = _run_directory(args)
-    if writes:
-        train.check_start(out, args.resume)  # fit checks this too; here it fails before any work
-    if args.preset is None and writes and not launch_device:  # the default is the long run: say so
-        print(
-            f"{PROG} train: no --preset given, running --preset chapter (full Fashion-MNIST at 96x96, "
-            f"10 epochs: for a GPU; --preset quick is the short CPU run)",
-            file=sys.stderr,
-        )
-    spec = get_arch(settings["arch"], **({"width": settings["width"]} if settings["width"] else {}))
-    side = resize or 28
-    _check_memory(backend, spec, (settings["batch_size"], spec.in_channels, side, side), args, training=True)
-    training = dict(precision=args.precision, channels_last=args.channels_last)
-    optimizer, recipe_extras = _training_recipe(settings)
-    model = None
-    if launch_device or group:
-        if args.precision != "float32" or args.channels_last:
-            raise UsageError(
-                "--precision bf16 and --channels-last are for one process so far; drop them with --nproc or torchrun"
-            )
-        if recipe_extras:
-            raise UsageError(
-                f"{', '.join(recipe_extras)} are for one process so far (preset {preset} sets them); "
-                f"with --nproc or torchrun train with --preset chapter or quick"
-            )
-    else:  # built now so that the training options fail before any work (fit sets them again)
-        model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
-        backend.configure_training(model, **training)
-    dataset = _load_data(
-        subset=settings["subset"], data_dir=args.data_dir, limit=args.limit, instead="--preset quick (or --subset)"
-    )
-    train.check_run(
-        spec, len(dataset.train_images), settings["batch_size"], resize, out if writes else None, backend=backend
-    )
-    if launch_device or group:
-        from . import distributed
-
-        distributed.check_shards(
-            spec, len(dataset.train_images), settings["batch_size"], resize, group.world_size if group else args.nproc
-        )
-    if launch_device and args.resume:  # what fit checks in rank 0, before any process starts
-        train.check_resume(
-            out,
-            backend,
-            spec,
-            dataset,
-            epochs=settings["epochs"],
-            recipe=train.run_recipe(
-                settings["lr"],
-                settings["batch_size"],
-                resize,
-                args.seed,
-                bn_statistics=train.bn_statistics(args.nproc, args.sync_bn),
-            ),
-        )
-    if launch_device:  # every check passed: start the processes, each runs this command
-        try:
-            return distributed.launch(args.nproc, args.argv)
-        except distributed.WorkerFailed as e:
-            print(f"{PROG}: error: {e}; {train.standing(out)}", file=sys.stderr)
-            return e.exitcode
-    if group:
-        backend = group.backend()
-        model = backend.build(spec, device=device, seed=args.seed, eager=args.eager)
-    if writes:
-        print(
-            f"training {model.spec.name} (preset {preset}) on {backend.name} "
-            f"{backend.framework_version()} ({device}): "
-            f"{len(dataset.train_images):,} train / {len(dataset.test_images):,} test images at "
-            f"{side}x{side}, {settings['epochs']} epochs, lr {settings['lr']}, "
-            f"batch {settings['batch_size']}, seed {args.seed}"
-            + "".join(f", {extra}" for extra in recipe_extras.values())
-            + f"{'' if args.precision == 'float32' else ', precision ' + args.precision}; writing {out}"
-            + (f"; {group.describe(device)}" if group else ""),
-            file=sys.stderr,
-        )
-    meta = {
-        "preset": preset,
-        "subset": settings["subset"],
-        "data_dir": None if args.data_dir is None else str(args.data_dir),
-        "limit": args.limit,
-        "source": dataset.source,
-        **({"parallel": group.meta()} if group else {}),
-    }
-    history = train.fit(
-        backend,
-        model,
-        dataset,
-        epochs=settings["epochs"],
-        lr=settings["lr"],
-        batch_size=settings["batch_size"],
-        resize=resize,
+    request = run.TrainRequest(
+        preset=args.preset,
+        settings=settings,
+        out=_run_directory(args),
         seed=args.seed,
-        out=out,
         resume=args.resume,
-        progress=writes and not args.no_progress,
-        meta=meta,
-        **training,
-        **({"processes": group} if group else {}),
-        **(
-            {"optimizer": optimizer, "schedule": settings["schedule"], "augment": settings["augment"]}
-            if recipe_extras
-            else {}
-        ),
+        device=args.device,
+        eager=args.eager,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        progress=not args.no_progress,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        nproc=args.nproc,
+        sync_bn=args.sync_bn,
+        dist_timeout=args.dist_timeout,
+        argv=tuple(args.argv),
+        memory_limit=_memory_limit(args),
     )
-    if group:
-        group.finish()
-    if writes:
-        print(history.summary(group.describe(device) if group else device))
-        print(
-            f"history {out / train.HISTORY}, plot {out / train.PLOT}, weights {out / train.FINAL_WEIGHTS}",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _training_recipe(settings: dict):
-    """(optimizer, {flag: description}) of the recipe beyond the chapter's plain SGD at a
-    constant lr without augmentation; empty descriptions for the chapter's."""
-    from .data import canonical_augment
-    from .optim import Optimizer
-
-    optimizer = Optimizer(
-        momentum=settings["momentum"],
-        nesterov=settings["nesterov"],
-        weight_decay=settings["weight_decay"],
-        label_smoothing=settings["label_smoothing"],
-    )
-    extras = {}
-    if optimizer.momentum:
-        extras["--momentum"] = f"{'Nesterov ' if optimizer.nesterov else ''}momentum {optimizer.momentum}"
-    if optimizer.weight_decay:
-        extras["--weight-decay"] = f"weight decay {optimizer.weight_decay}"
-    if optimizer.label_smoothing:
-        extras["--label-smoothing"] = f"label smoothing {optimizer.label_smoothing}"
-    if settings["schedule"] != "constant":
-        extras["--schedule"] = f"{settings['schedule']} schedule"
-    if canonical_augment(settings["augment"]):
-        extras["--augment"] = f"augment {canonical_augment(settings['augment'])}"
-    return optimizer, extras
-
-
-# What torchrun sets in each process it starts (resnet_multi.distributed.LAUNCH_ENV).
-_LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-
-
-def _process_group(args):
-    """(group, launch_device) for a data-parallel run. In a rank: the process group, joined
-    (initialised here), and None. In the process that --nproc makes the launcher: None and
-    rank 0's device. In one process: (None, None)."""
-    launched = all(k in os.environ for k in _LAUNCH_ENV)
-    if args.nproc is None and not args.sync_bn and not launched:
-        return None, None
-    if args.backend != "torch":
-        raise UsageError(
-            f"data-parallel training (--nproc, --sync-bn, torchrun) runs on the torch backend "
-            f"only (DistributedDataParallel), not {args.backend}; use --backend torch"
-        )
-    from . import distributed
-
-    distributed.check_request(args.nproc)
-    if not launched:
-        return None, distributed.choose_device(args.device, 0, args.nproc)  # before starting anything
-    return distributed.ProcessGroup(device=args.device, sync_bn=args.sync_bn, timeout=args.dist_timeout), None
+    return run.train(request, _backend(args.backend), prog=PROG)
 
 
 def _run_beside(weights_path: Path) -> dict:

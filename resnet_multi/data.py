@@ -47,6 +47,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "Dataset",
     "load_fashion_mnist",
+    "load_dataset",
     "find_data_dir",
     "download_fashion_mnist",
     "default_cache_dir",
@@ -471,6 +472,34 @@ def _download_or_explain(download: bool) -> Path:
         return _download_all(cache)
     except DataError as exc:
         raise DataError(_not_found_message(f"The automatic download failed: {exc.template}")) from exc
+
+
+def load_dataset(*, subset: bool, data_dir=None, limit: int | None = None, instead: str = "--subset") -> Dataset:
+    """The data set a command runs on: the bundled subset, or the full set (found on disk or
+    in ``data_dir``), with only the first ``limit`` images of each split (smoke runs). Where
+    the full data is missing, the error also names ``instead``: the flag that runs on the
+    subset that comes with the package."""
+    if subset and data_dir is not None:
+        raise InputError(
+            "--data-dir reads the full dataset; drop --subset (or the quick preset's subset) with --no-subset"
+        )
+    try:
+        dataset = load_fashion_mnist(subset=True) if subset else load_fashion_mnist(data_dir)
+    except DataError as e:
+        if subset:
+            raise
+        raise DataError(
+            f"{e.template}\nOr use the 2,000/500-image subset that comes with resnet-multi (no download): {instead}"
+        ) from e
+    if limit is not None:
+        dataset = Dataset(
+            dataset.train_images[:limit],
+            dataset.train_labels[:limit],
+            dataset.test_images[:limit],
+            dataset.test_labels[:limit],
+            f"{dataset.source}, first {limit}",
+        )
+    return dataset
 
 
 # --------------------------------------------------------------------------

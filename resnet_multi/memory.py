@@ -54,6 +54,11 @@ def physical_memory() -> int | None:
         return None
 
 
+def itemsize(backend_name: str) -> int:
+    """Bytes per number a backend computes in: the NumPy reference works in float64."""
+    return 8 if backend_name == "numpy" else 4
+
+
 class MemoryLimitError(InputError):
     """A network and input whose estimated memory is above the limit."""
 

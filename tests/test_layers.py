@@ -39,7 +39,7 @@ LAYERS = [
     },
     {"train", "lab", "zoo"},
     {"trace", "bench", "distributed"},
-    {"compare"},
+    {"run", "compare"},
     {"cli"},
 ]
 FRAMEWORK_FREE = set().union(*LAYERS[:7])
