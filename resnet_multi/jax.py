@@ -255,7 +255,8 @@ class ResNet(nnx.Module):
                 f"convert with x.astype(jnp.{dtype}). JAX computes in float32 unless "
                 f"jax_enable_x64 is set, and would otherwise turn float64 into float32 silently"
             )
-        shapes.check_input_shape(self.spec, (n, c, h, w), training=train)
+        # unknown_ok: an export (jax.export, jax2onnx) traces a dynamic batch as a symbolic dimension
+        shapes.check_input_shape(self.spec, (n, c, h, w), training=train, unknown_ok=True)
 
     def named_outputs(self, x, train: bool = False):
         """Each named layer's output in turn: the chapter's shape table."""
@@ -311,7 +312,7 @@ def check_block_input(spec: BlockSpec, X) -> None:
             f"{what} expects float32 input, got {X.dtype}; convert with x.astype(jnp.float32) "
             f"(JAX without jax_enable_x64 would turn float64 into float32 silently)"
         )
-    shapes.check_block_input_shape(spec, np.shape(X), layout="NHWC")
+    shapes.check_block_input_shape(spec, np.shape(X), layout="NHWC", unknown_ok=True)
 
 
 def conv2d(

@@ -92,27 +92,45 @@ def bn_min_batch(grid_h: int, grid_w: int) -> int:
     return -(-2 // (grid_h * grid_w))
 
 
-def check_input_shape(spec: ArchSpec, shape, *, training: bool = False) -> tuple[int, int, int, int]:
+def _dim(d) -> int | None:
+    """An axis' length, or None where a graph being traced for export leaves it open (-1 in
+    Paddle's static graph, a tensor, a symbolic dimension in JAX's export). No try/except:
+    Paddle's to_static rewrites the source of what its forward calls, and mangles one."""
+    if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+        return int(d) if d >= 0 else None
+    return None
+
+
+def _concrete(shape, unknown_ok: bool) -> tuple:
+    if not unknown_ok:
+        return tuple(int(d) for d in shape)
+    return tuple(_dim(d) for d in shape)
+
+
+def check_input_shape(
+    spec: ArchSpec, shape, *, training: bool = False, unknown_ok: bool = False
+) -> tuple[int, int, int, int]:
     """Validate an NCHW input shape for this network; return it as a tuple.
 
     In training mode BN needs more than one value per channel at its smallest
-    feature map, or its batch variance is undefined.
+    feature map, or its batch variance is undefined. ``unknown_ok``: an axis a traced graph
+    leaves open (an exporter's dynamic batch) is None and not checked; the others are.
     """
-    shape = tuple(int(d) for d in shape)
+    shape = _concrete(shape, unknown_ok)
     if len(shape) != 4:
         raise InputError(
             f"{spec.name} expects a 4-d NCHW batch (N, {spec.in_channels}, H, W), got shape {shape}; "
             f"add a batch axis with x[None] or a channel axis with x[:, None]"
         )
     n, c, h, w = shape
-    if c != spec.in_channels:
+    if c is not None and c != spec.in_channels:
         raise InputError(
             f"{spec.name} expects {spec.in_channels} input channel(s), got {c} (input shape {shape}); "
             f"convert the images or build the net with in_channels={c}"
         )
-    if min(n, h, w) < 1:
+    if min((d for d in (n, h, w) if d is not None), default=1) < 1:
         raise InputError(f"{spec.name} got an empty batch or image, shape {shape}")
-    if training:
+    if training and None not in (n, h, w):
         gh, gw = final_grid(spec, h, w)
         if n < bn_min_batch(gh, gw):
             raise InputError(
@@ -132,23 +150,26 @@ def float32_input_error(what: str, got: str, convert: str) -> InputTypeError:
     )
 
 
-def check_block_input_shape(block: BlockSpec, shape, *, layout: str = "NCHW") -> tuple[int, ...]:
+def check_block_input_shape(
+    block: BlockSpec, shape, *, layout: str = "NCHW", unknown_ok: bool = False
+) -> tuple[int, ...]:
     """Validate a batch's shape for one residual block (``layout`` is the framework's:
-    NCHW, or NHWC for TensorFlow); return it as a tuple. The frameworks' own messages
-    name a weight tensor, not the block, and not the fix."""
-    shape = tuple(int(d) for d in shape)
+    NCHW, or NHWC for TensorFlow and JAX); return it as a tuple. The frameworks' own messages
+    name a weight tensor, not the block, and not the fix. ``unknown_ok``: as for
+    :func:`check_input_shape`."""
+    shape = _concrete(shape, unknown_ok)
     what = f"Residual({block.in_channels} -> {block.out_channels})"
     if len(shape) != 4:
         raise InputError(f"{what} expects a 4-d {layout} batch, got shape {shape}; add a batch axis with x[None]")
     axis = layout.index("C")
-    if shape[axis] != block.in_channels:
+    if shape[axis] is not None and shape[axis] != block.in_channels:
         other = "NHWC" if layout == "NCHW" else "NCHW"
         raise InputError(
             f"{what} expects {block.in_channels} channel(s) on axis {axis} ({layout}), got "
             f"{shape[axis]} (shape {shape}); build the block with input_channels="
             f"{shape[axis]}, or transpose the batch if it is {other}"
         )
-    if min(shape) < 1:
+    if min((d for d in shape if d is not None), default=1) < 1:
         raise InputError(f"{what} got an empty batch or image, shape {shape}")
     return shape
 

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed here: pi
 
 from test_onnx import SMALL, TOLERANCE, _batch, _reference, _session  # noqa: E402  (after the skips)
 
-from resnet_multi import onnx_export, shapes  # noqa: E402
+from resnet_multi import onnx_export  # noqa: E402
 from resnet_multi.backend import load_backend  # noqa: E402
 
 ARCHS = ["d2l-resnet18", "resnet50"]  # basic blocks with 1x1-conv shortcuts; bottlenecks with projections
@@ -46,18 +46,6 @@ def _graph_facts(model, record_property):
     record_property("opsets", opsets)
     record_property("input_dims", dims)
     return opsets, dims
-
-
-def _unknown_dims_as_one(check):
-    """A shape check that reads an axis the exporter leaves symbolic (-1, a tensor, a JAX
-    symbolic dim) as 1. The backends' checks turn every dim into an int to refuse an empty
-    batch, so tracing with a dynamic batch fails in them before the exporter sees a layer;
-    the channels and image size are still checked."""
-
-    def checked(spec, shape, **options):
-        return check(spec, tuple(d if isinstance(d, int) and d >= 0 else 1 for d in shape), **options)
-
-    return checked
 
 
 # ---- tf2onnx ---------------------------------------------------------------------------------
@@ -93,15 +81,11 @@ def test_paddle2onnx_matches_this_export(arch, tmp_path, monkeypatch, record_pro
     pytest.importorskip("onnx_graphsurgeon", reason="onnx-graphsurgeon is not installed here: tox -e paddle has it")
     import onnx
 
-    from resnet_multi import paddle as rp
-
     backend = load_backend("paddle")
     model = backend.build(arch, **SMALL)
     weights = random_weights(model.spec, seed=9)
     backend.set_weights(model, weights)
     # to_static hands the checks a batch of -1 (a block's) or a tensor (the net's input)
-    monkeypatch.setattr(rp, "check_input_shape", _unknown_dims_as_one(rp.check_input_shape))
-    monkeypatch.setattr(rp, "check_block_input_shape", _unknown_dims_as_one(rp.check_block_input_shape))
     layer = model.module
     layer.eval()
     spec = [paddle.static.InputSpec([None, model.spec.in_channels, 32, 32], "float32", name="images")]
@@ -167,8 +151,6 @@ def test_jax2onnx_matches_this_export(arch, monkeypatch, record_property):
     assert np.array_equal(np.asarray(pool(x)), np.asarray(rj.max_pool(x, 3, 2, 1)))  # the same function
     monkeypatch.setattr(rj, "max_pool", pool)
     # int() of the symbolic batch raises InconclusiveDimensionOperation in the checks
-    monkeypatch.setattr(shapes, "check_input_shape", _unknown_dims_as_one(shapes.check_input_shape))
-    monkeypatch.setattr(shapes, "check_block_input_shape", _unknown_dims_as_one(shapes.check_block_input_shape))
     proto = jax2onnx.to_onnx(
         model.module, [("B", 32, 32, model.spec.in_channels)], input_names=["images"], output_names=["logits"]
     )

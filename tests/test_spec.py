@@ -135,6 +135,35 @@ def test_input_shape_checks():
     assert shapes.check_input_shape(spec, (2, 1, 32, 32), training=True) == (2, 1, 32, 32)
 
 
+class _SymbolicDim:
+    """What an exporter's tracer hands a shape check for a dynamic axis: not an int."""
+
+    def __int__(self):
+        raise TypeError("symbolic dimension")
+
+
+def test_axes_an_export_leaves_open_are_skipped_only_when_asked():
+    """paddle.onnx.export traces a dynamic batch as -1, jax2onnx as a symbolic dimension; the
+    forward passes' checks let those through (unknown_ok) and still check every known axis.
+    Everywhere else an open axis is an error, as it was."""
+    spec = get_arch("d2l-resnet18")
+    block = spec.stages[1].blocks[0]
+    for open_axis in (-1, None, _SymbolicDim()):
+        assert shapes.check_input_shape(spec, (open_axis, 1, 32, 32), unknown_ok=True) == (None, 1, 32, 32)
+        assert shapes.check_input_shape(spec, (open_axis, 1, 32, 32), training=True, unknown_ok=True)
+        assert shapes.check_block_input_shape(block, (open_axis, 64, 8, 8), unknown_ok=True)[1:] == (64, 8, 8)
+        with pytest.raises(ValueError, match="expects 1 input channel"):
+            shapes.check_input_shape(spec, (open_axis, 3, 32, 32), unknown_ok=True)
+        with pytest.raises(ValueError, match="empty batch or image"):
+            shapes.check_input_shape(spec, (open_axis, 1, 0, 32), unknown_ok=True)
+        with pytest.raises(ValueError, match="channel"):
+            shapes.check_block_input_shape(block, (open_axis, 32, 8, 8), unknown_ok=True)
+        with pytest.raises((ValueError, TypeError)):
+            shapes.check_input_shape(spec, (open_axis, 1, 32, 32))
+    with pytest.raises(ValueError, match="empty batch or image"):
+        shapes.check_input_shape(spec, (0, 1, 32, 32), unknown_ok=True)
+
+
 # initialisation -------------------------------------------------------------------------
 def test_init_is_deterministic_and_seeded():
     spec = get_arch("d2l-resnet18")
