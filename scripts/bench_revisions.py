@@ -93,6 +93,7 @@ def main(argv=None) -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "format": "resnet_multi.bench_revisions.v1",
                     "before": args.before,
                     "after": args.after,
                     "backends": backends,

@@ -52,6 +52,7 @@ from resnet_multi.trace import TraceError  # noqa: E402
 SYNC_GROUP = "framework"
 SEED_SPREAD = REPO / "benchmarks" / "seed_spread.json"
 SEED_SPREAD_FORMAT = "resnet_multi.seed_spread.v1"
+REVISIONS_FORMAT = "resnet_multi.bench_revisions.v1"
 THRESHOLD = 1e-3  # the "first step above" column of the cross-framework table
 
 
@@ -118,8 +119,11 @@ def tested_pins(tox: configparser.ConfigParser) -> dict[str, list[str]]:
 
 
 def tested_extras(tox: configparser.ConfigParser) -> dict[str, list[str]]:
+    """framework -> its own extra where its tox environment installs it. The other extras an
+    environment adds (ONNX, the zoos' and exporters' test dependencies) are optional, and
+    their own pages say how to install them."""
     extras = _factor_lines(tox["testenv"].get("extras", ""))
-    return {name: extras.get(name, []) for name in frameworks.NAMES}
+    return {name: [e for e in extras.get(name, []) if e == name] for name in frameworks.NAMES}
 
 
 def envlist(tox: configparser.ConfigParser) -> list[str]:
@@ -585,6 +589,70 @@ def rounds_section(result: dict, path: Path) -> str:
     )
 
 
+def revisions_section(result: dict, path: Path) -> str:
+    """A ``scripts/bench_revisions.py`` file: each backend's package step at two revisions."""
+    backends, rounds = result["backends"], result["rounds"]
+    runs = [rnd[b][rev] for rnd in rounds for b in backends for rev in ("before", "after")]
+    for run in runs:
+        bench.check_result(run)
+    loads = [v for run in runs for v in run["machine"]["load_average_1min"].values()]
+    first = runs[0]
+    n, c, h, w = first["input_shape"]
+    rows = []
+    for b in backends:
+        row = [b, rounds[0][b]["after"]["framework_version"]]
+        for phase in bench.PHASES:
+            speed = {
+                rev: [rnd[b][rev]["models"]["package"][phase]["examples_per_s"] for rnd in rounds]
+                for rev in ("before", "after")
+            }
+            ratios = [a / x for a, x in zip(speed["after"], speed["before"])]
+            row += [
+                f"{statistics.median(speed['before']):.1f}",
+                f"{statistics.median(speed['after']):.1f}",
+                f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})",
+            ]
+        rows.append(row)
+    command = shlex.join(
+        [
+            "python",
+            "scripts/bench_revisions.py",
+            "--before",
+            result["before"],
+            *(["--after", result["after"]] if result.get("after") else []),
+            "--backends",
+            ",".join(backends),
+            "--rounds",
+            str(len(rounds)),
+            "--json",
+            rel(path),
+            "--",
+            *result["bench_args"],
+        ]
+    )
+    header = ["backend", "version"]
+    for phase in bench.PHASES:
+        header += [f"{phase} examples/s before", f"{phase} after", f"{phase} after / before (min–max)"]
+    return "\n".join(
+        [
+            f"### `{result['before']}` against `{result.get('after') or 'the working tree'}`: `{rel(path)}`",
+            "",
+            f"{first['arch']} (width {first['width']}), batch {n} of {c}×{h}×{w}, {first['steps']} timed steps "
+            f"after {first['warmup']} warm-up per run, {len(rounds)} rounds; in each round every backend runs "
+            "the package's step at the earlier revision, then at the later one (medians over rounds).",
+            "",
+            f"- started (UTC): {runs[0]['started_utc']} (first run) to {runs[-1]['started_utc']} (last run)",
+            f"- machine: {first['machine']['processor']}, {first['machine']['cpus']} CPUs, "
+            f"{first['machine']['platform']}, Python {first['machine']['python']}; 1-minute load average "
+            f"{min(loads):.2f} to {max(loads):.2f} over the runs",
+            f"- command: `{command}`",
+            "",
+            table(header, rows),
+            "",
+        ]
+    )
+
+
 def benchmarks_fragment(root: Path = REPO / "benchmarks") -> str:
     files = sorted(root.rglob("*.json"))
     if not files:
@@ -607,6 +675,8 @@ def benchmarks_fragment(root: Path = REPO / "benchmarks") -> str:
                     f"{result['machine']['load_average_1min']['start']:.2f}",
                 ]
             )
+        elif result.get("format") == REVISIONS_FORMAT:
+            sections.setdefault(folder, []).append(revisions_section(result, path))
         elif {"backends", "bench_args", "rounds"} <= set(result):
             sections.setdefault(folder, []).append(rounds_section(result, path))
         elif result.get("format") == SEED_SPREAD_FORMAT:
