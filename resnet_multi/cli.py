@@ -395,8 +395,14 @@ def cmd_trace(args) -> int:
     from . import weights as canonical
     from .train import PRESETS
 
-    default = f"traces/{args.backend}{'-perturbed' if args.perturb else ''}.safetensors"
-    out = files.check_output(args.out or Path(default), "--out")  # before any work
+    inference = args.inference or args.backend in frameworks.INFERENCE_ONLY
+    if inference and (args.lr is not None or args.full_grads or args.perturb):
+        raise UsageError(
+            "an inference trace (--inference, or an inference-only backend) takes no training step: "
+            "drop --lr, --full-grads and --perturb"
+        )
+    suffix = "-inference" if inference else "-perturbed" if args.perturb else ""
+    out = files.check_output(args.out or Path(f"traces/{args.backend}{suffix}.safetensors"), "--out")  # first
     if args.threads is not None:
         trace.pin_threads(args.threads)  # before the framework starts its thread pools
     backend = _backend(args.backend)
@@ -411,7 +417,7 @@ def cmd_trace(args) -> int:
     resize = (quick["resize"] if args.resize is None else args.resize) or None
     batch_size = args.batch_size or quick["batch_size"]
     side = resize or 28
-    _check_memory(backend, spec, (batch_size, spec.in_channels, side, side), args, training=True)
+    _check_memory(backend, spec, (batch_size, spec.in_channels, side, side), args, training=not inference)
     if args.weights is not None:
         model = backend.build(spec, device=device, eager=args.eager)
         backend.load_weights(model, args.weights)
@@ -425,21 +431,27 @@ def cmd_trace(args) -> int:
     recipe = {"batch_size": batch_size, "resize": resize, "seed": args.seed, "data": dataset.source, **start}
     batches = trace.training_batches(dataset, steps=args.steps, batch_size=batch_size, seed=args.seed, resize=resize)
     print(
-        f"tracing {args.steps} steps of {model.spec.name} on {backend.name} {backend.framework_version()} "
-        f"({device}), batch {batch_size} at {resize or 28}x{resize or 28}, lr {lr}, seed {args.seed}",
+        f"tracing {args.steps} {'batches in inference mode' if inference else 'steps'} of {model.spec.name} on "
+        f"{backend.name} {backend.framework_version()} ({device}), batch {batch_size} at "
+        f"{resize or 28}x{resize or 28}{'' if inference else f', lr {lr}'}, seed {args.seed}",
         file=sys.stderr,
     )
     try:
-        tensors, meta = trace.record(
-            backend,
-            model,
-            batches,
-            lr=lr,
-            activation_images=args.activation_images,
-            full_grads=args.full_grads,
-            recipe=recipe,
-            perturb=args.perturb or 0.0,
-        )
+        if inference:
+            tensors, meta = trace.record_inference(
+                backend, model, batches, activation_images=args.activation_images, recipe=recipe
+            )
+        else:
+            tensors, meta = trace.record(
+                backend,
+                model,
+                batches,
+                lr=lr,
+                activation_images=args.activation_images,
+                full_grads=args.full_grads,
+                recipe=recipe,
+                perturb=args.perturb or 0.0,
+            )
     except NonFiniteError as e:
         start = (
             f"--weights {args.weights}" if args.weights is not None else f"the initial weights of --seed {args.seed}"
@@ -790,6 +802,13 @@ def _add_trace(sub):
         help="control run: multiply the starting weights by 1 + X * N(0, 1) first; with the "
         "numpy backend and X = 1e-7 (float32's rounding), compare then shows how fast "
         "rounding-sized differences alone grow",
+    )
+    p.add_argument(
+        "--inference",
+        action="store_true",
+        help="run the batches through the network in inference mode, without training it: logits and "
+        "stage outputs with BatchNorm's running statistics, to compare with other inference traces "
+        "(always so for an inference-only backend such as onnxruntime)",
     )
     p.add_argument("--out", type=_path, help="trace file (default traces/BACKEND.safetensors)")
     _eager(p)

@@ -93,9 +93,25 @@ def zero_gradients(spec: dict) -> set[str]:
     return zero
 
 
+def check_same_mode(traces: list[Trace]) -> None:
+    """Refuse a mix of training and inference traces: they record different computations."""
+    for t in traces[1:]:
+        if t.mode != traces[0].mode:
+            raise TraceError(
+                f"{t.path} is {_a(t.mode)} trace and {traces[0].path} {_a(traces[0].mode)} one: compare training "
+                f"traces with training traces and inference traces (resnet-multi trace --inference) with "
+                f"inference ones"
+            )
+
+
+def _a(mode: str) -> str:
+    return f"{'an' if mode[0] in 'aeiou' else 'a'} {mode}"
+
+
 def check_same_run(traces: list[Trace]) -> None:
     """Refuse traces that did not start from the same weights and see the same batches."""
     ref = traces[0]
+    check_same_mode(traces)
     for t in traces[1:]:
         problems = []
         if t.meta["spec"] != ref.meta["spec"]:
@@ -155,6 +171,8 @@ def _diff_step(trace: Trace, ref: Trace, k: int) -> StepDiff:
         out.values[layer] = rel_diff(a[:n], r[:n])
     out.values["logits"] = rel_diff(trace.logits(k), ref.logits(k))
     out.values["loss"] = rel_diff(trace.tensors["loss"][k], ref.tensors["loss"][k])
+    if ref.mode == "inference":  # no update: nothing else was recorded
+        return out
     got, want = trace.grad_norms(k), ref.grad_norms(k)
     finite = [r for r in want.values() if math.isfinite(r)]
     largest = max(finite, default=0.0)
@@ -219,6 +237,7 @@ def compare(paths, *, reference: str | None = None, steps: int | None = None) ->
     traces = [load(p) for p in paths]
     if len(traces) < 2:
         raise TraceError("compare needs at least two traces")
+    check_same_mode(traces)
     names = [t.name for t in traces]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -262,11 +281,14 @@ def format_report(c: Comparison, *, threshold: float) -> str:
     for t in c.traces:
         diffs = c.diffs[t.name]
         columns = list(diffs[0].values) if diffs else []
-        lines.append(f"{t.name} vs {c.reference.name}")
-        lines.append("step  " + "  ".join(f"{col:>10}" for col in columns) + "  worst gradient")
+        training = c.reference.mode == "training"
+        lines.append(f"{t.name} vs {c.reference.name}" + ("" if training else " (inference mode)"))
+        lines.append("step  " + "  ".join(f"{col:>10}" for col in columns) + ("  worst gradient" if training else ""))
         for d in diffs:
             lines.append(
-                f"{d.step:>4}  " + "  ".join(f"{d.values[col]:>10.2e}" for col in columns) + f"  {d.worst_grad}"
+                f"{d.step:>4}  "
+                + "  ".join(f"{d.values[col]:>10.2e}" for col in columns)
+                + (f"  {d.worst_grad}" if training else "")
             )
         hit = c.first_divergence(t.name, threshold)
         lines.append(f"first difference above {threshold:g}: " + _where(hit, c.steps))
@@ -304,13 +326,13 @@ def save_plot(c: Comparison, path) -> Path:
     for t in (c.reference, *c.traces):
         losses.plot(steps, t.tensors["loss"][: c.steps], color=colour[t.name], label=t.name)
     losses.set_xlabel("step")
-    losses.set_ylabel("training loss")
+    losses.set_ylabel(f"{c.reference.mode} loss")
     losses.legend(fontsize=7)
     losses.grid(True)
     floor = 1e-12  # bit-identical steps would vanish from a log plot
     for t in c.traces:
         diffs = c.diffs[t.name]
-        for key, style in (("logits", "-"), ("grad norms", "--")):
+        for key, style in (("logits", "-"), ("grad norms", "--"))[: 2 if c.reference.mode == "training" else 1]:
             values = [max(d.values[key], floor) for d in diffs]
             divergence.semilogy(steps, values, style, color=colour[t.name], label=f"{t.name} {key}")
     divergence.set_xlabel("step")

@@ -46,6 +46,14 @@ Tensors (S steps):
   ``layers`` (stem, every stage, the pooled features; canonical NCHW) for the batch's
   first K = ``activation_images`` images;
 * ``grad.<param>`` float32: step 0's full gradients, with ``full_grads``.
+
+Inference traces (``"mode": "inference"``, :func:`record_inference`, ``resnet-multi trace
+--inference``, and always for an inference-only backend such as onnxruntime) run the same
+batches through the network in inference mode (BatchNorm with its running statistics)
+without updating it: ``loss`` is the cross-entropy of the inference logits (float64, from
+the logits), the logits and the stage outputs are inference-mode, and there are no
+``grad_norm``, ``bn.*`` or ``grad.*`` tensors and no ``lr``. Compare compares them with
+inference traces only.
 """
 
 from __future__ import annotations
@@ -253,6 +261,70 @@ def record(
     return tensors, meta
 
 
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean softmax cross-entropy, in float64 (an inference trace's loss, from its logits)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), np.asarray(labels)].mean())
+
+
+def record_inference(
+    backend, model, batches, *, activation_images: int = 8, recipe: dict | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The inference half of a trace: each batch through ``model`` in inference mode, nothing
+    updated (see the module docstring); returns (tensors, metadata) as :func:`save` writes them."""
+    from .weights import tensor_specs
+
+    if activation_images < 0:
+        raise InputError(f"activation_images must be >= 0, got {activation_images}")
+    spec = model.spec
+    specs = tensor_specs(spec)
+    layers = [n for n in spec.layer_names() if n not in SKIPPED_LAYERS]
+    start = backend.get_weights(model)
+    tensors: dict[str, np.ndarray] = {}
+    losses, digests = [], []
+    for k, (x, y) in enumerate(batches):
+        digests.append(_batch_digest(x, y))
+        try:
+            logits = backend.forward(model, x, training=False)
+            outputs = backend.named_outputs(model, x, training=False) if activation_images else {}
+        except NonFiniteError as e:
+            raise NonFiniteError(f"at batch {k} of the trace, {e}", short=f"at batch {k}, {e.short}") from None
+        losses.append(cross_entropy(logits, y))
+        tensors[f"step.{k}.logits"] = np.ascontiguousarray(logits, np.float32)
+        tensors[f"step.{k}.labels"] = np.asarray(y, np.int64)
+        for name in layers if activation_images else []:
+            tensors[f"step.{k}.act.{name}"] = np.ascontiguousarray(outputs[name][:activation_images])
+    if not losses:
+        raise InputError("no batches to trace")
+    tensors["loss"] = np.asarray(losses, np.float64)
+    meta = {
+        "format": FORMAT,
+        "mode": "inference",
+        "backend": backend.name,
+        "framework_version": backend.framework_version(),
+        "device": model.device,
+        "eager": bool(model.eager),
+        "threads": thread_info(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "spec": json.loads(json.dumps(dataclasses.asdict(spec))),
+        "recipe": {k: v for k, v in {**(recipe or {}), "steps": len(losses)}.items() if k != "lr"},
+        "initial_weights_sha256": weights_digest(start),
+        "batches_sha256": digests,
+        "layers": layers if activation_images else [],
+        "params": [t.name for t in specs if t.trainable],
+        "bn_stats": [t.name for t in specs if not t.trainable],
+        "activation_images": int(activation_images),
+        "full_grads": False,
+        "twin_loss_gap": 0.0,
+        "perturb": 0.0,
+    }
+    return tensors, meta
+
+
 def save(path, tensors: dict[str, np.ndarray], meta: dict) -> Path:
     """Write a trace atomically (temporary file, then rename)."""
     from safetensors.numpy import save as save_bytes
@@ -281,6 +353,11 @@ class Trace:
     @property
     def steps(self) -> int:
         return len(self.tensors["loss"])
+
+    @property
+    def mode(self) -> str:
+        """ "training" (steps of train) or "inference" (batches through the network, no update)."""
+        return self.meta.get("mode", "training")
 
     def logits(self, k: int) -> np.ndarray:
         return self.tensors[f"step.{k}.logits"]

@@ -475,7 +475,7 @@ _LINE = r"[^\n]{0,200}"  # one line, as printed in compare's report
 TRACE_RECIPE = Schema(
     {
         "steps": Field(int, min=1),
-        "lr": Field(float, min=FLOAT32_SMALLEST_NORMAL, max=FLOAT32_MAX),
+        "lr": Field(float, required=False, min=FLOAT32_SMALLEST_NORMAL, max=FLOAT32_MAX),  # training only
         "batch_size": Field(int, required=False, min=1),
         "resize": Field(int, required=False, nullable=True, min=1, max=MAX_IMAGE_SIDE),
         "seed": Field(int, required=False, min=0),
@@ -499,9 +499,12 @@ TRACE_THREADS = Schema(
 )
 
 # A trace file's metadata (the JSON in its "trace" key); see resnet_multi.trace.
+TRACE_MODES = ("training", "inference")
+
 TRACE = Schema(
     {
         "format": Field(str),
+        "mode": Field(str, required=False, choices=TRACE_MODES),  # absent: training
         "backend": Field(str, pattern=r"[A-Za-z0-9_.-]{1,40}"),
         "framework_version": Field(str, pattern=_LINE),
         "device": Field(str, pattern=r"[^\n]{1,100}"),
@@ -534,6 +537,11 @@ def check_trace(meta, tensors: dict, *, tensor_names) -> ArchSpec:
     check_schema(meta, TRACE)
     spec = arch_from_dict(meta["spec"], "spec")
     steps = meta["recipe"]["steps"]
+    training = meta.get("mode", "training") == "training"
+    if training and "lr" not in meta["recipe"]:
+        raise SchemaError("recipe", "has no lr: a training trace records its learning rate")
+    if not training and (meta["full_grads"] or meta["perturb"]):
+        raise SchemaError("full_grads", "an inference trace records no gradients and no perturbed start")
     if len(meta["batches_sha256"]) != steps:
         raise SchemaError("batches_sha256", f"has {len(meta['batches_sha256'])} entries for {steps} steps")
     params, stats = tensor_names(spec)
@@ -546,8 +554,10 @@ def check_trace(meta, tensors: dict, *, tensor_names) -> ArchSpec:
     if (meta["activation_images"] == 0) != (not meta["layers"]):
         raise SchemaError("layers", "must list the recorded layers exactly when activation_images is above 0")
     floats = ("f",)
-    expected = {"loss": ((steps,), floats), "grad_norm": ((steps, len(params)), floats)}
-    expected.update({f"bn.{name}": ((steps + 1, None), floats) for name in stats})
+    expected = {"loss": ((steps,), floats)}
+    if training:
+        expected["grad_norm"] = ((steps, len(params)), floats)
+        expected.update({f"bn.{name}": ((steps + 1, None), floats) for name in stats})
     for k in range(steps):
         expected[f"step.{k}.logits"] = ((None, spec.num_classes), floats)
         expected[f"step.{k}.labels"] = ((None,), ("i", "u"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cases import BACKEND_CASES
+from cases import BACKEND_CASES, INFERENCE_CASES
 from helpers import random_weights, rel_err
 
 from resnet_multi import cli, compare, conventions, frameworks, trace
@@ -131,6 +131,89 @@ def test_trace_agrees_with_numpy_on_step_0(backend, device, tiny_data, numpy_tra
     assert set(step0) >= {"stem", "stages.3", "head.pool", "logits", "loss", "grad norms", "bn stats"}
     for quantity, value in step0.items():
         assert value <= 1e-3, quantity  # the parity suite's training-mode tolerance
+
+
+# ---- inference traces ------------------------------------------------------------------------
+def _inference_trace(backend, device, data, path, weights=None):
+    model = backend.build("d2l-resnet18", device=device, width=8)
+    backend.set_weights(model, weights if weights is not None else random_weights(model.spec, seed=5))
+    batches = trace.training_batches(data, steps=2, batch_size=BATCH, seed=0, resize=32)
+    tensors, meta = trace.record_inference(
+        backend, model, batches, activation_images=4, recipe={"batch_size": BATCH, "resize": 32, "seed": 0}
+    )
+    return trace.save(path, tensors, meta)
+
+
+@pytest.fixture(scope="module")
+def numpy_inference_trace(tiny_data, tmp_path_factory, oracle):
+    return _inference_trace(oracle, "cpu", tiny_data, tmp_path_factory.mktemp("traces") / "numpy-inference.safetensors")
+
+
+INFERENCE_RUNTIME_CASES = [c for c in INFERENCE_CASES if not c.id.startswith("numpy-")] or [
+    pytest.param(
+        None,
+        None,
+        id="no-framework",
+        marks=pytest.mark.skip(
+            reason="only the numpy reference is selected here; each framework's environment runs this against it"
+        ),
+    )
+]
+
+
+@pytest.mark.parametrize("backend, device", INFERENCE_RUNTIME_CASES)
+def test_inference_traces_agree_with_numpy(backend, device, tiny_data, numpy_inference_trace, tmp_path):
+    """Every backend, inference-only ones (onnxruntime) included, through the same batches in
+    inference mode from weights with random BN statistics: the parity suite's inference
+    tolerance on logits and stage outputs, and nothing else recorded."""
+    path = _inference_trace(backend, device, tiny_data, tmp_path / "t.safetensors")
+    result = compare.compare([numpy_inference_trace, path])
+    (diffs,) = result.diffs.values()
+    assert len(diffs) == 2
+    for d in diffs:
+        assert set(d.values) == {"stem", "stages.0", "stages.1", "stages.2", "stages.3", "head.pool", "logits", "loss"}
+        for quantity, value in d.values.items():
+            assert value <= 1e-4, (d.step, quantity, value)
+    t = trace.load(path)
+    assert t.mode == "inference" and "grad_norm" not in t.tensors and "lr" not in t.meta["recipe"]
+    assert not any(k.startswith("bn.") for k in t.tensors)
+
+
+def test_inference_traces_tell_weights_apart(tiny_data, numpy_inference_trace, oracle, tmp_path, capsys):
+    """A wrong running variance changes every inference output: the comparison shows it."""
+    model = oracle.build("d2l-resnet18", width=8)
+    weights = random_weights(model.spec, seed=5)
+    weights["stem.bn.running_var"] = weights["stem.bn.running_var"] * np.float32(1.5)
+    off = _inference_trace(oracle, "cpu", tiny_data, tmp_path / "off.safetensors", weights)
+    off = _relabelled(off, tmp_path / "off2.safetensors", "off")
+    with pytest.raises(trace.TraceError, match="different initial weights"):
+        compare.compare([numpy_inference_trace, off])
+
+
+def test_compare_refuses_a_mix_of_training_and_inference_traces(numpy_trace, numpy_inference_trace, tmp_path):
+    copy = _relabelled(numpy_inference_trace, tmp_path / "copy.safetensors", "copy")
+    with pytest.raises(trace.TraceError, match="is an inference trace and .* a training one"):
+        compare.compare([numpy_trace, copy])
+    # an inference trace carries no gradients: one that claims to be a training trace is refused
+    t = trace.load(numpy_inference_trace)
+    bad = trace.save(
+        tmp_path / "bad.safetensors",
+        t.tensors,
+        {**t.meta, "mode": "training", "recipe": {**t.meta["recipe"], "lr": 0.05}},
+    )
+    with pytest.raises(trace.TraceError, match="missing"):
+        trace.load(bad)
+
+
+def test_trace_command_inference(tmp_path, capsys):
+    out = tmp_path / "inf.safetensors"
+    argv = ["trace", "--backend", "numpy", "--inference", "--steps", "1", "--width", "4", "--batch-size", "4"]
+    assert cli.main([*argv, "--limit", "8", "--out", str(out)]) == 0
+    assert "batches in inference mode" in capsys.readouterr().err
+    assert trace.load(out).mode == "inference"
+    assert cli.main([*argv, "--lr", "0.1", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "takes no training step" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 # ---- compare ---------------------------------------------------------------------------------
