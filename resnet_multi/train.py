@@ -72,7 +72,7 @@ PRESETS = {
     # Issue #27's recipe: at least 0.92 test accuracy on the full test set within 5 minutes of
     # training with torch on a quiet 2-core CPU. The chapter's ResNet-18 at width 32 (1/4 of
     # the MACs of width 64) and 40x40 (at 28x28 the last stage sees one pixel, at 40x40 a 2x2
-    # grid, for about 0.7 of 48x48's MACs), 5 epochs of a one-cycle schedule peaking at 0.2 with Nesterov
+    # grid, for 0.86 of 48x48's MACs), 5 epochs of a one-cycle schedule peaking at 0.2 with Nesterov
     # momentum 0.9 and weight decay 5e-4 (the usual ResNet settings, which let a short
     # schedule take large steps early and settle at the end), label smoothing 0.1 against
     # over-confidence, and random horizontal flips (clothes look the same mirrored; random
