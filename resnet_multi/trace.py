@@ -237,18 +237,8 @@ def record(
     for name, values in bn.items():
         tensors[f"bn.{name}"] = np.stack(values).astype(np.float32)
     meta = {
-        "format": FORMAT,
-        "backend": backend.name,
-        "framework_version": backend.framework_version(),
-        "device": model.device,
-        "eager": bool(model.eager),
-        "threads": thread_info(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "spec": json.loads(json.dumps(dataclasses.asdict(spec))),
+        **_run_meta(backend, model, start),
         "recipe": {**(recipe or {}), "steps": len(losses), "lr": float(lr)},
-        "initial_weights_sha256": weights_digest(start),
         "batches_sha256": digests,
         "layers": layers if activation_images else [],
         "params": params,
@@ -259,6 +249,23 @@ def record(
         "perturb": float(perturb),
     }
     return tensors, meta
+
+
+def _run_meta(backend, model, start: dict) -> dict:
+    """What every trace records of where it ran and what it started from."""
+    return {
+        "format": FORMAT,
+        "backend": backend.name,
+        "framework_version": backend.framework_version(),
+        "device": model.device,
+        "eager": bool(model.eager),
+        "threads": thread_info(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "spec": json.loads(json.dumps(dataclasses.asdict(model.spec))),
+        "initial_weights_sha256": weights_digest(start),
+    }
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -300,19 +307,9 @@ def record_inference(
         raise InputError("no batches to trace")
     tensors["loss"] = np.asarray(losses, np.float64)
     meta = {
-        "format": FORMAT,
+        **_run_meta(backend, model, start),
         "mode": "inference",
-        "backend": backend.name,
-        "framework_version": backend.framework_version(),
-        "device": model.device,
-        "eager": bool(model.eager),
-        "threads": thread_info(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "spec": json.loads(json.dumps(dataclasses.asdict(spec))),
         "recipe": {k: v for k, v in {**(recipe or {}), "steps": len(losses)}.items() if k != "lr"},
-        "initial_weights_sha256": weights_digest(start),
         "batches_sha256": digests,
         "layers": layers if activation_images else [],
         "params": [t.name for t in specs if t.trainable],

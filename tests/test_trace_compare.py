@@ -110,16 +110,21 @@ def test_trace_step_is_the_training_loop_step(backend, device, tiny_data, tmp_pa
     assert t.activation(0, "stem").shape == (4, 8, 8, 8)
 
 
-FRAMEWORK_CASES = [c for c in BACKEND_CASES if not c.id.startswith("numpy-")] or [
-    pytest.param(
-        None,
-        None,
-        id="no-framework",
-        marks=pytest.mark.skip(
-            reason="only the numpy reference is selected here; each framework's environment runs this against it"
-        ),
-    )
-]
+def _without_the_reference(cases):
+    """The cases other than the NumPy reference's, or one that skips saying why there are none."""
+    return [c for c in cases if not c.id.startswith("numpy-")] or [
+        pytest.param(
+            None,
+            None,
+            id="no-framework",
+            marks=pytest.mark.skip(
+                reason="only the numpy reference is selected here; each framework's environment runs this against it"
+            ),
+        )
+    ]
+
+
+FRAMEWORK_CASES = _without_the_reference(BACKEND_CASES)
 
 
 @pytest.mark.parametrize("backend, device", FRAMEWORK_CASES)
@@ -149,16 +154,7 @@ def numpy_inference_trace(tiny_data, tmp_path_factory, oracle):
     return _inference_trace(oracle, "cpu", tiny_data, tmp_path_factory.mktemp("traces") / "numpy-inference.safetensors")
 
 
-INFERENCE_RUNTIME_CASES = [c for c in INFERENCE_CASES if not c.id.startswith("numpy-")] or [
-    pytest.param(
-        None,
-        None,
-        id="no-framework",
-        marks=pytest.mark.skip(
-            reason="only the numpy reference is selected here; each framework's environment runs this against it"
-        ),
-    )
-]
+INFERENCE_RUNTIME_CASES = _without_the_reference(INFERENCE_CASES)
 
 
 @pytest.mark.parametrize("backend, device", INFERENCE_RUNTIME_CASES)

@@ -532,6 +532,12 @@ def bench_section(result: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
+def _rounds_command(script: str, options: list[str], result: dict, path: Path) -> str:
+    """The command that measures a file of alternating rounds again."""
+    rounds = ["--backends", ",".join(result["backends"]), "--rounds", str(len(result["rounds"]))]
+    return shlex.join(["python", script, *options, *rounds, "--json", rel(path), "--", *result["bench_args"]])
+
+
 def rounds_section(result: dict, path: Path) -> str:
     backends, rounds = result["backends"], result["rounds"]
     runs = [rnd[b] for rnd in rounds for b in backends]
@@ -552,20 +558,7 @@ def rounds_section(result: dict, path: Path) -> str:
             ]
             row += [f"{statistics.median(speeds):.1f}", f"{statistics.median(ratios):.2f}"]
         rows.append(row)
-    command = shlex.join(
-        [
-            "python",
-            "scripts/bench_backends.py",
-            "--backends",
-            ",".join(backends),
-            "--rounds",
-            str(len(rounds)),
-            "--json",
-            rel(path),
-            "--",
-            *result["bench_args"],
-        ]
-    )
+    command = _rounds_command("scripts/bench_backends.py", [], result, path)
     header = ["backend", "version"]
     for phase in bench.PHASES:
         header += [f"{phase} examples/s (median of rounds)", f"{phase} / {backends[0]} (median of rounds)"]
@@ -613,23 +606,8 @@ def revisions_section(result: dict, path: Path) -> str:
                 f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})",
             ]
         rows.append(row)
-    command = shlex.join(
-        [
-            "python",
-            "scripts/bench_revisions.py",
-            "--before",
-            result["before"],
-            *(["--after", result["after"]] if result.get("after") else []),
-            "--backends",
-            ",".join(backends),
-            "--rounds",
-            str(len(rounds)),
-            "--json",
-            rel(path),
-            "--",
-            *result["bench_args"],
-        ]
-    )
+    revisions = ["--before", result["before"], *(["--after", result["after"]] if result.get("after") else [])]
+    command = _rounds_command("scripts/bench_revisions.py", revisions, result, path)
     header = ["backend", "version"]
     for phase in bench.PHASES:
         header += [f"{phase} examples/s before", f"{phase} after", f"{phase} after / before (min–max)"]
