@@ -130,7 +130,9 @@ def test_run_directory_is_protected(backend, device, subset, tmp_path):
 @pytest.mark.parametrize("backend, device", BACKEND_CASES)
 def test_weights_give_the_same_accuracy_on_the_reference(backend, device, subset, oracle, tmp_path):
     """Weights trained here, evaluated by the NumPy reference (and back): the same
-    predictions, except where two logits nearly tie (float32 vs float64)."""
+    predictions, except where the reference's two classes nearly tie (float32 vs float64).
+    What is bounded is the number of predictions that differ, each of which must be such a
+    tie; a weight misread in either direction changes far more than two of 500."""
     ds = first(subset, 128, 500)
     model, history = small_fit(backend, device, ds, epochs=2, out=tmp_path)
     ref = oracle.build(canonical.read_arch(tmp_path / train.FINAL_WEIGHTS))
@@ -142,13 +144,16 @@ def test_weights_give_the_same_accuracy_on_the_reference(backend, device, subset
             for x, _ in data.iterate_batches(ds.test_images, ds.test_labels, 256, shuffle=False, resize=SIZE)
         ]
     )
+    rows = np.arange(len(mine))
+    gap = logits[rows, logits.argmax(axis=1)] - logits[rows, mine]  # 0 where the predictions agree
+    differ = gap > 0
+    assert (gap[differ] < 1e-4 * np.abs(logits).max()).all(), gap[differ]
+    assert differ.sum() <= 2
+    acc_ref = train.evaluate_accuracy(oracle, ref, ds.test_images, ds.test_labels, resize=SIZE)
+    assert abs(acc_ref - history.test_acc[-1]) <= differ.sum() / len(ds.test_images)
+    # and back: the reference's weights in this backend, the same predictions but for near ties
     top2 = np.sort(logits, axis=1)[:, -2:]
     near_tie = (top2[:, 1] - top2[:, 0]) < 1e-4 * np.abs(logits).max()
-    assert np.array_equal(mine[~near_tie], logits.argmax(axis=1)[~near_tie])
-    assert near_tie.sum() <= 2
-    acc_ref = train.evaluate_accuracy(oracle, ref, ds.test_images, ds.test_labels, resize=SIZE)
-    assert abs(acc_ref - history.test_acc[-1]) <= near_tie.sum() / len(ds.test_images)
-    # and back: the reference's weights in this backend
     other = backend.build("d2l-resnet18", device=device, seed=9, **TINY)
     backend.set_weights(other, oracle.get_weights(ref))
     assert np.array_equal(train.predict(backend, other, ds.test_images, resize=SIZE)[~near_tie], mine[~near_tie])
