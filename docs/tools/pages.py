@@ -538,12 +538,23 @@ def _rounds_command(script: str, options: list[str], result: dict, path: Path) -
     return shlex.join(["python", script, *options, *rounds, "--json", rel(path), "--", *result["bench_args"]])
 
 
+def _rounds_facts(runs: list[dict], command: str) -> list[str]:
+    """When, where and at what load a file of rounds ran, and how to run it again."""
+    first = runs[0]["machine"]
+    loads = [v for run in runs for v in run["machine"]["load_average_1min"].values()]
+    return [
+        f"- started (UTC): {runs[0]['started_utc']} (first run) to {runs[-1]['started_utc']} (last run)",
+        f"- machine: {first['processor']}, {first['cpus']} CPUs, {first['platform']}, Python {first['python']}; "
+        f"1-minute load average {min(loads):.2f} to {max(loads):.2f} over the runs",
+        f"- command: `{command}`",
+    ]
+
+
 def rounds_section(result: dict, path: Path) -> str:
     backends, rounds = result["backends"], result["rounds"]
     runs = [rnd[b] for rnd in rounds for b in backends]
     for run in runs:
         bench.check_result(run)
-    loads = [v for run in runs for v in run["machine"]["load_average_1min"].values()]
     first = rounds[0][backends[0]]
     n, c, h, w = first["input_shape"]
     rows = []
@@ -570,11 +581,7 @@ def rounds_section(result: dict, path: Path) -> str:
             f"after {first['warmup']} warm-up per run, {len(rounds)} rounds alternating the backends, "
             "package models only.",
             "",
-            f"- started (UTC): {runs[0]['started_utc']} (first run) to {runs[-1]['started_utc']} (last run)",
-            f"- machine: {first['machine']['processor']}, {first['machine']['cpus']} CPUs, "
-            f"{first['machine']['platform']}, Python {first['machine']['python']}; 1-minute load average "
-            f"{min(loads):.2f} to {max(loads):.2f} over the runs",
-            f"- command: `{command}`",
+            *_rounds_facts(runs, command),
             "",
             table(header, rows),
             "",
@@ -588,7 +595,6 @@ def revisions_section(result: dict, path: Path) -> str:
     runs = [rnd[b][rev] for rnd in rounds for b in backends for rev in ("before", "after")]
     for run in runs:
         bench.check_result(run)
-    loads = [v for run in runs for v in run["machine"]["load_average_1min"].values()]
     first = runs[0]
     n, c, h, w = first["input_shape"]
     rows = []
@@ -619,11 +625,7 @@ def revisions_section(result: dict, path: Path) -> str:
             f"after {first['warmup']} warm-up per run, {len(rounds)} rounds; in each round every backend runs "
             "the package's step at the earlier revision, then at the later one (medians over rounds).",
             "",
-            f"- started (UTC): {runs[0]['started_utc']} (first run) to {runs[-1]['started_utc']} (last run)",
-            f"- machine: {first['machine']['processor']}, {first['machine']['cpus']} CPUs, "
-            f"{first['machine']['platform']}, Python {first['machine']['python']}; 1-minute load average "
-            f"{min(loads):.2f} to {max(loads):.2f} over the runs",
-            f"- command: `{command}`",
+            *_rounds_facts(runs, command),
             "",
             table(header, rows),
             "",
