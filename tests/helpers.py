@@ -83,3 +83,17 @@ def first(ds, n_train, n_test):
         ds.test_labels[:n_test],
         ds.source,
     )
+
+
+def crash_at_step(monkeypatch, backend, step: int) -> None:
+    """Make ``backend.train_step`` raise KeyboardInterrupt on its ``step``-th call (1-based),
+    as a kill in the middle of a run would; ``monkeypatch.undo()`` restores it."""
+    calls, real_step = [], backend.train_step
+
+    def crashing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "train_step", crashing_step)

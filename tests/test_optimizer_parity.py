@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from cases import BACKEND_CASES
-from helpers import first, random_weights, rel_err
+from helpers import crash_at_step, first, random_weights, rel_err
 
 from resnet_multi import data, optim, train
 from resnet_multi.errors import InputError
@@ -144,15 +144,7 @@ def test_resume_with_momentum_equals_uninterrupted(backend, device, subset, tmp_
 
     full_model = build()
     full = train.fit(backend, full_model, ds, out=tmp_path / "full", **options)
-    calls, real_step = [], backend.train_step
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(backend, "train_step", crashing_step)
+    crash_at_step(monkeypatch, backend, 8)
     with pytest.raises(KeyboardInterrupt):
         train.fit(backend, build(), ds, out=tmp_path / "run", **options)
     monkeypatch.undo()

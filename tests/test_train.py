@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 from cases import BACKEND_CASES
-from helpers import first, kink_free_batch, random_weights
+from helpers import crash_at_step, first, kink_free_batch, random_weights
 
 from resnet_multi import data, train
 from resnet_multi import weights as canonical
@@ -64,15 +64,7 @@ def test_resume_equals_uninterrupted(backend, device, subset, tmp_path, monkeypa
     full_model, full = small_fit(backend, device, ds, out=tmp_path / "full")
 
     # The same run, killed in the middle of its third epoch.
-    calls, real_step = [], backend.train_step
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(backend, "train_step", crashing_step)
+    crash_at_step(monkeypatch, backend, 8)
     with pytest.raises(KeyboardInterrupt):
         small_fit(backend, device, ds, out=tmp_path / "run")
     monkeypatch.undo()
