@@ -129,6 +129,11 @@ class Backend:
         """Devices this backend can run on here: 'cpu' always, then e.g. 'cuda:0'."""
         raise NotImplementedError
 
+    def cpu_threads(self) -> dict:
+        """The framework's own CPU thread settings as it reports them (for a benchmark's
+        record; {} where the framework has no API that says)."""
+        return {}
+
     def _build(self, spec: ArchSpec, device: str):
         """A framework model for ``spec`` on ``device`` (weights are set afterwards)."""
         raise NotImplementedError

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -40,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import shapes, textbook
+from . import machine, shapes, textbook
 from .backend import Backend, load_backend
 from .errors import InputError
 from .files import atomic_write_bytes
@@ -50,13 +48,6 @@ FORMAT = "resnet_multi.bench.v1"
 FLOP_PER_MAC = 2
 TRAIN_FORWARD_MULTIPLE = 3
 PHASES = ("train", "inference")
-THREAD_ENV = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "TF_NUM_INTRAOP_THREADS",
-    "TF_NUM_INTEROP_THREADS",
-)
 
 
 def _stats(first: float, times: list[float], batch: int, flop_per_image: float) -> dict:
@@ -92,6 +83,27 @@ def textbook_reason(backend_name: str, arch: str, device: str) -> str | None:
     if device != "cpu" and backend_name != "torch":
         return f"the textbook baseline for {backend_name} runs on cpu only"
     return None
+
+
+def _time_phase(phase, runners, names, results, warmup, steps, batch_size, flop, say) -> None:
+    """Time ``phase`` of each runner: the first step apart, ``warmup`` untimed steps, then
+    ``steps`` timed ones interleaved, the order swapping every step."""
+    say(f"{phase}: first step of {' and '.join(names)}")
+    first = {name: _timed(runners[name][phase]) for name in names}
+    say(
+        f"{phase}: first step "
+        + ", ".join(f"{name} {t:.2f} s" for name, t in first.items())
+        + f"; now {warmup} warm-up and {steps} timed steps each, interleaved"
+    )
+    for _ in range(warmup):
+        for name in names:
+            runners[name][phase]()
+    times = {name: [] for name in names}
+    for i in range(steps):
+        for name in names if i % 2 == 0 else names[::-1]:
+            times[name].append(_timed(runners[name][phase]))
+    for name in names:
+        results[name][phase] = _stats(first[name], times[name], batch_size, flop[phase])
 
 
 def run(
@@ -156,27 +168,12 @@ def run(
             "inference": lambda: predict(xb),
         }
 
-    load_start = os.getloadavg()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = {name: {"idiom": r["idiom"]} for name, r in runners.items()}
     names = list(runners)
-    for phase in phases:
-        say(f"{phase}: first step of {' and '.join(names)}")
-        first = {name: _timed(runners[name][phase]) for name in names}
-        say(
-            f"{phase}: first step "
-            + ", ".join(f"{name} {t:.2f} s" for name, t in first.items())
-            + f"; now {warmup} warm-up and {steps} timed steps each, interleaved"
-        )
-        for _ in range(warmup):
-            for name in names:
-                runners[name][phase]()
-        times = {name: [] for name in names}
-        for i in range(steps):
-            for name in names if i % 2 == 0 else names[::-1]:
-                times[name].append(_timed(runners[name][phase]))
-        for name in names:
-            results[name][phase] = _stats(first[name], times[name], batch_size, flop[phase])
+    with machine.LoadSampler(every=2.0) as load:
+        for phase in phases:
+            _time_phase(phase, runners, names, results, warmup, steps, batch_size, flop, say)
 
     ratio = None
     if "textbook" in results:
@@ -202,31 +199,12 @@ def run(
         "flop_per_image": flop,
         "flop_convention": f"1 MAC = {FLOP_PER_MAC} FLOP; a training step = {TRAIN_FORWARD_MULTIPLE}x "
         f"the forward FLOPs; convolutions and the dense layer only",
-        "machine": {
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "processor": _cpu_name(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            # thread settings change CPU figures several-fold on a loaded machine
-            "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
-            "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
-        },
+        "machine": {**machine.record(backend.cpu_threads()), "load_average_1min": load.summary()},
         "models": results,
         "textbook_na": reason,
         "ratio": ratio,
         **({"train_na": train_na} if train_na else {}),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def write_json(path, result: dict) -> Path:
@@ -285,6 +263,27 @@ def check_result(result: dict) -> None:
         raise InputError("ratio must be null without a textbook baseline")
 
 
+def describe_machine(record: dict) -> str:
+    """One line: the CPU, its vector flags, the thread settings and the load while timing."""
+    load = record.get("load_average_1min")
+    load_text = (
+        "load not measured"
+        if not load
+        else f"1-min load {load['start']:.2f} -> {load['end']:.2f}"
+        + (f" (mean {load['mean']:.2f}, max {load['max']:.2f})" if "mean" in load else "")
+    )
+    threads = ", ".join(f"{k} {v}" for k, v in record.get("threads", {}).items())
+    env = ", ".join(f"{k}={v}" for k, v in record.get("thread_env", {}).items())
+    flags = " ".join(record.get("cpu_flags", []))
+    return (
+        f"machine: {record['processor']}, {record['cpus']} CPUs"
+        + (f" ({flags})" if flags else "")
+        + f"; threads: {threads or 'framework default'}"
+        + (f"; {env}" if env else "")
+        + f"; {load_text}"
+    )
+
+
 def format_table(result: dict) -> str:
     """The figures as a plain-text table."""
     n, c, h, w = result["input_shape"]
@@ -293,8 +292,7 @@ def format_table(result: dict) -> str:
         f"({result['device']}), batch {n} of {c}x{h}x{w}{', --eager' if result['eager'] else ''}",
         f"{result['steps']} timed steps per model after {result['warmup']} warm-up, interleaved; "
         f"{result['macs_per_image'] / 1e9:.4g} GMAC per image ({result['flop_convention']})",
-        f"machine: {result['machine']['processor']}, {result['machine']['cpus']} CPUs, 1-min load "
-        f"{result['machine']['load_average_1min']['start']:.2f} -> {result['machine']['load_average_1min']['end']:.2f}",
+        describe_machine(result["machine"]),
     ]
     header = (
         "phase",

@@ -502,6 +502,13 @@ class TFBackend(Backend):
     def framework_version(self):
         return f"{tf.__version__} (Keras {keras.__version__})"
 
+    def cpu_threads(self):
+        # 0: TensorFlow's default, one thread per core
+        return {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
+
     def devices(self):
         return devices()
 

@@ -331,6 +331,9 @@ class TorchBackend(Backend):
     def framework_version(self):
         return torch.__version__
 
+    def cpu_threads(self):
+        return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
     def devices(self):
         return devices()
 

@@ -24,43 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from resnet_multi.bench import THREAD_ENV, _cpu_name  # noqa: E402  (the benchmark's machine record)
+from resnet_multi import machine  # noqa: E402  (framework-free: the benchmark's machine record)
+from resnet_multi.files import atomic_write_bytes  # noqa: E402
 
 FORMAT = "resnet_multi.time_to_accuracy.v1"
 TARGETS = (0.90, 0.92)
-# the CPU flags that decide which kernels the frameworks can use
-VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in VECTOR_FLAGS if f in present]
-    except OSError:
-        pass
-    return []
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": _cpu_name(),
-        "cpu_flags": cpu_flags(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-    }
 
 
 def python_of(env_dir: Path, backend: str) -> Path:
@@ -70,39 +46,23 @@ def python_of(env_dir: Path, backend: str) -> Path:
     return python
 
 
-def framework_version(python: Path, backend: str) -> str:
-    code = f"from resnet_multi.backend import load_backend; print(load_backend({backend!r}).framework_version())"
-    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    return done.stdout.strip().splitlines()[-1]
+def run_env(args) -> dict:
+    """The environment every run (and the framework record) gets: ``--threads`` applied."""
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    if args.threads is not None:
+        env.update({var: str(args.threads) for var in machine.THREAD_ENV if var != "XLA_FLAGS"})
+    return env
 
 
-class LoadSampler:
-    """The 1-minute load average every ``every`` seconds, in a thread, while a run lasts."""
-
-    def __init__(self, every: float = 5.0):
-        self.every, self.samples, self._stop = every, [os.getloadavg()[0]], threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        while not self._stop.wait(self.every):
-            self.samples.append(os.getloadavg()[0])
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(os.getloadavg()[0])
-
-    def summary(self) -> dict:
-        return {
-            "mean": sum(self.samples) / len(self.samples),
-            "max": max(self.samples),
-            "start": self.samples[0],
-            "end": self.samples[-1],
-        }
+def framework_record(python: Path, backend: str, env: dict) -> dict:
+    """The framework's version and its own CPU thread settings, read as a run will see them."""
+    code = (
+        "import json; from resnet_multi.backend import load_backend; "
+        f"b = load_backend({backend!r}); "
+        "print(json.dumps({'version': b.framework_version(), 'threads': b.cpu_threads()}))"
+    )
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def time_to(history: dict, target: float) -> float | None:
@@ -147,15 +107,13 @@ def run(args, backend: str, seed: int) -> dict:
     out = args.runs / f"{backend}-seed{seed}"
     python = python_of(args.env_dir, backend)
     reused = (out / "weights.safetensors").is_file() and (out / "history.json").is_file()
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    if args.threads is not None:
-        env.update({var: str(args.threads) for var in THREAD_ENV})
+    env = run_env(args)
     row = {"backend": backend, "seed": seed, "run_dir": str(out), "reused": reused}
     if not reused:
         command = train_command(python, backend, seed, out, args)
         print(" ".join(command), file=sys.stderr)
         tic = time.perf_counter()
-        with LoadSampler(args.sample_every) as load:
+        with machine.LoadSampler(args.sample_every) as load:
             subprocess.run(command, env=env, check=True, cwd=REPO)
         row.update(wall_seconds=time.perf_counter() - tic, load_average_1min=load.summary())
     history = json.loads((out / "history.json").read_text())
@@ -186,7 +144,7 @@ def main(argv=None) -> int:
     if not backends or not seeds:
         parser.error("give at least one backend and one seed")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    versions = {b: framework_version(python_of(args.env_dir, b), b) for b in backends}
+    frameworks = {b: framework_record(python_of(args.env_dir, b), b, run_env(args)) for b in backends}
     rows = [run(args, backends[0], s) for s in seeds] + [run(args, b, seeds[0]) for b in backends[1:]]
 
     print("| backend | seed | test acc | s to 0.90 | s to 0.92 | train s | examples/s | load (mean) |")
@@ -211,14 +169,18 @@ def main(argv=None) -> int:
             "recipe": "resnet-multi train --preset fast",
             "targets": list(TARGETS),
             "threads": args.threads,
-            "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
-            "framework_versions": versions,
-            "machine": machine(),
+            "framework_versions": {b: f["version"] for b, f in frameworks.items()},
+            "framework_threads": {b: f["threads"] for b, f in frameworks.items()},
+            # the thread variables as the runs saw them
+            "machine": {
+                **machine.record(),
+                "thread_env": {k: run_env(args)[k] for k in machine.THREAD_ENV if k in run_env(args)},
+            },
             "rows": rows,
             "seed_spread": {"backend": backends[0], "seeds": seeds, "final_test_acc": spread},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())
         print(f"results written to {args.json}")
     return 0
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cases import BACKEND_CASES, EagerBackend
 
-from resnet_multi import bench, textbook
+from resnet_multi import bench, machine, textbook
 from resnet_multi.backend import BACKENDS
 from resnet_multi.cli import main
 
@@ -36,7 +36,12 @@ def test_bench_reports_sane_figures(backend, device):
     json.loads(json.dumps(result))  # JSON-ready as it is
     assert result["backend"] == backend.name and result["eager"] == _eager(backend)
     assert result["input_shape"] == [4, 1, 32, 32] and result["width"] == 8
-    assert isinstance(result["machine"]["thread_env"], dict)
+    record = result["machine"]
+    assert isinstance(record["thread_env"], dict)
+    assert record["threads"] == backend.cpu_threads()  # the framework's own settings, as it reports them
+    assert set(record["cpu_flags"]) <= set(machine.VECTOR_FLAGS)
+    load = record["load_average_1min"]
+    assert load["start"] >= 0 and load["end"] >= 0 and load["mean"] <= load["max"]
     assert (
         result["flop_per_image"]["train"]
         == 3 * result["flop_per_image"]["inference"]

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "resnet_multi"
 # Lowest first. A module may import from its own layer only where the graph stays acyclic
 # (checked separately).
 LAYERS = [
-    {"errors", "frameworks"},
+    {"errors", "frameworks", "machine"},
     {"spec"},
     {"shapes", "files", "conventions", "optim"},
     {"validate"},

@@ -469,10 +469,16 @@ def bench_command(result: dict, path: Path) -> str:
 def _machine(result: dict) -> str:
     m = result["machine"]
     load = m["load_average_1min"]
-    return (
-        f"{m['processor']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}; "
-        f"1-minute load average {load['start']:.2f} at the start, {load['end']:.2f} at the end"
-    )
+    text = f"{m['processor']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}"
+    if m.get("cpu_flags"):  # files from before the machine record had flags and threads lack them
+        text += f"; vector instructions {' '.join(m['cpu_flags'])}"
+    if "threads" in m:
+        threads = ", ".join(f"{k} {v}" for k, v in m["threads"].items())
+        text += f"; {result['backend']}'s threads: {threads or 'its default (no API reports them)'}"
+    text += f"; 1-minute load average {load['start']:.2f} at the start, {load['end']:.2f} at the end"
+    if "mean" in load:
+        text += f" (mean {load['mean']:.2f}, max {load['max']:.2f}, sampled every 2 s)"
+    return text
 
 
 def bench_section(result: dict, path: Path) -> str:
