@@ -55,6 +55,7 @@ class Model:
     device: str
     # True: run every step op by op (PyTorch-style eager / PyNative), as a reader steps
     # through it; False: the backend's compiled step where it has one (see Backend.compiles).
+    # Backend.build resolves "not said" to the backend's faster mode (Backend.default_eager).
     eager: bool = False
     cache: dict = field(default_factory=dict)  # backend-private: optimizer objects and the like
 
@@ -128,6 +129,11 @@ class Backend:
     def devices(self) -> list[str]:
         """Devices this backend can run on here: 'cpu' always, then e.g. 'cuda:0'."""
         raise NotImplementedError
+
+    def default_eager(self, device: str) -> bool:
+        """The mode ``build`` picks when not told: whichever of eager and compiled trains
+        faster on ``device``; the compiled step, unless a backend measured otherwise."""
+        return False
 
     def cpu_threads(self) -> dict:
         """The framework's own CPU thread settings as it reports them (for a benchmark's
@@ -203,12 +209,15 @@ class Backend:
         return device
 
     def build(
-        self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, eager: bool = False, **overrides
+        self, arch="d2l-resnet18", *, device: str = "cpu", seed: int = 0, eager: bool | None = None, **overrides
     ) -> Model:
-        """Build ``arch`` on ``device`` with the spec's initial weights for ``seed``;
-        ``eager=True`` turns the backend's compiled steps off (for teaching and debugging)."""
+        """Build ``arch`` on ``device`` with the spec's initial weights for ``seed``.
+        ``eager=True`` runs op by op (for teaching and debugging), ``False`` the backend's
+        compiled step where it has one, None the faster of the two here (:meth:`default_eager`)."""
         spec = get_arch(arch, **overrides)
-        model = Model(spec, self._build(spec, self.check_device(device)), device, eager=bool(eager))
+        checked = self.check_device(device)
+        eager = self.default_eager(checked) if eager is None else bool(eager)
+        model = Model(spec, self._build(spec, checked), device, eager=eager)
         self._set_weights(model, canonical.init_weights(spec, seed))
         return model
 

@@ -114,7 +114,7 @@ def run(
     batch_size: int = 256,
     steps: int = 10,
     warmup: int = 2,
-    eager: bool = False,
+    eager: bool | None = None,
     width: int | None = None,
     device: str = "cpu",
     lr: float = 0.05,
@@ -145,6 +145,7 @@ def run(
     flop = {"train": TRAIN_FORWARD_MULTIPLE * FLOP_PER_MAC * macs, "inference": FLOP_PER_MAC * macs}
 
     model = backend.build(spec, device=backend.check_device(device), seed=seed, eager=eager)
+    eager = model.eager  # None resolved: the backend's faster mode here, which the textbook's code then runs too
     train_na = None
     if getattr(backend, "inference_only", False):
         train_na = f"{backend.name} is inference-only: it cannot train"
@@ -193,7 +194,7 @@ def run(
         "batch_size": batch_size,
         "steps": steps,
         "warmup": warmup,
-        "eager": bool(eager),
+        "eager": eager,
         "lr": lr,
         "macs_per_image": macs,
         "flop_per_image": flop,

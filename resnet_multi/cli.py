@@ -367,7 +367,8 @@ def cmd_bench(args) -> int:
     # By default the preset that suits the device: quick (32x32) on a CPU, the chapter's 96x96 on a GPU.
     preset = PRESETS[args.preset or ("quick" if device == "cpu" else "chapter")]
     size, batch_size = args.size or preset["resize"], args.batch_size or preset["batch_size"]
-    spec = get_arch(args.arch, **_overrides(args))
+    width = args.width or (preset.get("width") if args.arch == preset["arch"] else None)  # fast: width 32
+    spec = get_arch(args.arch, **({} if width is None else {"width": width}))
     _check_memory(backend, spec, (batch_size, spec.in_channels, size, size), args, training=True)
     result = bench.run(
         backend,
@@ -377,7 +378,7 @@ def cmd_bench(args) -> int:
         steps=args.steps,
         warmup=args.warmup,
         eager=args.eager,
-        width=args.width,
+        width=width,
         device=device,
         lr=preset["lr"],
         seed=args.seed,
@@ -574,11 +575,21 @@ def _max_memory(p):
 
 
 def _eager(p):
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--eager",
-        action="store_true",
-        help="run op by op, without the backend's compiled step (tf.function, "
-        "hybridize, to_static, graph mode): slower, easier to step through",
+        action="store_const",
+        const=True,
+        help="run op by op, without the backend's compiled step (tf.function, hybridize, "
+        "mindspore.jit): easier to step through, and slower, except MindSpore on a CPU",
+    )
+    mode.add_argument(
+        "--compiled",
+        dest="eager",
+        action="store_const",
+        const=False,
+        help="the backend's compiled step (default: whichever mode trains faster on the device; "
+        "compiled everywhere but MindSpore on a CPU)",
     )
 
 
@@ -742,7 +753,8 @@ def _add_bench(sub):
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
-        help="take size and batch size from a train preset (default: quick on a CPU, chapter on a GPU)",
+        help="take size, batch size and width (fast: 32) from a train preset (default: quick on a CPU, "
+        "chapter on a GPU)",
     )
     p.add_argument("--size", type=_positive_int, help="image side (default: the preset's resize)")
     p.add_argument("--batch-size", type=_positive_int, help="(default: the preset's)")

@@ -422,20 +422,31 @@ ONEDNN_ISA_CAPPED = cap_onednn_isa()
 class MindSporeBackend(Backend):
     """Gradients from ``mindspore.value_and_grad``, the update from ``nn.SGD``.
 
-    By default each step is compiled with ``mindspore.jit`` (graph mode for one function,
-    while the process stays in PyNative): the training step (forward, loss, gradients, SGD
-    update, BN statistics), the gradient pass and inference, each once per model and batch
-    shape, since a compiled graph keeps the shapes and the training flag it was traced
-    with. ``build(..., eager=True)`` runs the same cells op by op in PyNative mode
-    (MindSpore 2's default), as a reader steps through them. Cells start in inference
-    mode; the seam calls ``set_train`` before every pass.
+    Compiled (``build(..., eager=False)``, the default on a GPU or Ascend), each step runs
+    under ``mindspore.jit`` (graph mode for one function, while the process stays in
+    PyNative): the training step (forward, loss, gradients, SGD update, BN statistics), the
+    gradient pass and inference, each once per model and batch shape, since a compiled graph
+    keeps the shapes and the training flag it was traced with. Eager (``eager=True``, the
+    default on a CPU, where it is faster: :meth:`default_eager`) runs the same cells op by op
+    in PyNative mode, MindSpore 2's default. Cells start in inference mode; the seam calls
+    ``set_train`` before every pass.
     """
 
     name = "mindspore"
-    compiles = True  # mindspore.jit steps by default; Model.eager runs them in PyNative
+    compiles = True  # mindspore.jit steps; Model.eager runs them in PyNative
 
     def framework_version(self):
         return ms.__version__
+
+    def default_eager(self, device):
+        # On a CPU, PyNative runs the training step faster than mindspore.jit's graph does
+        # (docs/benchmarks.md, MindSpore's modes), so a CPU run steps op by op unless told to
+        # compile; on a GPU or Ascend the compiled step is the default.
+        return device == "cpu"
+
+    def cpu_threads(self):
+        # the size of the CPU kernels' thread pool, as MindSpore reports it
+        return {"cpu_kernel_threads": ms.get_context("runtime_num_threads")}
 
     def devices(self):
         return devices()

@@ -12,8 +12,11 @@ layer's ``(in, out)`` weight (:func:`canonical_tensors`), the process-wide devic
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import OrderedDict
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +26,8 @@ from .shapes import check_block_input_shape, check_input_shape, float32_input_er
 from .spec import ArchSpec, BatchNormSpec, block_class, block_spec, block_spec_for, get_arch, stage_spec
 from .weights import WeightsError, check_weights, init_weights, module_paths
 
+# Read before Paddle's import, which sets OMP_NUM_THREADS to 1 where it is unset (see cpu_threads_to_cores)
+_OMP_THREADS_BEFORE_IMPORT = None if "paddle" in sys.modules else os.environ.get("OMP_NUM_THREADS")
 paddle = require("paddle", "paddle")
 nn = paddle.nn
 F = paddle.nn.functional
@@ -308,6 +313,36 @@ def check_block_input(blk: nn.Layer, x) -> None:
     check_block_input_shape(blk.spec, x.shape, unknown_ok=True)
 
 
+# ---- speed: Paddle's CPU threads -------------------------------------------------------------------
+def cpu_threads_to_cores() -> int | None:
+    """Run Paddle's CPU kernels on every core this process may use, unless the user chose.
+
+    Paddle's import sets ``OMP_NUM_THREADS=1`` where it is unset, and its CPU convolutions
+    (im2col + MKL GEMM) then use one thread; ``paddle.base.core.set_num_threads`` lets MKL
+    and OpenMP use every core. An ``OMP_NUM_THREADS`` the user set (in the process's
+    environment, or in ``os.environ`` before this import) is kept. Returns the threads set,
+    or None where nothing was changed.
+    """
+    if _omp_threads_from_user():
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1:
+        paddle.base.core.set_num_threads(cores)
+    return cores
+
+
+def _omp_threads_from_user() -> bool:
+    if _OMP_THREADS_BEFORE_IMPORT is not None:
+        return True
+    try:  # the environment the process started with, before any import changed os.environ
+        return any(v.startswith(b"OMP_NUM_THREADS=") for v in Path("/proc/self/environ").read_bytes().split(b"\0"))
+    except OSError:  # no /proc: only what was seen before the import
+        return False
+
+
+CPU_THREADS = cpu_threads_to_cores()
+
+
 # ---- devices: Paddle's is process-wide, so every entry point restores the caller's ---------------
 def devices() -> list[str]:
     # 'cuda:i' like every other backend's seam; Paddle itself calls it 'gpu:i'
@@ -396,6 +431,10 @@ class PaddleBackend(Backend):
 
     def framework_version(self):
         return paddle.__version__
+
+    def cpu_threads(self):
+        # Paddle has no getter: the count it was given, by cpu_threads_to_cores or by the user
+        return {"cpu_math_threads": CPU_THREADS or int(os.environ.get("OMP_NUM_THREADS", "1"))}
 
     def devices(self):
         return devices()

@@ -40,7 +40,7 @@ class TrainRequest:
     seed: int = 0
     resume: bool = False
     device: str | None = None  # None: the first accelerator, else cpu
-    eager: bool = False
+    eager: bool | None = None  # None: the backend's faster mode on the device (Backend.default_eager)
     data_dir: Path | None = None
     limit: int | None = None
     progress: bool = True

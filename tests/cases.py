@@ -5,8 +5,9 @@ reference counts as a backend. ``RESNET_MULTI_TEST_BACKENDS`` (comma-separated)
 narrows the set: each tox environment tests its own backend. A backend whose
 framework is not installed appears as a skipped case that says so.
 
-A backend with a compiled mode (``Backend.compiles``) is tested twice: compiled,
-as ``train`` runs it by default (ids like ``tf-cpu``), and eager (``tf-cpu-eager``).
+A backend with a compiled mode (``Backend.compiles``) is tested twice: compiled (ids
+like ``tf-cpu``) and eager (``tf-cpu-eager``), whichever of the two ``train`` runs by
+default there (``Backend.default_eager``: eager only for MindSpore on a CPU).
 
 Inference-only runtimes (``frameworks.INFERENCE_ONLY``: onnxruntime) cannot train, so they
 are never in ``BACKEND_CASES`` nor in ``selected_backends()``; ``INFERENCE_CASES`` adds
@@ -33,21 +34,22 @@ def selected_backends(*, inference_only: bool = False):
     return [n for n in chosen if (n in frameworks.INFERENCE_ONLY) == inference_only]
 
 
-class EagerBackend:
-    """A backend whose every ``build`` passes ``eager=True``; all else is the backend's own."""
+class ModeBackend:
+    """A backend whose every ``build`` passes ``eager`` (unless the caller does); all else
+    is the backend's own."""
 
-    def __init__(self, backend):
-        self._backend = backend
+    def __init__(self, backend, eager: bool):
+        self._backend, self.eager = backend, eager
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
     def build(self, *args, **kwargs):
-        kwargs.setdefault("eager", True)
+        kwargs.setdefault("eager", self.eager)
         return self._backend.build(*args, **kwargs)
 
     def __repr__(self):
-        return f"EagerBackend({self._backend.name})"
+        return f"ModeBackend({self._backend.name}, eager={self.eager})"
 
 
 def backend_cases(*, inference_only: bool = False):
@@ -65,9 +67,11 @@ def backend_cases(*, inference_only: bool = False):
             continue
         for device in backend.devices():
             case_id = f"{name}-{device.replace(':', '')}"
-            cases.append(pytest.param(backend, device, id=case_id))
             if backend.compiles:
-                cases.append(pytest.param(EagerBackend(backend), device, id=f"{case_id}-eager"))
+                cases.append(pytest.param(ModeBackend(backend, eager=False), device, id=case_id))
+                cases.append(pytest.param(ModeBackend(backend, eager=True), device, id=f"{case_id}-eager"))
+            else:
+                cases.append(pytest.param(backend, device, id=case_id))
     return cases
 
 

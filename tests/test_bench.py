@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from cases import BACKEND_CASES, EagerBackend
+from cases import BACKEND_CASES
 
 from resnet_multi import bench, machine, textbook
 from resnet_multi.backend import BACKENDS
@@ -21,7 +21,7 @@ TINY = dict(width=8, size=32, batch_size=4, steps=3, warmup=1)
 
 
 def _eager(backend):
-    return isinstance(backend, EagerBackend)
+    return getattr(backend, "eager", False)  # cases.ModeBackend's mode; False for a backend without one
 
 
 def test_every_framework_has_its_textbook_code():
@@ -162,3 +162,15 @@ def test_bench_command_refuses_bad_arguments(argv, message, capsys):
     code = main(["bench", "--backend", "numpy", "--width", "8", *argv])
     _, err = capsys.readouterr()
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_command_takes_the_presets_shapes_and_width(tmp_path, capsys):
+    """--preset fast times the fast preset's network (width 32) at its 40x40; --width wins."""
+    path = tmp_path / "fast.json"
+    argv = ["bench", "--backend", "numpy", "--preset", "fast", "--batch-size", "2", "--steps", "1", "--warmup", "0"]
+    assert main([*argv, "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["width"] == 32 and result["input_shape"] == [2, 1, 40, 40]
+    assert main([*argv, "--width", "8", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["width"] == 8
+    capsys.readouterr()

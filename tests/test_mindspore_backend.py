@@ -310,3 +310,19 @@ def test_set_weights_after_training_is_not_lost(rn):
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
         np.testing.assert_array_equal(weights[name], kept[name], err_msg=f"{name}: caller's array changed")
+
+
+def test_default_mode_is_pynative_on_a_cpu_and_either_can_be_asked_for(rn):
+    """On a CPU the backend's default is PyNative, its faster mode there; --compiled and
+    eager=False still give the mindspore.jit step (what test_compiled_steps_match_eager checks)."""
+    assert rn.BACKEND.default_eager("cpu") is True
+    assert rn.BACKEND.build("d2l-resnet18", width=8).eager is True
+    assert rn.BACKEND.build("d2l-resnet18", width=8, eager=False).eager is False
+    from resnet_multi.cli import UsageError, build_parser
+
+    train = ["train", "--backend", "mindspore"]
+    assert build_parser().parse_args(train).eager is None  # None: build's default
+    assert build_parser().parse_args([*train, "--compiled"]).eager is False
+    assert build_parser().parse_args([*train, "--eager"]).eager is True
+    with pytest.raises(UsageError, match="--compiled: not allowed with argument --eager"):
+        build_parser().parse_args([*train, "--eager", "--compiled"])

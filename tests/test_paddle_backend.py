@@ -2,6 +2,8 @@
 the Paddle defaults that would otherwise differ silently. The parity suite covers the
 numbers end to end; these pin down each translation on its own."""
 
+import json
+import os
 import subprocess
 import sys
 import warnings
@@ -272,3 +274,22 @@ def test_net_converts_with_to_static():
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(BACKEND.forward(static, x), BACKEND.forward(dygraph, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("omp", [None, "1"])
+def test_cpu_threads_are_the_cores_unless_the_user_chose(omp):
+    """Paddle's import sets OMP_NUM_THREADS=1 where it is unset; the backend then gives its
+    CPU kernels every core, but keeps a count the user set, even 1."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    code = (
+        "import json, os\nfrom resnet_multi.paddle import BACKEND, CPU_THREADS\n"
+        "print(json.dumps([CPU_THREADS, BACKEND.cpu_threads(), len(os.sched_getaffinity(0))]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    threads, reported, cores = json.loads(done.stdout.strip().splitlines()[-1])
+    if omp is None:
+        assert threads == cores and reported == {"cpu_math_threads": cores}
+    else:
+        assert threads is None and reported == {"cpu_math_threads": 1}
