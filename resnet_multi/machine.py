@@ -51,6 +51,21 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
+def thread_env() -> dict[str, str]:
+    """The :data:`THREAD_ENV` variables this process was started with: what a command
+    needs to run the same way again. Read from /proc/self/environ where there is one,
+    since frameworks change ``os.environ`` on import (Paddle sets OMP_NUM_THREADS=1)."""
+    try:
+        started = dict(
+            item.decode(errors="replace").split("=", 1)
+            for item in Path("/proc/self/environ").read_bytes().split(b"\0")
+            if b"=" in item
+        )
+    except OSError:
+        started = os.environ
+    return {k: started[k] for k in THREAD_ENV if k in started}
+
+
 def record(threads: dict | None = None) -> dict:
     """The machine's record for a result file; ``threads``: the framework's own counts."""
     return {
@@ -61,7 +76,7 @@ def record(threads: dict | None = None) -> dict:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         # thread settings change CPU figures several-fold on a loaded machine
-        "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "thread_env": thread_env(),
         "threads": threads or {},
     }
 

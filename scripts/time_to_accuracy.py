@@ -37,6 +37,7 @@ from resnet_multi.files import atomic_write_bytes  # noqa: E402
 
 FORMAT = "resnet_multi.time_to_accuracy.v1"
 TARGETS = (0.90, 0.92)
+RUN_RECORD = "time_to_accuracy_run.json"  # in each run's directory: how it ran, for a later reuse
 
 
 def python_of(env_dir: Path, backend: str) -> Path:
@@ -109,13 +110,22 @@ def run(args, backend: str, seed: int) -> dict:
     reused = (out / "weights.safetensors").is_file() and (out / "history.json").is_file()
     env = run_env(args)
     row = {"backend": backend, "seed": seed, "run_dir": str(out), "reused": reused}
-    if not reused:
+    if reused:
+        if (out / RUN_RECORD).is_file():
+            row.update(json.loads((out / RUN_RECORD).read_text()))
+    else:
         command = train_command(python, backend, seed, out, args)
         print(" ".join(command), file=sys.stderr)
-        tic = time.perf_counter()
+        started, tic = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
         with machine.LoadSampler(args.sample_every) as load:
             subprocess.run(command, env=env, check=True, cwd=REPO)
-        row.update(wall_seconds=time.perf_counter() - tic, load_average_1min=load.summary())
+        measured = {
+            "started_utc": started,
+            "wall_seconds": time.perf_counter() - tic,
+            "load_average_1min": load.summary(),
+        }
+        atomic_write_bytes(out / RUN_RECORD, (json.dumps(measured, indent=1) + "\n").encode())
+        row.update(measured)
     history = json.loads((out / "history.json").read_text())
     row.update(summarize(history))
     row["recipe"] = {

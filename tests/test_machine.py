@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,10 +26,21 @@ def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
     assert machine.cpu_flags() == ["sse4_2", "avx", "avx2", "fma", "avx512f"]  # in VECTOR_FLAGS' order, fpu left out
 
 
-def test_record_names_the_thread_settings(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    record = machine.record({"intra_op": 2})
-    assert record["thread_env"]["OMP_NUM_THREADS"] == "3"
+def test_record_names_the_thread_settings_the_process_started_with():
+    """A framework may change os.environ on import (Paddle sets OMP_NUM_THREADS=1); the
+    record keeps what the process was started with, which reruns it the same way."""
+    code = (
+        "import json, os\nfrom resnet_multi import machine\n"
+        "os.environ['OMP_NUM_THREADS'] = '1'\n"
+        "print(json.dumps(machine.record({'intra_op': 2})))"
+    )
+    env = {**os.environ, "MKL_NUM_THREADS": "3"}
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    record = json.loads(done.stdout)
+    if Path("/proc/self/environ").is_file():
+        assert "OMP_NUM_THREADS" not in record["thread_env"]
+    assert record["thread_env"]["MKL_NUM_THREADS"] == "3"
     assert record["threads"] == {"intra_op": 2}
     assert record["cpus"] == os.cpu_count()
 

@@ -2,6 +2,8 @@
 minutes per backend; the script is run by hand)."""
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,36 @@ def test_command_resumes_an_interrupted_run_and_passes_smoke_options(tta, tmp_pa
     out.mkdir()
     (out / "checkpoint.json").write_text("{}")
     assert tta.train_command(Path("python"), "torch", 3, out, Args)[-1] == "--resume"
+
+
+def test_a_smoke_run_writes_a_file_the_benchmarks_page_renders(tta, tmp_path):
+    """The whole script on the NumPy reference (1 epoch on 64 images), its JSON, a second
+    call that reuses the run, and the benchmarks page's table from the file."""
+    numpy_env = tmp_path / "envs" / "numpy" / "bin"
+    numpy_env.mkdir(parents=True)
+    python = numpy_env / "python"  # this interpreter (a symlink would lose its virtual environment)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "tta.json"
+    argv = ["--env-dir", str(tmp_path / "envs"), "--runs", str(tmp_path / "runs"), "--backends", "numpy"]
+    argv += ["--epochs", "1", "--limit", "64", "--sample-every", "0.5", "--json", str(out)]
+    assert tta.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["format"] == tta.FORMAT and result["framework_versions"]["numpy"]
+    (row,) = result["rows"]
+    assert row["backend"] == "numpy" and row["epochs"] == 1 and not row["reused"]
+    assert row["load_average_1min"]["max"] >= row["load_average_1min"]["mean"] >= 0
+    assert row["recipe"]["augment"] == "flip" and row["arch"] == "d2l-resnet18"
+    assert set(result["machine"]["cpu_flags"]) <= set(tta.machine.VECTOR_FLAGS)
+
+    assert tta.main(argv) == 0  # reads the finished run instead of training it again
+    again = json.loads(out.read_text())["rows"][0]
+    assert again["reused"] and again["load_average_1min"] == row["load_average_1min"]
+    assert again["test_acc"] == row["test_acc"]
+
+    spec = importlib.util.spec_from_file_location("pages", SCRIPT.parent.parent / "docs" / "tools" / "pages.py")
+    pages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pages)
+    section = pages.time_to_accuracy_section(json.loads(out.read_text()), out)
+    numpy_row = next(line for line in section.splitlines() if line.startswith("| numpy |"))
+    assert f"{row['test_acc'][0]:.3f}" in numpy_row and f"{row['examples_per_sec']:.0f}" in numpy_row

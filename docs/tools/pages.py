@@ -53,6 +53,7 @@ SYNC_GROUP = "framework"
 SEED_SPREAD = REPO / "benchmarks" / "seed_spread.json"
 SEED_SPREAD_FORMAT = "resnet_multi.seed_spread.v1"
 REVISIONS_FORMAT = "resnet_multi.bench_revisions.v1"
+TIME_TO_ACCURACY_FORMAT = "resnet_multi.time_to_accuracy.v1"
 THRESHOLD = 1e-3  # the "first step above" column of the cross-framework table
 
 
@@ -461,6 +462,8 @@ def bench_command(result: dict, path: Path) -> str:
     args += ["--steps", str(result["steps"]), "--warmup", str(result["warmup"])]
     if result["eager"]:
         args.append("--eager")
+    elif result["models"]["package"]["idiom"].endswith(", compiled"):
+        args.append("--compiled")  # explicit: MindSpore's default on a CPU is eager
     if result.get("textbook_na") == "not requested":
         args.append("--no-textbook")
     return shlex.join(args + ["--json", rel(path)])
@@ -639,6 +642,74 @@ def revisions_section(result: dict, path: Path) -> str:
     )
 
 
+def time_to_accuracy_section(result: dict, path: Path) -> str:
+    """A ``scripts/time_to_accuracy.py`` file: the fast preset trained to the end in each framework."""
+    rows, targets = result["rows"], [f"{t:.2f}" for t in result["targets"]]
+    if not rows:
+        raise PagesError(f"{rel(path)}: no runs")
+    body = []
+    for r in rows:
+        load = r.get("load_average_1min")
+        body.append(
+            [
+                r["backend"],
+                result["framework_versions"][r["backend"]],
+                str(r["seed"]),
+                " · ".join(f"{a:.3f}" for a in r["test_acc"]),
+                *("—" if r["seconds_to"][t] is None else f"{r['seconds_to'][t]:.0f}" for t in targets),
+                f"{r['total_train_seconds']:.0f}",
+                f"{r['examples_per_sec']:.0f}",
+                "—" if not load else f"{load['mean']:.2f} ({load['max']:.2f})",
+                r.get("started_utc", "—"),
+            ]
+        )
+    m = result["machine"]
+    threads = "; ".join(
+        f"{b} {', '.join(f'{k} {v}' for k, v in t.items()) or 'its default (no API reports it)'}"
+        for b, t in result["framework_threads"].items()
+    )
+    spread = result["seed_spread"]
+    first_seed = spread["seeds"][0]
+    frameworks_acc = [r["final_test_acc"] for r in rows if r["seed"] == first_seed]
+    lines = [
+        f"### `{rel(path)}`",
+        "",
+        f"`{result['recipe']}`, one run at a time, each in its framework's environment; "
+        f"seconds to a target are training seconds up to the end of the first epoch whose test "
+        f"accuracy (full 10,000-image test set) reached it.",
+        "",
+        f"- started (UTC): {result['started_utc']}, finished {result['finished_utc']}",
+        f"- machine: {m['processor']}, {m['cpus']} CPUs ({' '.join(m['cpu_flags'])}), {m['platform']}, "
+        f"Python {m['python']}",
+        f"- threads: {threads}; thread variables: {m['thread_env'] or 'none set'}",
+        f"- command: `{shlex.join(result['command'])}`",
+        "",
+        table(
+            [
+                "backend",
+                "version",
+                "seed",
+                "test accuracy after each epoch",
+                *(f"s to {t}" for t in targets),
+                "training s",
+                "examples/s",
+                "1-min load mean (max)",
+                "run started (UTC)",
+            ],
+            body,
+        ),
+        "",
+    ]
+    if len(spread["seeds"]) > 1:
+        lines += [
+            f"Final test accuracy over {spread['backend']}'s seeds {', '.join(map(str, spread['seeds']))}: "
+            f"{min(spread['final_test_acc']):.4f} to {max(spread['final_test_acc']):.4f}; over the "
+            f"frameworks at seed {first_seed}: {min(frameworks_acc):.4f} to {max(frameworks_acc):.4f}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def benchmarks_fragment(root: Path = REPO / "benchmarks") -> str:
     files = sorted(root.rglob("*.json"))
     if not files:
@@ -663,6 +734,8 @@ def benchmarks_fragment(root: Path = REPO / "benchmarks") -> str:
             )
         elif result.get("format") == REVISIONS_FORMAT:
             sections.setdefault(folder, []).append(revisions_section(result, path))
+        elif result.get("format") == TIME_TO_ACCURACY_FORMAT:
+            sections.setdefault(folder, []).append(time_to_accuracy_section(result, path))
         elif {"backends", "bench_args", "rounds"} <= set(result):
             sections.setdefault(folder, []).append(rounds_section(result, path))
         elif result.get("format") == SEED_SPREAD_FORMAT:
