@@ -44,6 +44,7 @@ TOPICS = {
 # Topics only the training frameworks declare (an inference-only runtime has no optimizer).
 TRAINING_TOPICS = {
     "optimizer": "SGD with momentum (the fast preset's)",
+    "execution": "eager or compiled (the package's choice on a CPU)",
 }
 
 

@@ -764,4 +764,9 @@ CONVENTIONS = {
         "here": "inject_hyperparams(chain(add_decayed_weights(wd), sgd(lr, momentum, nesterov))), lr set every "
         "step; optax.smooth_labels",
     },
+    "execution": {
+        "default": "op by op; jax.jit compiles a function with XLA",
+        "cpu_mode": "compiled",
+        "here": "every step under jax.jit; --eager runs it op by op",
+    },
 }

@@ -682,4 +682,9 @@ CONVENTIONS = {
         "here": "nn.Momentum with all parameters in one group (so BN's are decayed too), its learning_rate "
         "Parameter set every step; Nesterov written in MindSpore ops; CrossEntropyLoss(label_smoothing)",
     },
+    "execution": {
+        "default": "PyNative (op by op); mindspore.jit compiles a function into a graph",
+        "cpu_mode": "eager",
+        "here": "PyNative on a CPU, where it trains faster; mindspore.jit on a GPU or Ascend and with --compiled",
+    },
 }

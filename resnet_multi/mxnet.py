@@ -650,4 +650,9 @@ CONVENTIONS = {
         "here": "the canonical update written in MXNet ops (one velocity array per parameter); smoothed one-hot "
         "labels into SoftmaxCrossEntropyLoss(sparse_label=False)",
     },
+    "execution": {
+        "default": "imperative; net.hybridize() compiles the net into one graph",
+        "cpu_mode": "compiled",
+        "here": "hybridized (static_alloc, static_shape); --eager runs it op by op",
+    },
 }

@@ -691,4 +691,9 @@ CONVENTIONS = {
         "p -= lr * (g + wd * p + mu * v) with Nesterov, else p -= lr * v; lr outside the velocity",
         "lr_in_velocity": False,
     },
+    "execution": {
+        "default": "op by op (NumPy)",
+        "cpu_mode": "eager",
+        "here": "the reference computes each step op by op; nothing to compile",
+    },
 }

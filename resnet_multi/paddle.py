@@ -632,4 +632,10 @@ CONVENTIONS = {
         "here": "paddle.optimizer.Momentum(use_nesterov, weight_decay) over the trainable parameters, set_lr "
         "every step; F.cross_entropy(label_smoothing)",
     },
+    "execution": {
+        "default": "dynamic graph; paddle.jit.to_static compiles; import sets OMP_NUM_THREADS=1 where unset",
+        "cpu_mode": "eager",
+        "here": "dynamic graph on every core (unless OMP_NUM_THREADS is set); to_static was no faster, and "
+        "oneDNN's kernels are not used in dynamic-graph training",
+    },
 }

@@ -753,4 +753,9 @@ CONVENTIONS = {
         "here": "the canonical update written in TensorFlow ops inside the compiled step (one velocity variable "
         "per weight), so a schedule's changing lr scales the whole step; CategoricalCrossentropy(label_smoothing)",
     },
+    "execution": {
+        "default": "eager; Keras fit wraps its step in tf.function",
+        "cpu_mode": "compiled",
+        "here": "every step in a tf.function (no XLA); --eager runs it op by op",
+    },
 }

@@ -551,4 +551,10 @@ CONVENTIONS = {
         "here": "torch.optim.SGD(momentum, nesterov, weight_decay) over all parameters, its lr set every step; "
         "cross_entropy(label_smoothing)",
     },
+    "execution": {
+        "default": "eager; torch.compile on request",
+        "cpu_mode": "eager",
+        "here": "eager: on a small CPU torch.compile's compile takes longer than it saves in a short run "
+        "(scripts/torch_compile_payback.py)",
+    },
 }

@@ -14,7 +14,7 @@ import pytest
 from cases import BACKEND_CASES
 
 from resnet_multi import bench, machine, textbook
-from resnet_multi.backend import BACKENDS
+from resnet_multi.backend import BACKENDS, load_backend
 from resnet_multi.cli import main
 
 TINY = dict(width=8, size=32, batch_size=4, steps=3, warmup=1)
@@ -174,3 +174,14 @@ def test_bench_command_takes_the_presets_shapes_and_width(tmp_path, capsys):
     assert main([*argv, "--width", "8", "--json", str(path)]) == 0
     assert json.loads(path.read_text())["width"] == 8
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_CASES)
+def test_declared_execution_is_the_backends_default_on_a_cpu(backend, device):
+    """CONVENTIONS' ``execution.cpu_mode`` says what ``build`` picks on a CPU when not told."""
+    from resnet_multi import conventions
+
+    declared = conventions.declared(backend.name)["execution"]["cpu_mode"]
+    eager = not backend.compiles or backend.default_eager("cpu")
+    assert declared == ("eager" if eager else "compiled")
+    assert load_backend(backend.name).build("d2l-resnet18", width=4).eager is (eager and backend.compiles)
