@@ -427,7 +427,7 @@ class MindSporeBackend(Backend):
     PyNative): the training step (forward, loss, gradients, SGD update, BN statistics), the
     gradient pass and inference, each once per model and batch shape, since a compiled graph
     keeps the shapes and the training flag it was traced with. Eager (``eager=True``, the
-    default on a CPU, where it is faster: :meth:`default_eager`) runs the same cells op by op
+    default on a CPU, where it is as fast or faster: :meth:`default_eager`) runs the same cells op by op
     in PyNative mode, MindSpore 2's default. Cells start in inference mode; the seam calls
     ``set_train`` before every pass.
     """
@@ -439,7 +439,7 @@ class MindSporeBackend(Backend):
         return ms.__version__
 
     def default_eager(self, device):
-        # On a CPU, PyNative runs the training step faster than mindspore.jit's graph does
+        # On a CPU, PyNative runs the training step as fast as mindspore.jit's graph or faster
         # (docs/benchmarks.md, MindSpore's modes), so a CPU run steps op by op unless told to
         # compile; on a GPU or Ascend the compiled step is the default.
         return device == "cpu"
@@ -685,6 +685,7 @@ CONVENTIONS = {
     "execution": {
         "default": "PyNative (op by op); mindspore.jit compiles a function into a graph",
         "cpu_mode": "eager",
-        "here": "PyNative on a CPU, where it trains faster; mindspore.jit on a GPU or Ascend and with --compiled",
+        "here": "PyNative on a CPU, where it trains as fast or faster; mindspore.jit on a GPU or Ascend "
+        "and with --compiled",
     },
 }

@@ -24,7 +24,8 @@ metadata is the largest difference between them and the twin's loss (0 or roundi
 File format (``resnet_multi.trace.v1``)
 ---------------------------------------
 One safetensors file. Its metadata key ``"trace"`` is a JSON object: ``format``,
-``backend``, ``framework_version``, ``device``, ``eager``, ``threads`` (CPU count,
+``backend``, ``framework_version``, ``device``, ``eager``, ``default_mode`` (whether
+``eager`` is what the backend picks on that device when not told), ``threads`` (CPU count,
 affinity, the thread variables such as ``OMP_NUM_THREADS``, and the framework's own
 count where it has one), ``python``, ``numpy``, ``platform``, ``spec`` (the
 architecture, as in weights files), ``recipe`` (``steps``, ``lr``, ``batch_size``,
@@ -259,6 +260,7 @@ def _run_meta(backend, model, start: dict) -> dict:
         "framework_version": backend.framework_version(),
         "device": model.device,
         "eager": bool(model.eager),
+        "default_mode": not backend.compiles or bool(model.eager) == backend.default_eager(model.device),
         "threads": thread_info(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -340,11 +342,15 @@ class Trace:
 
     @property
     def name(self) -> str:
-        """How tables and plots label this trace: the backend, plus eager or device if not plain."""
+        """How tables and plots label this trace: the backend, plus the device if not the CPU
+        and the mode if not the backend's default there (traces from before ``default_mode``
+        was recorded: eager was never a default)."""
         label = self.meta["backend"]
         if self.meta.get("device", "cpu") != "cpu":
             label += f"-{self.meta['device']}"
-        label += "-eager" if self.meta.get("eager") else ""
+        eager = bool(self.meta.get("eager"))
+        if not self.meta.get("default_mode", not eager):
+            label += "-eager" if eager else "-compiled"
         return label + ("-perturbed" if self.meta.get("perturb") else "")
 
     @property

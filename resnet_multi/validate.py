@@ -509,6 +509,7 @@ TRACE = Schema(
         "framework_version": Field(str, pattern=_LINE),
         "device": Field(str, pattern=r"[^\n]{1,100}"),
         "eager": Field(bool),
+        "default_mode": Field(bool, required=False),  # absent (older traces): eager was never a default
         "threads": Field(dict, schema=TRACE_THREADS),
         "python": Field(str, pattern=_LINE),
         "numpy": Field(str, pattern=_LINE),

@@ -662,3 +662,19 @@ def test_docs_show_the_generated_conventions_table():
     a pasted copy, so the table a reader sees cannot drift from what the backend modules declare."""
     page = (Path(__file__).resolve().parent.parent / "docs" / "differences.md").read_text(encoding="utf-8")
     assert "```{include} _generated/fragments/conventions.md" in page, "differences.md no longer includes the table"
+
+
+@pytest.mark.parametrize(
+    "meta, name",
+    [
+        ({"backend": "tf", "eager": False, "default_mode": True}, "tf"),
+        ({"backend": "tf", "eager": True, "default_mode": False}, "tf-eager"),
+        ({"backend": "mindspore", "eager": True, "default_mode": True}, "mindspore"),  # PyNative on a CPU
+        ({"backend": "mindspore", "eager": False, "default_mode": False}, "mindspore-compiled"),
+        ({"backend": "jax", "eager": True, "device": "cuda:0", "default_mode": False}, "jax-cuda:0-eager"),
+        ({"backend": "mxnet", "eager": True}, "mxnet-eager"),  # a trace from before default_mode
+        ({"backend": "mxnet", "eager": False}, "mxnet"),
+    ],
+)
+def test_a_traces_label_names_its_mode_only_when_not_the_default(meta, name):
+    assert trace.Trace(Path("t.safetensors"), meta, {}).name == name

@@ -647,6 +647,7 @@ def time_to_accuracy_section(result: dict, path: Path) -> str:
     rows, targets = result["rows"], [f"{t:.2f}" for t in result["targets"]]
     if not rows:
         raise PagesError(f"{rel(path)}: no runs")
+    fastest = max(r["examples_per_sec"] for r in rows)
     body = []
     for r in rows:
         load = r.get("load_average_1min")
@@ -659,6 +660,7 @@ def time_to_accuracy_section(result: dict, path: Path) -> str:
                 *("—" if r["seconds_to"][t] is None else f"{r['seconds_to'][t]:.0f}" for t in targets),
                 f"{r['total_train_seconds']:.0f}",
                 f"{r['examples_per_sec']:.0f}",
+                f"{fastest / r['examples_per_sec']:.1f}×",
                 "—" if not load else f"{load['mean']:.2f} ({load['max']:.2f})",
                 r.get("started_utc", "—"),
             ]
@@ -693,6 +695,7 @@ def time_to_accuracy_section(result: dict, path: Path) -> str:
                 *(f"s to {t}" for t in targets),
                 "training s",
                 "examples/s",
+                "slower than the fastest",
                 "1-min load mean (max)",
                 "run started (UTC)",
             ],
