@@ -560,11 +560,6 @@ class JaxBackend(Backend):
     def framework_version(self):
         return f"{jax.__version__} (Flax {flax.__version__}, optax {optax.__version__})"
 
-    def cpu_threads(self):
-        # XLA's CPU client sizes its thread pool to the cores; XLA_FLAGS (in the
-        # machine record) can change that.
-        return {"cpu_devices": len(jax.devices("cpu"))}
-
     def devices(self):
         return devices()
 

@@ -503,10 +503,10 @@ class TFBackend(Backend):
         return f"{tf.__version__} (Keras {keras.__version__})"
 
     def cpu_threads(self):
-        # 0: TensorFlow's default, one thread per core
+        default = "TensorFlow's default (0: chosen from the cores)"
         return {
-            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads() or default,
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or default,
         }
 
     def devices(self):
