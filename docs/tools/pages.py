@@ -670,6 +670,7 @@ def time_to_accuracy_section(result: dict, path: Path) -> str:
         f"{b} {', '.join(f'{k} {v}' for k, v in t.items()) or 'its default (no API reports it)'}"
         for b, t in result["framework_threads"].items()
     )
+    starts = [r["started_utc"] for r in rows if r.get("started_utc")]
     spread = result["seed_spread"]
     first_seed = spread["seeds"][0]
     frameworks_acc = [r["final_test_acc"] for r in rows if r["seed"] == first_seed]
@@ -680,7 +681,9 @@ def time_to_accuracy_section(result: dict, path: Path) -> str:
         f"seconds to a target are training seconds up to the end of the first epoch whose test "
         f"accuracy (full 10,000-image test set) reached it.",
         "",
-        f"- started (UTC): {result['started_utc']}, finished {result['finished_utc']}",
+        f"- runs started (UTC): {min(starts) if starts else result['started_utc']} to "
+        f"{max(starts) if starts else result['started_utc']}; file written {result['finished_utc']} "
+        "(a finished run is read, not trained again)",
         f"- machine: {m['processor']}, {m['cpus']} CPUs ({' '.join(m['cpu_flags'])}), {m['platform']}, "
         f"Python {m['python']}",
         f"- threads: {threads}; thread variables: {m['thread_env'] or 'none set'}",
