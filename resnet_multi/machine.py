@@ -51,18 +51,21 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
+def started_environment() -> dict[str, str] | None:
+    """The environment this process was started with, before any import changed
+    ``os.environ`` (Paddle sets OMP_NUM_THREADS=1); None where /proc/self/environ is absent."""
+    try:
+        raw = Path("/proc/self/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+
+
 def thread_env() -> dict[str, str]:
     """The :data:`THREAD_ENV` variables this process was started with: what a command
-    needs to run the same way again. Read from /proc/self/environ where there is one,
-    since frameworks change ``os.environ`` on import (Paddle sets OMP_NUM_THREADS=1)."""
-    try:
-        started = dict(
-            item.decode(errors="replace").split("=", 1)
-            for item in Path("/proc/self/environ").read_bytes().split(b"\0")
-            if b"=" in item
-        )
-    except OSError:
-        started = os.environ
+    needs to run the same way again (``os.environ`` where the start is unknown)."""
+    started = started_environment()
+    started = os.environ if started is None else started
     return {k: started[k] for k in THREAD_ENV if k in started}
 
 

@@ -16,10 +16,10 @@ import os
 import sys
 from collections import OrderedDict
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
+from . import machine
 from .backend import Backend, TrainingPass, optimizer_settings, require
 from .errors import InputError
 from .shapes import check_block_input_shape, check_input_shape, float32_input_error
@@ -334,10 +334,8 @@ def cpu_threads_to_cores() -> int | None:
 def _omp_threads_from_user() -> bool:
     if _OMP_THREADS_BEFORE_IMPORT is not None:
         return True
-    try:  # the environment the process started with, before any import changed os.environ
-        return any(v.startswith(b"OMP_NUM_THREADS=") for v in Path("/proc/self/environ").read_bytes().split(b"\0"))
-    except OSError:  # no /proc: only what was seen before the import
-        return False
+    started = machine.started_environment()  # None (no /proc): only what was seen before the import
+    return started is not None and "OMP_NUM_THREADS" in started
 
 
 CPU_THREADS = cpu_threads_to_cores()

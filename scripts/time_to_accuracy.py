@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     if not backends or not seeds:
         parser.error("give at least one backend and one seed")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    frameworks = {b: framework_record(python_of(args.env_dir, b), b, run_env(args)) for b in backends}
+    env = run_env(args)
+    frameworks = {b: framework_record(python_of(args.env_dir, b), b, env) for b in backends}
     rows = [run(args, backends[0], s) for s in seeds] + [run(args, b, seeds[0]) for b in backends[1:]]
 
     print("| backend | seed | test acc | s to 0.90 | s to 0.92 | train s | examples/s | load (mean) |")
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
             # the thread variables as the runs saw them
             "machine": {
                 **machine.record(),
-                "thread_env": {k: run_env(args)[k] for k in machine.THREAD_ENV if k in run_env(args)},
+                "thread_env": {k: env[k] for k in machine.THREAD_ENV if k in env},
             },
             "rows": rows,
             "seed_spread": {"backend": backends[0], "seeds": seeds, "final_test_acc": spread},
